@@ -1,0 +1,1061 @@
+//! Interning, eligibility and the queue index (see the parent module's docs).
+//!
+//! Everything here maintains derived structures; none of it decides what the
+//! scheduler does. The invariants, checked by `check_invariants` in tests:
+//!
+//! * a queued request is a member of exactly one bucket, the one for its
+//!   (account, base set, provisionable set), placed in its account's normal
+//!   or throttled container according to its fanout group;
+//! * a container's `heads` are the heads of its buckets; a cell holds the
+//!   head of every container of its base set whose placement is at that level;
+//! * a worker's `eligible` list holds exactly the active non-empty sets its
+//!   labels include;
+//! * a request key is settled (`ex == SETTLED`) iff its examined time equals
+//!   the last pass's time, and explicit keys are strictly earlier.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
+
+use super::{
+    Account, Bucket, Container, Group, LEVELS, LabelEntry, OMITTED, Place, QKey, Request,
+    SETTLED, Scheduler, SetEntry, TaskRun, Virt, Worker,
+};
+use crate::account::{AccountConfig, Balance};
+use crate::event::Labels;
+use crate::time::Time;
+
+/// `small ⊆ big` for sorted, duplicate-free slices.
+pub(crate) fn is_subset(small: &[u32], big: &[u32]) -> bool {
+    if small.len() > big.len() {
+        return false;
+    }
+    let mut rest = big;
+    for x in small {
+        match rest.binary_search(x) {
+            Ok(i) => rest = &rest[i + 1..],
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+impl Scheduler {
+    // ---------------------------------------------------------------- labels
+
+    fn intern_label(&mut self, name: &str) -> u32 {
+        if let Some(&l) = self.label_ids.get(name) {
+            self.labels[l].refs += 1;
+            return l;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let l = self.labels.insert(LabelEntry {
+            name: name.clone(),
+            refs: 1,
+            workers: FxHashSet::default(),
+            anchored: Vec::new(),
+        });
+        self.label_ids.insert(name, l);
+        l
+    }
+
+    fn release_label(&mut self, l: u32) {
+        let e = &mut self.labels[l];
+        e.refs -= 1;
+        if e.refs == 0 {
+            let name = e.name.clone();
+            self.label_ids.remove(&name);
+            self.labels.remove(l);
+        }
+    }
+
+    /// Interns each label (one reference each), sorted and without
+    /// duplicates.
+    fn intern_labels(&mut self, names: &[String]) -> Vec<u32> {
+        let mut ids: Vec<u32> = names.iter().map(|n| self.intern_label(n)).collect();
+        ids.sort_unstable();
+        let mut out: Vec<u32> = Vec::with_capacity(ids.len());
+        for l in ids {
+            if out.last() == Some(&l) {
+                self.release_label(l);
+            } else {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    fn sorted_names(&self, ids: &[u32]) -> Labels {
+        let mut names: Vec<Arc<str>> = ids.iter().map(|&l| self.labels[l].name.clone()).collect();
+        names.sort_unstable();
+        names.into()
+    }
+
+    // ------------------------------------------------------------------ sets
+
+    /// Interns a set given as sorted, distinct label ids whose references
+    /// the caller hands over. Returns the set with one new reference.
+    pub(crate) fn intern_set_ids(&mut self, ids: Vec<u32>) -> u32 {
+        if let Some(&s) = self.set_ids.get(ids.as_slice()) {
+            for l in ids {
+                self.release_label(l);
+            }
+            self.sets[s].refs += 1;
+            return s;
+        }
+        let names = self.sorted_names(&ids);
+        let labels: Box<[u32]> = ids.into_boxed_slice();
+        let s = self.sets.insert(SetEntry {
+            labels: labels.clone(),
+            names,
+            refs: 1,
+            queued_base: 0,
+            queued_prov: 0,
+            anchor: None,
+            cells: None,
+        });
+        self.set_ids.insert(labels, s);
+        s
+    }
+
+    pub(crate) fn intern_set(&mut self, names: &[String]) -> u32 {
+        let ids = self.intern_labels(names);
+        self.intern_set_ids(ids)
+    }
+
+    fn union_set(&mut self, a: u32, b: u32) -> u32 {
+        let mut ids: Vec<u32> = self.sets[a]
+            .labels
+            .iter()
+            .chain(self.sets[b].labels.iter())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for &l in &ids {
+            self.labels[l].refs += 1;
+        }
+        self.intern_set_ids(ids)
+    }
+
+    pub(crate) fn release_set(&mut self, s: u32) {
+        let e = &mut self.sets[s];
+        e.refs -= 1;
+        if e.refs == 0 && s != self.empty_set {
+            debug_assert!(!e.active());
+            let labels = e.labels.clone();
+            self.set_ids.remove(&labels);
+            self.sets.remove(s);
+            for &l in labels.iter() {
+                self.release_label(l);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- eligibility
+
+    /// Counts a queued request's use of a set, registering the set for
+    /// eligibility when it becomes active and unregistering it when idle.
+    fn set_queued(&mut self, s: u32, as_base: bool, add: bool) {
+        let was_active = self.sets[s].active();
+        {
+            let e = &mut self.sets[s];
+            let n = if as_base {
+                &mut e.queued_base
+            } else {
+                &mut e.queued_prov
+            };
+            if add {
+                *n += 1;
+            } else {
+                *n -= 1;
+            }
+            if as_base {
+                if e.queued_base > 0 && e.cells.is_none() {
+                    e.cells = Some(Box::default());
+                } else if e.queued_base == 0 {
+                    debug_assert!(e.cells.as_ref().is_none_or(|c| c.iter().all(|c| c.is_empty())));
+                    e.cells = None;
+                }
+            }
+        }
+        let active = self.sets[s].active();
+        if s == self.empty_set || active == was_active {
+            return;
+        }
+        if active {
+            self.activate_set(s);
+        } else {
+            self.deactivate_set(s);
+        }
+    }
+
+    fn activate_set(&mut self, s: u32) {
+        let labels = &self.sets[s].labels;
+        let Some(&anchor) = labels
+            .iter()
+            .min_by_key(|&&l| (self.labels[l].workers.len(), l))
+        else {
+            return;
+        };
+        self.sets[s].anchor = Some(anchor);
+        self.labels[anchor].anchored.push(s);
+        let set_labels = &self.sets[s].labels;
+        for &w in &self.labels[anchor].workers {
+            let worker = &mut self.workers[w];
+            if is_subset(set_labels, &worker.labels) {
+                worker.eligible.push(s);
+            }
+        }
+    }
+
+    fn deactivate_set(&mut self, s: u32) {
+        let Some(anchor) = self.sets[s].anchor.take() else {
+            return;
+        };
+        let anchored = &mut self.labels[anchor].anchored;
+        if let Some(i) = anchored.iter().position(|&x| x == s) {
+            anchored.swap_remove(i);
+        }
+        let set_labels = &self.sets[s].labels;
+        for &w in &self.labels[anchor].workers {
+            let worker = &mut self.workers[w];
+            if is_subset(set_labels, &worker.labels)
+                && let Some(i) = worker.eligible.iter().position(|&x| x == s)
+            {
+                worker.eligible.swap_remove(i);
+            }
+        }
+    }
+
+    fn compute_eligible(&self, labels: &[u32]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for &l in labels {
+            for &s in &self.labels[l].anchored {
+                if is_subset(&self.sets[s].labels, labels) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    // --------------------------------------------------------------- workers
+
+    /// Creates an idle worker.
+    pub(crate) fn create_worker(
+        &mut self,
+        id: &str,
+        labels: &[String],
+        confirmed: Time,
+        modified: Time,
+    ) -> u32 {
+        let ids = self.intern_labels(labels);
+        let names = self.sorted_names(&ids);
+        let id: Arc<str> = Arc::from(id);
+        let w = self.workers.insert(Worker {
+            id: id.clone(),
+            labels: ids.into_boxed_slice(),
+            names,
+            confirmed,
+            modified,
+            running: None,
+            eligible: Vec::new(),
+        });
+        self.worker_ids.insert(id, w);
+        self.attach_worker_labels(w);
+        self.make_idle(w);
+        w
+    }
+
+    fn attach_worker_labels(&mut self, w: u32) {
+        let labels = self.workers[w].labels.clone();
+        for &l in labels.iter() {
+            self.labels[l].workers.insert(w);
+        }
+        self.workers[w].eligible = self.compute_eligible(&labels);
+    }
+
+    fn detach_worker_labels(&mut self, w: u32) {
+        let labels = std::mem::take(&mut self.workers[w].labels);
+        for &l in labels.iter() {
+            self.labels[l].workers.remove(&w);
+            self.release_label(l);
+        }
+        self.workers[w].eligible = Vec::new();
+    }
+
+    /// Replaces a worker's labels; returns true if the set changed.
+    pub(crate) fn set_worker_labels(&mut self, w: u32, labels: &[String]) -> bool {
+        let ids = self.intern_labels(labels);
+        if *ids == *self.workers[w].labels {
+            for l in ids {
+                self.release_label(l);
+            }
+            return false;
+        }
+        self.detach_worker_labels(w);
+        self.workers[w].names = self.sorted_names(&ids);
+        self.workers[w].labels = ids.into_boxed_slice();
+        self.attach_worker_labels(w);
+        true
+    }
+
+    pub(crate) fn make_idle(&mut self, w: u32) {
+        let worker = &self.workers[w];
+        self.idle.insert(worker.id.clone(), w);
+        self.idle_expiry.insert((worker.confirmed, w));
+    }
+
+    fn unmake_idle(&mut self, w: u32) {
+        let worker = &self.workers[w];
+        self.idle.remove(&worker.id);
+        self.idle_expiry.remove(&(worker.confirmed, w));
+    }
+
+    /// `confirm(W, t)`: moves the confirmed time forward.
+    pub(crate) fn confirm_worker(&mut self, w: u32, t: Time) {
+        let worker = &self.workers[w];
+        if t <= worker.confirmed {
+            return;
+        }
+        let idle = worker.running.is_none();
+        if idle {
+            self.idle_expiry.remove(&(worker.confirmed, w));
+            self.idle_expiry.insert((t, w));
+        }
+        self.workers[w].confirmed = t;
+    }
+
+    /// Forgets a worker and the request it runs (no events).
+    pub(crate) fn delete_worker(&mut self, w: u32) {
+        if self.workers[w].running.is_some() {
+            let r = self.stop_task(w);
+            self.free_request(r);
+        } else {
+            self.unmake_idle(w);
+        }
+        self.detach_worker_labels(w);
+        let id = self.workers[w].id.clone();
+        self.worker_ids.remove(&id);
+        self.workers.remove(w);
+    }
+
+    /// The later of the worker's and its running request's confirmed times.
+    pub(crate) fn latest_confirmed(&self, w: u32) -> Time {
+        let worker = &self.workers[w];
+        match &worker.running {
+            Some(run) => worker.confirmed.max(self.requests[run.req].confirmed),
+            None => worker.confirmed,
+        }
+    }
+
+    // -------------------------------------------------------------- accounts
+
+    pub(crate) fn account_get_or_create(&mut self, id: &str) -> u32 {
+        if let Some(&a) = self.account_ids.get(id) {
+            return a;
+        }
+        let id: Arc<str> = Arc::from(id);
+        let a = self.accounts.insert(Account {
+            id: id.clone(),
+            config: None,
+            balance: Balance::ZERO,
+            requests: 0,
+            running_by_prio: [0; LEVELS],
+            running: FxHashSet::default(),
+            virt: [
+                Virt {
+                    level: crate::account::FREE_PRIORITY,
+                    ..Virt::default()
+                },
+                Virt {
+                    level: crate::account::FREE_PRIORITY,
+                    ..Virt::default()
+                },
+            ],
+        });
+        self.account_ids.insert(id, a);
+        a
+    }
+
+    pub(crate) fn account_maybe_free(&mut self, a: u32) {
+        let acc = &self.accounts[a];
+        if acc.requests == 0 && acc.config.is_none() {
+            debug_assert!(acc.virt.iter().all(|v| v.containers.is_empty()));
+            let id = acc.id.clone();
+            self.account_ids.remove(&id);
+            self.accounts.remove(a);
+        }
+    }
+
+    pub(crate) fn set_account_config(&mut self, a: u32, config: Option<AccountConfig>) {
+        let fanout = |c: &Option<AccountConfig>| c.as_ref().map_or(0, |c| c.max_fanout);
+        let acc = &mut self.accounts[a];
+        let fanout_changed = fanout(&acc.config) != fanout(&config);
+        match &config {
+            Some(_) => {
+                self.configured.insert(acc.id.clone(), a);
+            }
+            None => {
+                self.configured.remove(&acc.id);
+            }
+        }
+        acc.config = config;
+        if fanout_changed {
+            for (g, group) in self.groups.iter() {
+                if group.account == a && !group.dirty {
+                    self.dirty_groups.push(g);
+                }
+            }
+            for &g in &self.dirty_groups {
+                self.groups[g].dirty = true;
+            }
+        }
+    }
+
+    pub(crate) fn max_fanout(&self, a: u32) -> i32 {
+        self.accounts[a].config.as_ref().map_or(0, |c| c.max_fanout)
+    }
+
+    // -------------------------------------------------------------- requests
+
+    /// Creates a detached request (not queued, not running).
+    pub(crate) fn create_request(
+        &mut self,
+        id: &str,
+        account: &str,
+        base_labels: &[String],
+        provisionable_labels: &[String],
+        enqueue: Time,
+        confirmed: Time,
+        examined: Time,
+    ) -> u32 {
+        let a = self.account_get_or_create(account);
+        self.accounts[a].requests += 1;
+        let base = self.intern_set(base_labels);
+        let prov = self.intern_set(provisionable_labels);
+        let group = self.group_ref(a, base, prov);
+        let id: Arc<str> = Arc::from(id);
+        let r = self.requests.insert(Request {
+            id: id.clone(),
+            account: a,
+            base,
+            prov,
+            group,
+            enqueue,
+            confirmed,
+            examined,
+            settled: false,
+            place: Place::Detached,
+        });
+        self.request_ids.insert(id, r);
+        r
+    }
+
+    /// Forgets a detached request.
+    pub(crate) fn free_request(&mut self, r: u32) {
+        let Some(req) = self.requests.remove(r) else {
+            return;
+        };
+        debug_assert_eq!(req.place, Place::Detached);
+        self.request_ids.remove(&req.id);
+        self.release_set(req.base);
+        self.release_set(req.prov);
+        self.group_unref(req.group);
+        self.accounts[req.account].requests -= 1;
+        self.account_maybe_free(req.account);
+    }
+
+    /// The request's examined time, resolving the settled marker.
+    pub(crate) fn examined(&self, r: u32) -> Time {
+        let req = &self.requests[r];
+        if req.settled {
+            self.last_pass
+        } else {
+            req.examined
+        }
+    }
+
+    fn qkey(&self, r: u32) -> QKey {
+        let req = &self.requests[r];
+        QKey {
+            ex: if req.settled {
+                SETTLED
+            } else {
+                req.examined.as_nanos()
+            },
+            enq: req.enqueue.as_nanos(),
+            id: req.id.clone(),
+            req: r,
+        }
+    }
+
+    /// The effective examined time encoded in a key.
+    pub(crate) fn key_examined(&self, k: &QKey) -> i64 {
+        if k.ex == SETTLED {
+            self.last_pass.as_nanos()
+        } else {
+            k.ex
+        }
+    }
+
+    // ---------------------------------------------------------------- groups
+
+    fn group_ref(&mut self, a: u32, base: u32, prov: u32) -> u32 {
+        let union = self.union_set(base, prov);
+        if let Some(&g) = self.group_ids.get(&(a, union)) {
+            self.release_set(union);
+            self.groups[g].requests += 1;
+            return g;
+        }
+        let g = self.groups.insert(Group {
+            account: a,
+            union,
+            requests: 1,
+            running: 0,
+            buckets: Vec::new(),
+            throttled: false,
+            dirty: false,
+            pass_stamp: 0,
+            pass_base: 0,
+            pass_assigned: 0,
+        });
+        self.group_ids.insert((a, union), g);
+        g
+    }
+
+    fn group_unref(&mut self, g: u32) {
+        let group = &mut self.groups[g];
+        group.requests -= 1;
+        if group.requests == 0 {
+            debug_assert!(group.buckets.is_empty() && group.running == 0);
+            let (a, union) = (group.account, group.union);
+            self.group_ids.remove(&(a, union));
+            self.groups.remove(g);
+            self.release_set(union);
+        }
+    }
+
+    fn mark_group_dirty(&mut self, g: u32) {
+        let group = &self.groups[g];
+        if !group.dirty && self.max_fanout_of(group.account) > 0 {
+            self.groups[g].dirty = true;
+            self.dirty_groups.push(g);
+        }
+    }
+
+    fn max_fanout_of(&self, a: u32) -> i32 {
+        self.accounts
+            .get(a)
+            .and_then(|acc| acc.config.as_ref())
+            .map_or(0, |c| c.max_fanout)
+    }
+
+    /// Moves a group's buckets to its account's normal or throttled
+    /// placement.
+    pub(crate) fn set_group_throttled(&mut self, g: u32, throttled: bool) {
+        if self.groups[g].throttled == throttled {
+            return;
+        }
+        self.groups[g].throttled = throttled;
+        let v = self.groups[g].account * 2 + u32::from(throttled);
+        for b in self.groups[g].buckets.clone() {
+            self.move_bucket(b, v);
+        }
+    }
+
+    // --------------------------------------------------------- running tasks
+
+    /// Puts request `r` (queued or detached) on idle worker `w`.
+    pub(crate) fn start_task(&mut self, r: u32, w: u32, priority: u8, cost: Balance) {
+        if let Place::Queued(_) = self.requests[r].place {
+            self.dequeue(r);
+        }
+        if self.workers[w].running.is_none() {
+            self.unmake_idle(w);
+        }
+        self.requests[r].place = Place::Running(w);
+        self.workers[w].running = Some(TaskRun {
+            req: r,
+            priority,
+            cost,
+        });
+        self.running[priority as usize].insert(w);
+        let a = self.requests[r].account;
+        let acc = &mut self.accounts[a];
+        acc.running_by_prio[priority as usize] += 1;
+        acc.running.insert(w);
+        let g = self.requests[r].group;
+        self.groups[g].running += 1;
+        self.mark_group_dirty(g);
+    }
+
+    /// Takes the running request off worker `w`, leaving the request
+    /// detached and the worker without a task (and not idle).
+    pub(crate) fn stop_task(&mut self, w: u32) -> u32 {
+        let run = self.workers[w]
+            .running
+            .take()
+            .expect("stop_task on a worker without a task");
+        self.running[run.priority as usize].remove(&w);
+        let r = run.req;
+        let a = self.requests[r].account;
+        let acc = &mut self.accounts[a];
+        acc.running_by_prio[run.priority as usize] -= 1;
+        acc.running.remove(&w);
+        let g = self.requests[r].group;
+        self.groups[g].running -= 1;
+        self.mark_group_dirty(g);
+        self.requests[r].place = Place::Detached;
+        r
+    }
+
+    /// Moves a running task to another level.
+    pub(crate) fn set_task_priority(&mut self, w: u32, priority: u8) {
+        let Some(run) = self.workers[w].running.as_mut() else {
+            return;
+        };
+        let old = run.priority;
+        run.priority = priority;
+        let r = run.req;
+        self.running[old as usize].remove(&w);
+        self.running[priority as usize].insert(w);
+        let a = self.requests[r].account;
+        let acc = &mut self.accounts[a];
+        acc.running_by_prio[old as usize] -= 1;
+        acc.running_by_prio[priority as usize] += 1;
+    }
+
+    // ----------------------------------------------------------- queue index
+
+    fn virt_mut(&mut self, v: u32) -> &mut Virt {
+        &mut self.accounts[v >> 1].virt[(v & 1) as usize]
+    }
+
+    pub(crate) fn virt(&self, v: u32) -> &Virt {
+        &self.accounts[v >> 1].virt[(v & 1) as usize]
+    }
+
+    /// Queues a detached request, keeping its examined time.
+    pub(crate) fn enqueue(&mut self, r: u32) {
+        let settled = self.requests[r].examined >= self.last_pass;
+        self.requests[r].settled = settled;
+        let key = self.qkey(r);
+        let (a, base, prov, g) = {
+            let req = &self.requests[r];
+            (req.account, req.base, req.prov, req.group)
+        };
+        self.set_queued(base, true, true);
+        self.set_queued(prov, false, true);
+        let b = self.bucket_for(a, base, prov, g);
+        let old_head = self.buckets[b].members.first().cloned();
+        self.buckets[b].members.insert(key);
+        let v = self.buckets[b].virt;
+        if settled {
+            self.virt_mut(v).settled += 1;
+        } else {
+            self.buckets[b].explicit += 1;
+            self.mark_bucket_dirty(b);
+        }
+        self.requests[r].place = Place::Queued(b);
+        self.bucket_members_changed(b, old_head);
+        self.queued += 1;
+    }
+
+    /// Takes a queued request out of the queue, leaving it detached with an
+    /// explicit examined time.
+    pub(crate) fn dequeue(&mut self, r: u32) {
+        let Place::Queued(b) = self.requests[r].place else {
+            return;
+        };
+        let key = self.qkey(r);
+        let old_head = self.buckets[b].members.first().cloned();
+        self.buckets[b].members.remove(&key);
+        let v = self.buckets[b].virt;
+        if self.requests[r].settled {
+            self.virt_mut(v).settled -= 1;
+        } else {
+            self.buckets[b].explicit -= 1;
+        }
+        self.bucket_members_changed(b, old_head);
+        if self.buckets[b].members.is_empty() {
+            self.free_bucket(b);
+        }
+        let (base, prov) = (self.requests[r].base, self.requests[r].prov);
+        self.set_queued(base, true, false);
+        self.set_queued(prov, false, false);
+        let examined = self.examined(r);
+        let req = &mut self.requests[r];
+        req.examined = examined;
+        req.settled = false;
+        req.place = Place::Detached;
+        self.queued -= 1;
+    }
+
+    fn mark_bucket_dirty(&mut self, b: u32) {
+        let bucket = &mut self.buckets[b];
+        if !bucket.dirty {
+            bucket.dirty = true;
+            let v = bucket.virt;
+            self.virt_mut(v).dirty.push(b);
+        }
+    }
+
+    fn bucket_for(&mut self, a: u32, base: u32, prov: u32, g: u32) -> u32 {
+        if let Some(&b) = self.bucket_ids.get(&(a, base, prov)) {
+            return b;
+        }
+        let v = a * 2 + u32::from(self.groups[g].throttled);
+        let c = self.container_for(v, base);
+        let b = self.buckets.insert(Bucket {
+            virt: v,
+            container: c,
+            account: a,
+            base,
+            prov,
+            group: g,
+            members: Default::default(),
+            explicit: 0,
+            dirty: false,
+        });
+        let cb = &mut self.containers[c].buckets;
+        let i = cb.partition_point(|&(p, _)| p < prov);
+        cb.insert(i, (prov, b));
+        self.groups[g].buckets.push(b);
+        self.bucket_ids.insert((a, base, prov), b);
+        b
+    }
+
+    fn container_for(&mut self, v: u32, base: u32) -> u32 {
+        if let Some(&c) = self.virt(v).containers.get(&base) {
+            return c;
+        }
+        let c = self.containers.insert(Container {
+            virt: v,
+            base,
+            buckets: Vec::new(),
+            heads: Default::default(),
+        });
+        self.virt_mut(v).containers.insert(base, c);
+        c
+    }
+
+    fn detach_bucket_from_container(&mut self, b: u32) {
+        let (c, prov) = (self.buckets[b].container, self.buckets[b].prov);
+        if let Some(head) = self.buckets[b].members.first().cloned() {
+            let old_c = self.containers[c].heads.first().cloned();
+            self.containers[c].heads.remove(&head);
+            let new_c = self.containers[c].heads.first().cloned();
+            if old_c != new_c {
+                self.cell_replace(c, old_c, new_c);
+            }
+        }
+        let cont = &mut self.containers[c];
+        if let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) {
+            cont.buckets.remove(i);
+        }
+        if cont.buckets.is_empty() {
+            debug_assert!(cont.heads.is_empty());
+            let (v, base) = (cont.virt, cont.base);
+            self.virt_mut(v).containers.remove(&base);
+            self.containers.remove(c);
+        }
+    }
+
+    fn free_bucket(&mut self, b: u32) {
+        self.detach_bucket_from_container(b);
+        let Some(bucket) = self.buckets.remove(b) else {
+            return;
+        };
+        let gb = &mut self.groups[bucket.group].buckets;
+        if let Some(i) = gb.iter().position(|&x| x == b) {
+            gb.swap_remove(i);
+        }
+        self.bucket_ids
+            .remove(&(bucket.account, bucket.base, bucket.prov));
+    }
+
+    fn move_bucket(&mut self, b: u32, v_new: u32) {
+        let v_old = self.buckets[b].virt;
+        if v_old == v_new {
+            return;
+        }
+        self.detach_bucket_from_container(b);
+        let settled = self.buckets[b].members.len() as u64 - u64::from(self.buckets[b].explicit);
+        self.virt_mut(v_old).settled -= settled;
+        self.virt_mut(v_new).settled += settled;
+        let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
+        let c = self.container_for(v_new, base);
+        let cb = &mut self.containers[c].buckets;
+        let i = cb.partition_point(|&(p, _)| p < prov);
+        cb.insert(i, (prov, b));
+        let bucket = &mut self.buckets[b];
+        bucket.virt = v_new;
+        bucket.container = c;
+        if bucket.dirty {
+            self.virt_mut(v_new).dirty.push(b);
+        }
+        if let Some(head) = self.buckets[b].members.first().cloned() {
+            let old_c = self.containers[c].heads.first().cloned();
+            self.containers[c].heads.insert(head);
+            let new_c = self.containers[c].heads.first().cloned();
+            if old_c != new_c {
+                self.cell_replace(c, old_c, new_c);
+            }
+        }
+    }
+
+    /// Propagates a change of bucket `b`'s head (previously `old_head`).
+    fn bucket_members_changed(&mut self, b: u32, old_head: Option<QKey>) {
+        let new_head = self.buckets[b].members.first().cloned();
+        if old_head == new_head {
+            return;
+        }
+        let c = self.buckets[b].container;
+        let cont = &mut self.containers[c];
+        let old_c = cont.heads.first().cloned();
+        if let Some(o) = &old_head {
+            cont.heads.remove(o);
+        }
+        if let Some(n) = new_head {
+            cont.heads.insert(n);
+        }
+        let new_c = cont.heads.first().cloned();
+        if old_c != new_c {
+            self.cell_replace(c, old_c, new_c);
+        }
+    }
+
+    /// Replaces container `c`'s head in the cell of its current level.
+    fn cell_replace(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
+        let (v, base) = (self.containers[c].virt, self.containers[c].base);
+        let level = self.virt(v).level;
+        self.cell_edit(base, level, old, new);
+    }
+
+    fn cell_edit(&mut self, base: u32, level: u8, old: Option<QKey>, new: Option<QKey>) {
+        if level == OMITTED {
+            return;
+        }
+        let Some(cells) = self.sets[base].cells.as_mut() else {
+            return;
+        };
+        let cell = &mut cells[level as usize];
+        let was_empty = cell.is_empty();
+        if let Some(o) = &old {
+            cell.remove(o);
+        }
+        if let Some(n) = new {
+            cell.insert(n);
+        }
+        let is_empty = cell.is_empty();
+        if was_empty && !is_empty {
+            self.nonempty_cells[level as usize] += 1;
+        } else if !was_empty && is_empty {
+            self.nonempty_cells[level as usize] -= 1;
+        }
+    }
+
+    /// Moves a placement's containers to another level's cells.
+    pub(crate) fn set_virt_level(&mut self, v: u32, level: u8) {
+        let old = self.virt(v).level;
+        if old == level {
+            return;
+        }
+        self.virt_mut(v).level = level;
+        let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
+        for c in conts {
+            let Some(head) = self.containers[c].heads.first().cloned() else {
+                continue;
+            };
+            let base = self.containers[c].base;
+            self.cell_edit(base, old, Some(head.clone()), None);
+            self.cell_edit(base, level, None, Some(head));
+        }
+    }
+
+    /// After a pass: the explicit members of a listed bucket were examined
+    /// at the pass time, which is now the last pass's time.
+    pub(crate) fn settle_bucket(&mut self, b: u32) {
+        let mut explicit = Vec::new();
+        self.buckets[b].members.for_each_while(|k| {
+            if k.ex == SETTLED {
+                false
+            } else {
+                explicit.push(k.clone());
+                true
+            }
+        });
+        let old_head = self.buckets[b].members.first().cloned();
+        let n = explicit.len() as u64;
+        for mut k in explicit {
+            self.buckets[b].members.remove(&k);
+            self.requests[k.req].settled = true;
+            k.ex = SETTLED;
+            self.buckets[b].members.insert(k);
+        }
+        let bucket = &mut self.buckets[b];
+        bucket.explicit = 0;
+        bucket.dirty = false;
+        let v = bucket.virt;
+        self.virt_mut(v).settled += n;
+        self.bucket_members_changed(b, old_head);
+    }
+
+    /// Before the last pass's time moves on: the settled members of a
+    /// placement that sat out the pass keep the old time explicitly.
+    pub(crate) fn unsettle_virt(&mut self, v: u32, at: Time) {
+        let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
+        for c in conts {
+            let buckets: Vec<u32> = self.containers[c].buckets.iter().map(|&(_, b)| b).collect();
+            for b in buckets {
+                let mut settled = Vec::new();
+                self.buckets[b].members.for_each_while(|k| {
+                    if k.ex == SETTLED {
+                        settled.push(k.clone());
+                    }
+                    true
+                });
+                if settled.is_empty() {
+                    continue;
+                }
+                let old_head = self.buckets[b].members.first().cloned();
+                let n = settled.len() as u32;
+                for mut k in settled {
+                    self.buckets[b].members.remove(&k);
+                    let req = &mut self.requests[k.req];
+                    req.settled = false;
+                    req.examined = at;
+                    k.ex = at.as_nanos();
+                    self.buckets[b].members.insert(k);
+                }
+                self.buckets[b].explicit += n;
+                self.mark_bucket_dirty(b);
+                self.bucket_members_changed(b, old_head);
+            }
+        }
+        self.virt_mut(v).settled = 0;
+    }
+}
+
+#[cfg(test)]
+impl Scheduler {
+    /// Recomputes every derived structure from scratch and compares.
+    pub(crate) fn check_invariants(&self) {
+        use std::collections::BTreeMap;
+        // Requests: each queued one in its bucket, with the right key.
+        let mut queued = 0;
+        for (r, req) in self.requests.iter() {
+            assert_eq!(self.request_ids.get(&req.id), Some(&r));
+            match req.place {
+                Place::Queued(b) => {
+                    queued += 1;
+                    let bucket = &self.buckets[b];
+                    assert_eq!(
+                        (bucket.account, bucket.base, bucket.prov, bucket.group),
+                        (req.account, req.base, req.prov, req.group)
+                    );
+                    assert!(bucket.members.to_vec().iter().any(|k| k.req == r));
+                    assert_eq!(
+                        bucket.virt,
+                        req.account * 2 + u32::from(self.groups[req.group].throttled)
+                    );
+                    if !req.settled {
+                        assert!(req.examined < self.last_pass, "explicit examined not earlier than the last pass");
+                    }
+                }
+                Place::Running(w) => {
+                    assert_eq!(self.workers[w].running.as_ref().map(|t| t.req), Some(r));
+                }
+                Place::Detached => panic!("detached request {} between operations", req.id),
+            }
+        }
+        assert_eq!(queued, self.queued);
+        // Buckets and containers.
+        let mut expect_cells: BTreeMap<(u32, u8), Vec<QKey>> = BTreeMap::new();
+        for (c, cont) in self.containers.iter() {
+            let mut heads = Vec::new();
+            for &(prov, b) in &cont.buckets {
+                let bucket = &self.buckets[b];
+                assert_eq!((bucket.container, bucket.prov, bucket.virt), (c, prov, cont.virt));
+                assert!(!bucket.members.is_empty());
+                let explicit = bucket.members.to_vec().iter().filter(|k| k.ex != SETTLED).count();
+                assert_eq!(explicit as u32, bucket.explicit);
+                if explicit > 0 {
+                    assert!(bucket.dirty);
+                }
+                heads.push(bucket.members.first().cloned().unwrap());
+            }
+            heads.sort();
+            assert_eq!(heads, cont.heads.to_vec());
+            let level = self.virt(cont.virt).level;
+            if level != OMITTED {
+                expect_cells
+                    .entry((cont.base, level))
+                    .or_default()
+                    .push(cont.heads.first().cloned().unwrap());
+            }
+        }
+        let mut nonempty = [0usize; LEVELS];
+        for (s, set) in self.sets.iter() {
+            if let Some(cells) = &set.cells {
+                for (level, cell) in cells.iter().enumerate() {
+                    let mut want = expect_cells.remove(&(s, level as u8)).unwrap_or_default();
+                    want.sort();
+                    assert_eq!(cell.to_vec(), want, "cell of set {s} level {level}");
+                    if !cell.is_empty() {
+                        nonempty[level] += 1;
+                    }
+                }
+            }
+            assert_eq!(set.cells.is_some(), set.queued_base > 0);
+        }
+        assert!(expect_cells.is_empty());
+        assert_eq!(nonempty, self.nonempty_cells);
+        // Eligibility.
+        for (w, worker) in self.workers.iter() {
+            let mut want: Vec<u32> = self
+                .sets
+                .iter()
+                .filter(|(s, e)| *s != self.empty_set && e.active() && is_subset(&e.labels, &worker.labels))
+                .map(|(s, _)| s)
+                .collect();
+            let mut have = worker.eligible.clone();
+            want.sort();
+            have.sort();
+            assert_eq!(have, want, "eligible sets of worker {}", worker.id);
+            assert_eq!(self.idle.contains_key(&worker.id), worker.running.is_none());
+            assert_eq!(
+                self.idle_expiry.contains(&(worker.confirmed, w)),
+                worker.running.is_none()
+            );
+        }
+        // Running counts.
+        for (a, acc) in self.accounts.iter() {
+            let mut by_prio = [0u32; LEVELS];
+            for (_, worker) in self.workers.iter() {
+                if let Some(run) = &worker.running
+                    && self.requests[run.req].account == a
+                {
+                    by_prio[run.priority as usize] += 1;
+                }
+            }
+            assert_eq!(by_prio, acc.running_by_prio);
+        }
+        for (_, g) in self.groups.iter() {
+            let running = self
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.running.as_ref().is_some_and(|run| {
+                        let req = &self.requests[run.req];
+                        self.group_ids.get(&(req.account, g.union)) == Some(&req.group)
+                            && req.account == g.account
+                    })
+                })
+                .count();
+            assert_eq!(running as u32, g.running);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! A sorted set that stays a small vector until it grows.
+//!
+//! The queue index keeps one ordered set per bucket, per container and per
+//! (base labels, level) cell. Most of them hold one to a few elements, where
+//! a `BTreeSet` would allocate a whole node; large ones need logarithmic
+//! updates. This type switches representation at [`SPILL`] elements.
+
+use std::collections::BTreeSet;
+
+/// Size above which the set becomes a B-tree.
+const SPILL: usize = 16;
+/// Size below which a B-tree set goes back to a vector (hysteresis).
+const UNSPILL: usize = 8;
+
+/// An ordered set of `K`.
+#[derive(Clone, Debug)]
+pub(crate) enum OrdSet<K: Ord> {
+    Small(Vec<K>),
+    Large(BTreeSet<K>),
+}
+
+impl<K: Ord> Default for OrdSet<K> {
+    fn default() -> Self {
+        OrdSet::Small(Vec::new())
+    }
+}
+
+impl<K: Ord + Clone> OrdSet<K> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            OrdSet::Small(v) => v.len(),
+            OrdSet::Large(s) => s.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn first(&self) -> Option<&K> {
+        match self {
+            OrdSet::Small(v) => v.first(),
+            OrdSet::Large(s) => s.first(),
+        }
+    }
+
+    /// Inserts `k`; returns false if it was already present.
+    pub(crate) fn insert(&mut self, k: K) -> bool {
+        match self {
+            OrdSet::Small(v) => match v.binary_search(&k) {
+                Ok(_) => false,
+                Err(i) => {
+                    if v.len() >= SPILL {
+                        let mut s: BTreeSet<K> = std::mem::take(v).into_iter().collect();
+                        s.insert(k);
+                        *self = OrdSet::Large(s);
+                    } else {
+                        if v.capacity() == v.len() {
+                            // Grow gently: most sets stay tiny.
+                            v.reserve_exact(if v.len() < 4 { 1 } else { v.len() });
+                        }
+                        v.insert(i, k);
+                    }
+                    true
+                }
+            },
+            OrdSet::Large(s) => s.insert(k),
+        }
+    }
+
+    /// Removes `k`; returns false if it was absent.
+    pub(crate) fn remove(&mut self, k: &K) -> bool {
+        match self {
+            OrdSet::Small(v) => match v.binary_search(k) {
+                Ok(i) => {
+                    v.remove(i);
+                    if v.is_empty() {
+                        *v = Vec::new();
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+            OrdSet::Large(s) => {
+                let removed = s.remove(k);
+                if s.len() < UNSPILL {
+                    let v: Vec<K> = std::mem::take(s).into_iter().collect();
+                    *self = OrdSet::Small(v);
+                }
+                removed
+            }
+        }
+    }
+
+    /// Visits elements in ascending order until `f` returns false.
+    pub(crate) fn for_each_while(&self, mut f: impl FnMut(&K) -> bool) {
+        match self {
+            OrdSet::Small(v) => {
+                for k in v {
+                    if !f(k) {
+                        return;
+                    }
+                }
+            }
+            OrdSet::Large(s) => {
+                for k in s {
+                    if !f(k) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// All elements in ascending order.
+    pub(crate) fn to_vec(&self) -> Vec<K> {
+        match self {
+            OrdSet::Small(v) => v.clone(),
+            OrdSet::Large(s) => s.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn behaves_like_btreeset(ops in proptest::collection::vec((any::<bool>(), 0u8..40), 0..300)) {
+            let mut a = OrdSet::default();
+            let mut b = BTreeSet::new();
+            for (ins, k) in ops {
+                if ins {
+                    prop_assert_eq!(a.insert(k), b.insert(k));
+                } else {
+                    prop_assert_eq!(a.remove(&k), b.remove(&k));
+                }
+                prop_assert_eq!(a.len(), b.len());
+                prop_assert_eq!(a.first(), b.first());
+                prop_assert_eq!(a.to_vec(), b.iter().cloned().collect::<Vec<_>>());
+            }
+        }
+    }
+}

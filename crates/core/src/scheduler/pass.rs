@@ -1,0 +1,558 @@
+//! The scheduling pass (reference §6.5–§6.9, with the crate's rules).
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::index::is_subset;
+use super::{LEVELS, OMITTED, QKey, Scheduler};
+use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
+use crate::event::{Assignment, AssignmentKind, EventKind};
+
+/// Per-pass counts for per-label task limits: (account, worker label) →
+/// running tasks of the account on workers with that label.
+type LabelCounts = FxHashMap<(u32, Arc<str>), u32>;
+
+/// State that lives for one pass.
+struct PassCtx {
+    out: Vec<Assignment>,
+    /// Idle workers in id order; assigned ones are removed as the pass goes.
+    idle: Vec<u32>,
+    label_counts: LabelCounts,
+    /// Accounts with per-label limits.
+    limited: Vec<bool>,
+}
+
+impl Scheduler {
+    /// Runs one scheduling pass at the scheduler's current time and returns
+    /// the assignments in the order they were made.
+    pub fn run_once(&mut self) -> Vec<Assignment> {
+        self.pass_no += 1;
+        self.refresh_placement();
+        let mut cx = PassCtx {
+            out: Vec::new(),
+            idle: self.idle.values().copied().collect(),
+            label_counts: FxHashMap::default(),
+            limited: Vec::new(),
+        };
+        self.count_label_limits(&mut cx);
+        for p in 0..NUM_PRIORITIES as u8 {
+            self.assign_idle(&mut cx, p, true);
+            self.assign_idle(&mut cx, p, false);
+            self.reprioritize(p);
+            if !self.settings.disable_preemption {
+                self.preempt(&mut cx, p);
+            }
+        }
+        self.assign_idle(&mut cx, FREE_PRIORITY, true);
+        self.assign_idle(&mut cx, FREE_PRIORITY, false);
+        self.finish_pass();
+        cx.out
+    }
+
+    /// Places every account's requests at the level its balance gives, and
+    /// applies fanout throttling decided by running counts.
+    fn refresh_placement(&mut self) {
+        for g in std::mem::take(&mut self.dirty_groups) {
+            let Some(group) = self.groups.get(g) else {
+                continue;
+            };
+            let max = self.max_fanout(group.account);
+            let throttled = max > 0 && group.running >= max as u32;
+            self.groups[g].dirty = false;
+            self.set_group_throttled(g, throttled);
+        }
+        let accounts: Vec<u32> = self.accounts.iter().map(|(a, _)| a).collect();
+        for a in accounts {
+            let acc = &self.accounts[a];
+            let (normal, throttled) = match &acc.config {
+                Some(cfg) => {
+                    let p = acc.balance.best_priority();
+                    let omit_free = cfg.disable_free_tasks;
+                    let normal = if p == FREE_PRIORITY && omit_free { OMITTED } else { p };
+                    (normal, if omit_free { OMITTED } else { FREE_PRIORITY })
+                }
+                None => (FREE_PRIORITY, FREE_PRIORITY),
+            };
+            self.set_virt_level(a * 2, normal);
+            self.set_virt_level(a * 2 + 1, throttled);
+        }
+    }
+
+    fn count_label_limits(&self, cx: &mut PassCtx) {
+        cx.limited = Vec::new();
+        for (a, acc) in self.accounts.iter() {
+            let Some(cfg) = &acc.config else { continue };
+            if cfg.per_label_task_limits.is_empty() {
+                continue;
+            }
+            if cx.limited.len() <= a as usize {
+                cx.limited.resize(a as usize + 1, false);
+            }
+            cx.limited[a as usize] = true;
+            for &w in &acc.running {
+                for key in cfg.per_label_task_limits.keys() {
+                    if let Some(label) = self.label_for_key(w, key) {
+                        *cx.label_counts.entry((a, label)).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker's smallest label starting with `key`.
+    fn label_for_key(&self, w: u32, key: &str) -> Option<Arc<str>> {
+        let names = &self.workers[w].names;
+        let i = names.partition_point(|n| &**n < key);
+        names.get(i).filter(|n| n.starts_with(key)).cloned()
+    }
+
+    /// True if account `a` has reached a per-label limit on worker `w`.
+    fn label_blocked(&self, cx: &PassCtx, a: u32, w: u32) -> bool {
+        if !cx.limited.get(a as usize).copied().unwrap_or(false) {
+            return false;
+        }
+        let Some(cfg) = &self.accounts[a].config else {
+            return false;
+        };
+        cfg.per_label_task_limits.iter().any(|(key, &limit)| {
+            self.label_for_key(w, key).is_some_and(|label| {
+                cx.label_counts.get(&(a, label)).copied().unwrap_or(0) >= limit as u32
+            })
+        })
+    }
+
+    fn count_label_assignment(&self, cx: &mut PassCtx, a: u32, w: u32) {
+        if !cx.limited.get(a as usize).copied().unwrap_or(false) {
+            return;
+        }
+        let Some(cfg) = &self.accounts[a].config else {
+            return;
+        };
+        for key in cfg.per_label_task_limits.keys() {
+            if let Some(label) = self.label_for_key(w, key) {
+                *cx.label_counts.entry((a, label)).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Candidate base sets for worker `w`: the empty set (if it is in use
+    /// as base labels) and the worker's eligible sets.
+    fn base_candidates(&self, w: u32) -> impl Iterator<Item = u32> + '_ {
+        let empty = self.empty_set;
+        let has_empty = self.sets[empty].cells.is_some();
+        has_empty
+            .then_some(empty)
+            .into_iter()
+            .chain(self.workers[w].eligible.iter().copied())
+    }
+
+    /// Steps 1 (`require_provision`) and 2 at level `p`.
+    fn assign_idle(&mut self, cx: &mut PassCtx, p: u8, require_provision: bool) {
+        if self.nonempty_cells[p as usize] == 0 || cx.idle.is_empty() {
+            return;
+        }
+        let mut idle = std::mem::take(&mut cx.idle);
+        idle.retain(|&w| match self.best_idle_match(cx, w, p, require_provision) {
+            Some(r) => {
+                self.assign_to_idle(cx, w, r, p);
+                false
+            }
+            None => true,
+        });
+        cx.idle = idle;
+    }
+
+    /// The best-ranked request at level `p` for idle worker `w`.
+    fn best_idle_match(&self, cx: &PassCtx, w: u32, p: u8, require_provision: bool) -> Option<u32> {
+        let worker = &self.workers[w];
+        let modified = worker.modified.as_nanos();
+        let provs: Vec<u32> = if require_provision {
+            let mut v = vec![self.empty_set];
+            v.extend(
+                worker
+                    .eligible
+                    .iter()
+                    .copied()
+                    .filter(|&s| self.sets[s].queued_prov > 0),
+            );
+            v
+        } else {
+            Vec::new()
+        };
+        let mut best: Option<(usize, QKey)> = None;
+        for s in self.base_candidates(w) {
+            let set = &self.sets[s];
+            let Some(cells) = &set.cells else { continue };
+            let cell = &cells[p as usize];
+            if cell.is_empty() {
+                continue;
+            }
+            let q = set.labels.len();
+            if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
+                continue;
+            }
+            cell.for_each_while(|head| {
+                if self.key_examined(head) > modified {
+                    return false;
+                }
+                if let Some((bq, bk)) = &best
+                    && *bq == q
+                    && head >= bk
+                {
+                    return false;
+                }
+                let a = self.requests[head.req].account;
+                if self.label_blocked(cx, a, w) {
+                    return true;
+                }
+                if !require_provision {
+                    best = Some((q, head.clone()));
+                    return false;
+                }
+                let super::Place::Queued(b) = self.requests[head.req].place else {
+                    return true;
+                };
+                let cont = &self.containers[self.buckets[b].container];
+                for &prov in &provs {
+                    let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) else {
+                        continue;
+                    };
+                    let Some(h) = self.buckets[cont.buckets[i].1].members.first() else {
+                        continue;
+                    };
+                    if self.key_examined(h) > modified {
+                        continue;
+                    }
+                    let better = match &best {
+                        None => true,
+                        Some((bq, bk)) => q > *bq || h < bk,
+                    };
+                    if better {
+                        best = Some((q, h.clone()));
+                    }
+                }
+                true
+            });
+        }
+        best.map(|(_, k)| k.req)
+    }
+
+    fn assign_to_idle(&mut self, cx: &mut PassCtx, w: u32, r: u32, p: u8) {
+        let provision_required = !self.provision_matches(r, w);
+        let a = self.requests[r].account;
+        self.count_fanout(r, p);
+        self.count_label_assignment(cx, a, w);
+        self.start_task(r, w, p, Balance::ZERO);
+        let t = self.now;
+        self.emit(
+            EventKind::Assigned {
+                provision_required,
+                priority: p,
+                preempting: false,
+                preemption_cost: None,
+                preempted_task_id: None,
+            },
+            r,
+            t,
+            Some(w),
+            Some(Balance::ZERO),
+        );
+        cx.out.push(Assignment {
+            kind: AssignmentKind::Idle,
+            worker_id: self.workers[w].id.clone(),
+            request_id: self.requests[r].id.clone(),
+            priority: p,
+            time: t,
+            provision_required,
+        });
+    }
+
+    fn provision_matches(&self, r: u32, w: u32) -> bool {
+        is_subset(&self.sets[self.requests[r].prov].labels, &self.workers[w].labels)
+    }
+
+    /// Counts an assignment at a paid level against the request's fanout
+    /// group, throttling the group at once when it reaches its limit.
+    fn count_fanout(&mut self, r: u32, p: u8) {
+        let g = self.requests[r].group;
+        let max = self.max_fanout(self.groups[g].account);
+        if max <= 0 || p >= FREE_PRIORITY {
+            return;
+        }
+        let pass_no = self.pass_no;
+        let group = &mut self.groups[g];
+        if group.pass_stamp != pass_no {
+            group.pass_stamp = pass_no;
+            group.pass_base = group.running;
+            group.pass_assigned = 0;
+        }
+        group.pass_assigned += 1;
+        if group.pass_base + group.pass_assigned >= max as u32 {
+            self.set_group_throttled(g, true);
+        }
+    }
+
+    /// Step 3 at level `p`.
+    fn reprioritize(&mut self, p: u8) {
+        let pi = p as usize;
+        let accounts: Vec<u32> = self.configured.values().copied().collect();
+        for a in accounts {
+            let acc = &self.accounts[a];
+            let Some(cfg) = &acc.config else { continue };
+            let b = acc.balance.0[pi];
+            let at_p = acc.running_by_prio[pi];
+            let net = cfg.charge_rate[pi] - at_p as f32;
+            if b < DEMOTE_THRESHOLD && net < 0.0 {
+                let mut tasks: Vec<u32> = acc
+                    .running
+                    .iter()
+                    .copied()
+                    .filter(|&w| self.task_priority(w) == p)
+                    .collect();
+                tasks.sort_by(|&x, &y| {
+                    self.task_cost(x)
+                        .lex_cmp(&self.task_cost(y))
+                        .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
+                });
+                let n = ceil_count(-net, tasks.len());
+                for &w in &tasks[..n] {
+                    self.change_priority(w, p + 1);
+                }
+            } else if b > PROMOTE_THRESHOLD && net > 0.0 {
+                let mut tasks: Vec<u32> = acc
+                    .running
+                    .iter()
+                    .copied()
+                    .filter(|&w| self.task_priority(w) > p)
+                    .collect();
+                tasks.sort_by(|&x, &y| {
+                    self.task_cost(y)
+                        .lex_cmp(&self.task_cost(x))
+                        .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
+                });
+                let n = ceil_count(net, tasks.len());
+                for &w in &tasks[..n] {
+                    self.change_priority(w, p);
+                }
+            }
+        }
+    }
+
+    fn task_priority(&self, w: u32) -> u8 {
+        self.workers[w].running.as_ref().map_or(FREE_PRIORITY, |r| r.priority)
+    }
+
+    fn task_cost(&self, w: u32) -> Balance {
+        self.workers[w].running.as_ref().map_or(Balance::ZERO, |r| r.cost)
+    }
+
+    fn change_priority(&mut self, w: u32, new: u8) {
+        let Some(run) = self.workers[w].running.clone() else {
+            return;
+        };
+        self.set_task_priority(w, new);
+        let t = self.now;
+        self.emit(
+            EventKind::Reprioritized {
+                old_priority: run.priority,
+                new_priority: new,
+            },
+            run.req,
+            t,
+            Some(w),
+            Some(run.cost),
+        );
+    }
+
+    /// The balance an account offers in the preemption test (zero if
+    /// unconfigured).
+    fn offered_balance(&self, a: u32) -> Balance {
+        let acc = &self.accounts[a];
+        if acc.config.is_some() {
+            acc.balance
+        } else {
+            Balance::ZERO
+        }
+    }
+
+    /// Step 4 at level `p`.
+    fn preempt(&mut self, cx: &mut PassCtx, p: u8) {
+        let pi = p as usize;
+        if self.nonempty_cells[pi] == 0 {
+            return;
+        }
+        let banned: Vec<bool> = {
+            let mut v = vec![false; self.accounts_capacity()];
+            for (a, acc) in self.accounts.iter() {
+                v[a as usize] = acc.running_by_prio[pi + 1..].iter().any(|&n| n > 0);
+            }
+            v
+        };
+        // Accounts that could preempt at all: at this level, not banned,
+        // with something queued. Without one, skip building candidates.
+        let mut best_offer: Option<Balance> = None;
+        for (a, acc) in self.accounts.iter() {
+            if banned[a as usize] || acc.config.is_none() {
+                continue;
+            }
+            if acc.virt[0].level != p || acc.virt[0].containers.is_empty() {
+                continue;
+            }
+            let bal = acc.balance;
+            if best_offer.is_none_or(|b| b.lex_less(&bal)) {
+                best_offer = Some(bal);
+            }
+        }
+        let Some(best_offer) = best_offer else {
+            return;
+        };
+        let mut candidates: Vec<u32> = Vec::new();
+        for q in pi + 1..LEVELS {
+            for &w in &self.running[q] {
+                if self.task_cost(w).lex_less(&best_offer) {
+                    candidates.push(w);
+                }
+            }
+        }
+        candidates.sort_by(|&x, &y| {
+            self.task_cost(x)
+                .lex_cmp(&self.task_cost(y))
+                .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
+        });
+        for w in candidates {
+            if let Some(r) = self.best_preempt_match(cx, w, p, &banned) {
+                self.preempt_worker(cx, w, r, p);
+            }
+        }
+    }
+
+    fn accounts_capacity(&self) -> usize {
+        self.accounts.iter().map(|(a, _)| a as usize + 1).max().unwrap_or(0)
+    }
+
+    fn best_preempt_match(&self, cx: &PassCtx, w: u32, p: u8, banned: &[bool]) -> Option<u32> {
+        let cost = self.task_cost(w);
+        let mut best: Option<(usize, QKey)> = None;
+        for s in self.base_candidates(w) {
+            let set = &self.sets[s];
+            let Some(cells) = &set.cells else { continue };
+            let cell = &cells[p as usize];
+            if cell.is_empty() {
+                continue;
+            }
+            let q = set.labels.len();
+            if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
+                continue;
+            }
+            cell.for_each_while(|head| {
+                if let Some((bq, bk)) = &best
+                    && *bq == q
+                    && head >= bk
+                {
+                    return false;
+                }
+                let a = self.requests[head.req].account;
+                if banned.get(a as usize).copied().unwrap_or(false)
+                    || !cost.lex_less(&self.offered_balance(a))
+                    || self.label_blocked(cx, a, w)
+                {
+                    return true;
+                }
+                best = Some((q, head.clone()));
+                false
+            });
+        }
+        best.map(|(_, k)| k.req)
+    }
+
+    fn preempt_worker(&mut self, cx: &mut PassCtx, w: u32, r: u32, p: u8) {
+        let Some(old) = self.workers[w].running.clone() else {
+            return;
+        };
+        let t = self.now;
+        let provision_required = !self.provision_matches(r, w);
+        let old_id = self.requests[old.req].id.clone();
+        self.emit(
+            EventKind::Assigned {
+                provision_required,
+                priority: p,
+                preempting: true,
+                preemption_cost: Some(old.cost),
+                preempted_task_id: Some(old_id.clone()),
+            },
+            r,
+            t,
+            Some(w),
+            Some(old.cost),
+        );
+        let (new_acc, old_acc) = (self.requests[r].account, self.requests[old.req].account);
+        self.emit(
+            EventKind::Preempted {
+                preempting_account_id: self.accounts[new_acc].id.clone(),
+                preempting_task_id: self.requests[r].id.clone(),
+                priority: old.priority,
+                preempting_priority: p,
+            },
+            old.req,
+            t,
+            Some(w),
+            Some(old.cost),
+        );
+        if self.accounts[old_acc].config.is_some() {
+            self.accounts[old_acc].balance.add(&old.cost);
+        }
+        if self.accounts[new_acc].config.is_some() {
+            self.accounts[new_acc].balance.sub(&old.cost);
+        }
+        let old_r = self.stop_task(w);
+        self.free_request(old_r);
+        self.count_fanout(r, p);
+        self.count_label_assignment(cx, new_acc, w);
+        self.start_task(r, w, p, old.cost);
+        cx.out.push(Assignment {
+            kind: AssignmentKind::Preempt {
+                task_to_abort: old_id,
+            },
+            worker_id: self.workers[w].id.clone(),
+            request_id: self.requests[r].id.clone(),
+            priority: p,
+            time: t,
+            provision_required,
+        });
+    }
+
+    /// Step 5: every request that was in the pass and is still queued was
+    /// examined now.
+    fn finish_pass(&mut self) {
+        let t = self.now;
+        let accounts: Vec<u32> = self.accounts.iter().map(|(a, _)| a).collect();
+        for a in accounts {
+            for half in 0..2u32 {
+                let v = a * 2 + half;
+                if self.virt(v).level != OMITTED {
+                    let dirty = std::mem::take(&mut self.accounts[a].virt[half as usize].dirty);
+                    for b in dirty {
+                        let live = self
+                            .buckets
+                            .get(b)
+                            .is_some_and(|bucket| bucket.virt == v && bucket.dirty);
+                        if live {
+                            self.settle_bucket(b);
+                        }
+                    }
+                } else if t != self.last_pass && self.virt(v).settled > 0 {
+                    let at = self.last_pass;
+                    self.unsettle_virt(v, at);
+                }
+            }
+        }
+        self.last_pass = t;
+    }
+}
+
+/// `min(len, ceil(x))` for a positive `f32` count.
+fn ceil_count(x: f32, len: usize) -> usize {
+    let c = x.ceil();
+    if c >= len as f32 { len } else { c.max(0.0) as usize }
+}
