@@ -1,1 +1,45 @@
-fn main() {}
+//! The `qscheduler` command: server, administration and simulation tools.
+
+mod replay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A quota scheduler for fleets of bots: Swarming's external scheduler.
+#[derive(Parser)]
+#[command(name = "qscheduler", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a workload trace (qsched-trace/1 JSON Lines) through the
+    /// scheduling core and report timings, assignments, memory and
+    /// snapshot size.
+    Replay {
+        /// The trace file (see the bench folder's TRACE.md for the format).
+        #[arg(long, value_name = "FILE")]
+        trace: PathBuf,
+        /// Print one JSON object on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay { trace, json } => replay::run(&trace, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qscheduler: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -106,11 +106,20 @@
 //! ending in an id.
 
 pub mod account;
+mod codec;
+pub mod command;
 pub mod event;
+pub mod pool;
+pub mod reconciler;
 pub mod scheduler;
+pub mod snapshot;
 pub mod time;
 
 pub use account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES, PoolSettings};
 pub use event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
 pub use scheduler::{NewRequest, Scheduler};
+pub use codec::DecodeError;
+pub use command::{AccountChanges, AssignCall, Batch, Command, CommandError, Notification, NotifyCall, NotifyKind};
+pub use pool::{Outcome, Pool, PoolEvent};
+pub use reconciler::{BotAssignment, CancelReason, Cancellation, IdleBot, Reconciler};
 pub use time::Time;
