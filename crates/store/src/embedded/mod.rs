@@ -602,8 +602,13 @@ impl PoolShared {
 
         // Compaction: keep the newest `keep_snapshots` snapshots and the log after the oldest
         // of them, so a damaged newest snapshot can still fall back.
-        let keep = self.store.options.keep_snapshots.max(1).min(kept.len());
-        let oldest_kept = kept[kept.len() - keep];
+        // With fewer snapshots than that, the whole log is the fallback: nothing is deleted.
+        let keep = self.store.options.keep_snapshots.max(1);
+        let oldest_kept = if kept.len() >= keep {
+            kept[kept.len() - keep]
+        } else {
+            0
+        };
         let old_snaps: Vec<u64> = kept.iter().copied().filter(|&s| s < oldest_kept).collect();
         kept.retain(|&s| s >= oldest_kept);
         let mut old_segments = Vec::new();
