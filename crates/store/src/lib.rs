@@ -69,7 +69,8 @@ pub struct StoreOptions {
     /// that compaction can delete whole files.
     pub segment_bytes: u64,
     /// Snapshots kept per pool (at least 1). Keeping 2 means a damaged newest snapshot falls back
-    /// to the previous one, at the cost of keeping the log since that previous one.
+    /// to the previous one, at the cost of keeping the log since that previous one. Until a pool
+    /// has that many snapshots, its whole log is kept (the log from seq 1 is the fallback).
     pub keep_snapshots: usize,
 }
 
@@ -311,8 +312,9 @@ impl PoolHandle {
     }
 
     /// Appends `records` (numbered from `last_seq() + 1`) in one durable commit and returns once
-    /// it is durable. On an error other than [`Error::Fenced`] the outcome is unknown: the pool
-    /// must be reopened and the records replayed from recovery.
+    /// it is durable. An empty batch writes nothing. On an error other than [`Error::Fenced`] or
+    /// [`Error::InvalidArgument`] the outcome is unknown: the handle refuses further appends
+    /// ([`Error::Poisoned`]) and the pool must be reopened, which tells what was kept.
     pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<AppendStats> {
         match self {
             PoolHandle::Embedded(h) => h.append(records).await,

@@ -480,6 +480,7 @@ async fn snapshot_write_does_not_block_appends() {
         "appends while a 40 MiB snapshot was written ({:?}): {appended}",
         st.elapsed
     );
+    assert!(appended > 1, "appends stalled behind the snapshot");
     drop(h);
     let (_, r) = store.open_pool("s").await.expect("reopen");
     assert_eq!(r.snapshot.map(|(s, b)| (s, b.len())), Some((1, 40 << 20)));

@@ -420,3 +420,35 @@ async fn corrupt_rows_are_reported_not_loaded() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_upload_does_not_block_appends() {
+    with_schema("snapblock", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        store.create_pool("s", rec(1, 20)).await.expect("create");
+        let (h, _) = store.open_pool("s").await.expect("open");
+        let big: Vec<u8> = (0..30u32 << 20).map(|i| (i % 251) as u8).collect();
+        let snap = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write_snapshot(1, big).await })
+        };
+        let mut appended = 0;
+        while !snap.is_finished() {
+            h.append(vec![rec(h.last_seq() + 1, 20)])
+                .await
+                .expect("append");
+            appended += 1;
+        }
+        let st = snap.await.expect("join").expect("snapshot");
+        println!(
+            "appends while a 30 MiB snapshot was uploaded ({:?}): {appended}",
+            st.elapsed
+        );
+        assert!(appended > 1, "appends stalled behind the snapshot");
+        h.release().await.expect("release");
+        let (_, r) = store.open_pool("s").await.expect("reopen");
+        assert_eq!(r.snapshot.map(|(s, b)| (s, b.len())), Some((1, 30 << 20)));
+        assert_eq!(r.records.len(), appended);
+    })
+    .await;
+}
