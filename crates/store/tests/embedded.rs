@@ -486,3 +486,51 @@ async fn snapshot_write_does_not_block_appends() {
     assert_eq!(r.snapshot.map(|(s, b)| (s, b.len())), Some((1, 40 << 20)));
     assert_eq!(r.records.len(), appended);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_open_in_parallel_and_delete_waits_for_an_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), opts()).await;
+    for i in 0..8 {
+        store
+            .create_pool(&format!("p{i}"), rec(1, 10))
+            .await
+            .expect("create");
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .open_pool(&format!("p{i}"))
+                .await
+                .map(|(h, r)| (h, r.records.len()))
+        }));
+    }
+    // Racing a delete against the opens: it either fences an opened handle or wins outright.
+    let del = {
+        let store = store.clone();
+        tokio::spawn(async move { store.delete_pool("p3").await })
+    };
+    let mut handles = Vec::new();
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok((h, n)) => {
+                assert_eq!(n, 1);
+                handles.push(h);
+            }
+            Err(Error::NotFound { pool }) => assert_eq!(pool, "p3"),
+            Err(e) => panic!("open failed: {e}"),
+        }
+    }
+    del.await.expect("join").expect("delete");
+    for h in handles {
+        let r = h.append(vec![rec(2, 10)]).await;
+        if h.pool() == "p3" {
+            assert!(matches!(r, Err(Error::Fenced { .. })));
+        } else {
+            r.expect("append");
+        }
+    }
+    assert_eq!(store.list_pools().await.expect("list").len(), 7);
+}

@@ -66,12 +66,12 @@
 
 mod format;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -100,10 +100,26 @@ struct Inner {
     /// process can open the directory while anything here can still write.
     _lock: File,
     options: StoreOptions,
-    /// Open pools. Weak so that dropping every handle of a pool lets it be opened again.
-    /// Also serialises create/delete/open, which are rare.
-    catalogue: Mutex<HashMap<String, Weak<PoolShared>>>,
+    /// Open pools. Also serialises create/delete and the start of an open, which are rare.
+    catalogue: Mutex<Catalogue>,
+    /// Signalled when a pool finishes opening (a delete of that pool waits for it).
+    opened: Condvar,
     counter: AtomicU64,
+}
+
+#[derive(Default)]
+struct Catalogue {
+    /// Weak so that dropping every handle of a pool lets it be opened again.
+    open: HashMap<String, Weak<PoolShared>>,
+    /// Pools being recovered. Recovery (reading tens of MB) runs without the catalogue lock, so
+    /// pools open in parallel.
+    opening: HashSet<String>,
+}
+
+impl Catalogue {
+    fn is_open(&self, pool: &str) -> bool {
+        self.opening.contains(pool) || self.open.get(pool).is_some_and(|w| w.strong_count() > 0)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
@@ -216,7 +232,8 @@ impl EmbeddedStore {
                 trash_dir,
                 _lock: lock_file,
                 options,
-                catalogue: Mutex::new(HashMap::new()),
+                catalogue: Mutex::new(Catalogue::default()),
+                opened: Condvar::new(),
                 counter: AtomicU64::new(0),
             }),
         })
@@ -264,9 +281,7 @@ impl EmbeddedStore {
     }
 
     pub async fn owner_of(&self, pool: &str) -> Result<Option<Owner>> {
-        let open = lock(&self.inner.catalogue)?
-            .get(pool)
-            .is_some_and(|w| w.strong_count() > 0);
+        let open = lock(&self.inner.catalogue)?.is_open(pool);
         Ok(open.then(|| {
             let me = self.this_replica();
             Owner {
@@ -279,16 +294,14 @@ impl EmbeddedStore {
     pub async fn unowned_pools(&self) -> Result<Vec<String>> {
         let pools = self.list_pools().await?;
         let cat = lock(&self.inner.catalogue)?;
-        Ok(pools
-            .into_iter()
-            .filter(|p| cat.get(p).is_none_or(|w| w.strong_count() == 0))
-            .collect())
+        Ok(pools.into_iter().filter(|p| !cat.is_open(p)).collect())
     }
 
     /// Closes every open handle; the data directory stays locked until the store and all
     /// handles are dropped.
     pub async fn shutdown(&self) -> Result<()> {
         let open: Vec<Arc<PoolShared>> = lock(&self.inner.catalogue)?
+            .open
             .drain()
             .filter_map(|(_, w)| w.upgrade())
             .collect();
@@ -365,10 +378,16 @@ impl Inner {
 
     fn delete_pool(&self, pool: &str) -> Result<()> {
         let mut cat = lock(&self.catalogue)?;
+        while cat.opening.contains(pool) {
+            cat = self
+                .opened
+                .wait(cat)
+                .map_err(|_| Error::Internal("a store lock was poisoned by a panic".into()))?;
+        }
         let Some(dir) = self.pool_dir(pool)? else {
             return Err(Error::NotFound { pool: pool.into() });
         };
-        if let Some(open) = cat.remove(pool).and_then(|w| w.upgrade()) {
+        if let Some(open) = cat.open.remove(pool).and_then(|w| w.upgrade()) {
             open.close()?;
         }
         let trash = self.trash_dir.join(self.next_unique());
@@ -400,14 +419,22 @@ impl Inner {
     }
 
     fn open_pool(self: &Arc<Self>, pool: &str) -> Result<(EmbeddedPoolHandle, Recovered)> {
-        let mut cat = lock(&self.catalogue)?;
-        if cat.get(pool).is_some_and(|w| w.strong_count() > 0) {
-            return Err(Error::AlreadyOpen { pool: pool.into() });
-        }
-        let Some(dir) = self.pool_dir(pool)? else {
-            return Err(Error::NotFound { pool: pool.into() });
+        let dir = {
+            let mut cat = lock(&self.catalogue)?;
+            if cat.is_open(pool) {
+                return Err(Error::AlreadyOpen { pool: pool.into() });
+            }
+            let Some(dir) = self.pool_dir(pool)? else {
+                return Err(Error::NotFound { pool: pool.into() });
+            };
+            cat.opening.insert(pool.to_string());
+            dir
         };
-        let (log, kept, recovered) = recover(pool, &dir)?;
+        let result = recover(pool, &dir);
+        let mut cat = lock(&self.catalogue)?;
+        cat.opening.remove(pool);
+        self.opened.notify_all();
+        let (log, kept, recovered) = result?;
         let last_seq = log.next_seq - 1;
         let (lease, _) = watch::channel(LeaseState::Held);
         let shared = Arc::new(PoolShared {
@@ -419,7 +446,7 @@ impl Inner {
             last_seq: AtomicU64::new(last_seq),
             lease,
         });
-        cat.insert(pool.to_string(), Arc::downgrade(&shared));
+        cat.open.insert(pool.to_string(), Arc::downgrade(&shared));
         Ok((EmbeddedPoolHandle { shared }, recovered))
     }
 }
@@ -672,10 +699,11 @@ impl EmbeddedPoolHandle {
             shared.close()?;
             let mut cat = lock(&shared.store.catalogue)?;
             if cat
+                .open
                 .get(&shared.pool)
                 .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&shared)))
             {
-                cat.remove(&shared.pool);
+                cat.open.remove(&shared.pool);
             }
             Ok(())
         })
