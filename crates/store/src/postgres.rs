@@ -632,7 +632,7 @@ impl PgShared {
                 .map_err(db_err("recover: log range"))?;
         let newest = snaps.first().map(|s| s.0);
         let covered = |s: i64| match log_range.0 {
-            Some(first) => first <= s + 1,
+            Some(first) => first <= s.saturating_add(1),
             None => Some(s) == newest,
         };
         let mut notes = Vec::new();

@@ -43,13 +43,18 @@ pub(crate) fn snapshot_name(seq: u64) -> String {
     format!("snap-{seq:020}.snap")
 }
 
-/// Parses `log-<n>.seg` or `snap-<n>.snap`.
+/// Parses `log-<n>.seg` or `snap-<n>.snap`. Seqs start at 1 and stay far below `i64::MAX` (the
+/// PostgreSQL backend's limit), so other numbers are not ours and the file is ignored; this also
+/// keeps `seq + 1` arithmetic in recovery from overflowing on a hostile name.
 pub(crate) fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits
+        .parse()
+        .ok()
+        .filter(|&n| n >= 1 && n < i64::MAX as u64)
 }
 
 pub(crate) fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER] {
@@ -332,6 +337,18 @@ mod tests {
         assert!(na.len() <= MAX_DIR_NAME && nb.len() <= MAX_DIR_NAME);
         assert_ne!(na, nb);
         assert_eq!(pool_from_dir_name(&na), None);
+    }
+
+    #[test]
+    fn numbered_names() {
+        assert_eq!(parse_numbered(&segment_name(42), "log-", ".seg"), Some(42));
+        assert_eq!(parse_numbered(&snapshot_name(7), "snap-", ".snap"), Some(7));
+        assert_eq!(parse_numbered(&segment_name(0), "log-", ".seg"), None);
+        assert_eq!(
+            parse_numbered(&segment_name(u64::MAX), "log-", ".seg"),
+            None
+        );
+        assert_eq!(parse_numbered("log-42.seg", "log-", ".seg"), None);
     }
 
     #[test]
