@@ -31,7 +31,7 @@
 //! * **Dependencies.** One small crate (`crc32c`) and `std` (file locks are in `std` since Rust
 //!   1.89), no C toolchain, no format migrations owned by someone else.
 //!
-//! The price is about 600 lines of format and recovery code that we own and test (including
+//! The price is about 1,000 lines of format and recovery code that we own and test (including
 //! byte-flip and truncation tests), and a Unix-first design (directory `fsync`).
 //!
 //! # Layout
