@@ -1,0 +1,454 @@
+//! PostgreSQL backend against a real database (`DATABASE_URL`, default the local test database).
+//! Each test works in its own schema, dropped at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{database_url, open_pg, open_pg_stalled, pg_options, rec, with_schema};
+use qscheduler_store::{Error, LeaseState, Owner, RecoveryNote, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_snapshot_compaction_reopen() {
+    with_schema("roundtrip", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        store.create_pool("p", rec(1, 40)).await.expect("create");
+        assert!(matches!(
+            store.create_pool("p", rec(1, 40)).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert_eq!(
+            store.list_pools().await.expect("list"),
+            vec!["p".to_string()]
+        );
+        assert!(store.pool_exists("p").await.expect("exists"));
+        let (h, r) = store.open_pool("p").await.expect("open");
+        assert_eq!(r.records, vec![(1, rec(1, 40))]);
+        for s in 2..=20u64 {
+            assert_eq!(
+                h.append(vec![rec(s, 40)]).await.expect("append").last_seq,
+                s
+            );
+        }
+        h.write_snapshot(5, b"state@5".to_vec())
+            .await
+            .expect("snap");
+        h.write_snapshot(12, b"state@12".to_vec())
+            .await
+            .expect("snap");
+        let st = h
+            .write_snapshot(15, b"state@15".to_vec())
+            .await
+            .expect("snap");
+        // Keeps snapshots 12 and 15, and the log after 12.
+        assert_eq!(st.records_compacted, 7, "{st:?}");
+        assert!(matches!(
+            h.write_snapshot(21, vec![]).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        h.append(vec![rec(21, 5), rec(22, 5)])
+            .await
+            .expect("append");
+        h.release().await.expect("release");
+
+        let (h, r) = store.open_pool("p").await.expect("reopen");
+        assert_eq!(r.snapshot, Some((15, b"state@15".to_vec())));
+        let want: Vec<(u64, Vec<u8>)> = (16..=20)
+            .map(|s| (s, rec(s, 40)))
+            .chain([(21, rec(21, 5)), (22, rec(22, 5))])
+            .collect();
+        assert_eq!(r.records, want);
+        assert_eq!(h.last_seq(), 22);
+
+        // Delete fences the open handle and frees the rows.
+        store.delete_pool("p").await.expect("delete");
+        assert!(matches!(
+            h.append(vec![b"x".to_vec()]).await,
+            Err(Error::Fenced { .. })
+        ));
+        assert_eq!(*h.lease().borrow(), LeaseState::Lost);
+        assert!(matches!(
+            store.delete_pool("p").await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.open_pool("p").await,
+            Err(Error::NotFound { .. })
+        ));
+        let Store::Postgres(pg) = &store else {
+            panic!("not postgres")
+        };
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM qs_log) + (SELECT count(*) FROM qs_snapshot)",
+        )
+        .fetch_one(pg.db())
+        .await
+        .expect("count");
+        assert_eq!(rows, 0);
+        store.shutdown().await.expect("shutdown");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_is_one_statement() {
+    with_schema("group", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        store.create_pool("g", rec(1, 10)).await.expect("create");
+        let (h, _) = store.open_pool("g").await.expect("open");
+        let batch: Vec<Vec<u8>> = (2..=1001).map(|s| rec(s, 100)).collect();
+        let st = h.append(batch).await.expect("append");
+        assert_eq!((st.last_seq, st.records), (1001, 1000));
+        h.release().await.expect("release");
+        let (_, r) = store.open_pool("g").await.expect("reopen");
+        assert_eq!(r.records.len(), 1001);
+        assert!(
+            r.records
+                .iter()
+                .enumerate()
+                .all(|(i, (s, v))| *s == i as u64 + 1 && *v == rec(*s, v.len()))
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_writer_is_fenced_after_takeover() {
+    with_schema("fence", |schema| async move {
+        let a = open_pg_stalled(&schema, "a", Duration::from_secs(30)).await;
+        let b = open_pg(&schema, "b").await;
+        a.create_pool("p", rec(1, 10)).await.expect("create");
+        let (ha, _) = a.open_pool("p").await.expect("a owns");
+        ha.append(vec![rec(2, 10)]).await.expect("a appends");
+        // b cannot take a live lease, and learns who owns the pool.
+        match b.open_pool("p").await {
+            Err(Error::NotOwner { owner, .. }) => assert_eq!(
+                owner,
+                Some(Owner {
+                    replica_id: "a".into(),
+                    address: "a.example:7000".into()
+                })
+            ),
+            Err(e) => panic!("expected NotOwner, got {e}"),
+            Ok(_) => panic!("b took a live lease"),
+        }
+        // a's lease runs out (a is hung); b takes over.
+        let Store::Postgres(pg) = &b else {
+            panic!("not postgres")
+        };
+        sqlx::query("UPDATE qs_pool SET lease_expires_at = now() - interval '1 second'")
+            .execute(pg.db())
+            .await
+            .expect("expire");
+        let (hb, r) = b.open_pool("p").await.expect("b takes over");
+        assert_eq!(r.records.len(), 2);
+        let mut a_lease = ha.lease();
+        // The stale writer can never append again, nor snapshot.
+        assert!(matches!(
+            ha.append(vec![rec(3, 10)]).await,
+            Err(Error::Fenced { .. })
+        ));
+        assert_eq!(*a_lease.borrow_and_update(), LeaseState::Lost);
+        assert!(matches!(
+            ha.write_snapshot(2, b"s".to_vec()).await,
+            Err(Error::Fenced { .. })
+        ));
+        hb.append(vec![rec(3, 20)]).await.expect("b appends");
+        hb.write_snapshot(3, b"state@3".to_vec())
+            .await
+            .expect("b snapshots");
+        assert_eq!(
+            b.owner_of("p").await.expect("owner").map(|o| o.replica_id),
+            Some("b".into())
+        );
+        hb.release().await.expect("release");
+        let (_, r) = b.open_pool("p").await.expect("reopen");
+        assert_eq!(r.snapshot, Some((3, b"state@3".to_vec())));
+        assert!(r.records.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_takeover_and_renewal() {
+    with_schema("expiry", |schema| async move {
+        // a renews; c is hung (never renews). Both with a 1 s lease.
+        let renewing = qscheduler_store::StoreOptions {
+            lease_ttl: Duration::from_secs(1),
+            ..pg_options(&schema, "a")
+        };
+        let a = Store::open(&database_url(), renewing)
+            .await
+            .expect("open a");
+        let c = open_pg_stalled(&schema, "c", Duration::from_secs(1)).await;
+        let b = open_pg(&schema, "b").await;
+        a.create_pool("kept", rec(1, 10)).await.expect("create");
+        a.create_pool("dropped", rec(1, 10)).await.expect("create");
+        let (ha, _) = a.open_pool("kept").await.expect("a owns");
+        let (hc, _) = c.open_pool("dropped").await.expect("c owns");
+        assert!(b.unowned_pools().await.expect("unowned").is_empty());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // a's renewals kept its pool; c's lease expired and b takes the pool over.
+        assert!(matches!(
+            b.open_pool("kept").await,
+            Err(Error::NotOwner { .. })
+        ));
+        assert_eq!(
+            b.unowned_pools().await.expect("unowned"),
+            vec!["dropped".to_string()]
+        );
+        assert_eq!(b.owner_of("dropped").await.expect("owner"), None);
+        let (hb, _) = b.open_pool("dropped").await.expect("takeover");
+        assert!(matches!(
+            hc.append(vec![rec(2, 1)]).await,
+            Err(Error::Fenced { .. })
+        ));
+        ha.append(vec![rec(2, 1)]).await.expect("a still writes");
+        hb.append(vec![rec(2, 1)]).await.expect("b writes");
+        // A renewal that finds the lease gone flips the handle to Lost without any write.
+        let Store::Postgres(pg) = &b else {
+            panic!("not postgres")
+        };
+        let mut lease = ha.lease();
+        sqlx::query(
+            "UPDATE qs_pool SET lease_generation = lease_generation + 1 WHERE pool_id = 'kept'",
+        )
+        .execute(pg.db())
+        .await
+        .expect("steal");
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            lease.wait_for(|s| *s == LeaseState::Lost),
+        )
+        .await
+        .expect("renewal noticed the loss in time")
+        .expect("watch");
+        a.shutdown().await.expect("shutdown");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_owner_lookup_and_clean_release() {
+    with_schema("registry", |schema| async move {
+        let a = open_pg(&schema, "a").await;
+        let b = open_pg(&schema, "b").await;
+        let ids = |v: Vec<qscheduler_store::Replica>| {
+            v.into_iter().map(|r| r.replica_id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(a.live_replicas().await.expect("live")), vec!["a", "b"]);
+        let hung = open_pg_stalled(&schema, "h", Duration::from_millis(500)).await;
+        assert_eq!(
+            ids(a.live_replicas().await.expect("live")),
+            vec!["a", "b", "h"]
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // The hung replica's heartbeat expired.
+        assert_eq!(ids(a.live_replicas().await.expect("live")), vec!["a", "b"]);
+        drop(hung);
+
+        a.create_pool("p", rec(1, 1)).await.expect("create");
+        assert_eq!(b.owner_of("p").await.expect("owner"), None);
+        assert_eq!(b.owner_of("missing").await.expect("owner"), None);
+        let (ha, _) = a.open_pool("p").await.expect("open");
+        assert!(matches!(
+            a.open_pool("p").await,
+            Err(Error::AlreadyOpen { .. })
+        ));
+        assert_eq!(
+            b.owner_of("p").await.expect("owner"),
+            Some(Owner {
+                replica_id: "a".into(),
+                address: "a.example:7000".into()
+            })
+        );
+        // Clean shutdown: the pool is free at once, a leaves the registry, its handle is fenced.
+        a.shutdown().await.expect("shutdown");
+        assert_eq!(b.owner_of("p").await.expect("owner"), None);
+        assert_eq!(ids(b.live_replicas().await.expect("live")), vec!["b"]);
+        assert!(matches!(
+            ha.append(vec![rec(2, 1)]).await,
+            Err(Error::Fenced { .. })
+        ));
+        let (hb, _) = b.open_pool("p").await.expect("b takes it at once");
+        hb.release().await.expect("release");
+        assert_eq!(b.owner_of("p").await.expect("owner"), None);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_from_one_handle() {
+    with_schema("concurrent", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        store
+            .create_pool("p", b"first".to_vec())
+            .await
+            .expect("create");
+        let (h, _) = store.open_pool("p").await.expect("open");
+        let mut tasks = Vec::new();
+        for t in 0..8u8 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..10u8 {
+                    let st = h
+                        .append(vec![vec![t, i], vec![t, i, 1]])
+                        .await
+                        .expect("append");
+                    seqs.push(st.last_seq);
+                }
+                seqs
+            }));
+        }
+        // A snapshot running alongside the appends must not disturb them.
+        h.write_snapshot(1, b"state@1".to_vec())
+            .await
+            .expect("snap");
+        let mut last = Vec::new();
+        for t in tasks {
+            last.extend(t.await.expect("join"));
+        }
+        last.sort_unstable();
+        let want: Vec<u64> = (0..80).map(|i| 3 + 2 * i).collect();
+        assert_eq!(last, want);
+        h.release().await.expect("release");
+        let (_, r) = store.open_pool("p").await.expect("reopen");
+        assert_eq!(r.snapshot, Some((1, b"state@1".to_vec())));
+        assert_eq!(r.records.len(), 160);
+        // Each append's two records are adjacent.
+        for pair in r.records.chunks(2) {
+            assert_eq!(pair[0].1[..2], pair[1].1[..2]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_concurrent_safe() {
+    with_schema("migrate", |schema| async move {
+        // Three replicas starting at once on an empty schema.
+        let url = database_url();
+        let (a, b, c) = tokio::join!(
+            Store::open(&url, pg_options(&schema, "a")),
+            Store::open(&url, pg_options(&schema, "b")),
+            Store::open(&url, pg_options(&schema, "c")),
+        );
+        let a = a.expect("a");
+        b.expect("b");
+        c.expect("c");
+        let Store::Postgres(pg) = &a else {
+            panic!("not postgres")
+        };
+        qscheduler_store::postgres::migrate(pg.db(), Some(&schema))
+            .await
+            .expect("again");
+        let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM qs_schema_version")
+            .fetch_all(pg.db())
+            .await
+            .expect("versions");
+        assert_eq!(versions, vec![1]);
+        // A bad schema name is refused before it reaches SQL.
+        let bad = qscheduler_store::StoreOptions {
+            pg_schema: Some("x\"; DROP TABLE qs_pool; --".into()),
+            ..pg_options(&schema, "d")
+        };
+        assert!(matches!(
+            Store::open(&database_url(), bad).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_are_reported_not_loaded() {
+    with_schema("corrupt", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        let Store::Postgres(pg) = &store else {
+            panic!("not postgres")
+        };
+        for p in ["rec", "snap", "fallback", "fine"] {
+            store.create_pool(p, rec(1, 10)).await.expect("create");
+            let (h, _) = store.open_pool(p).await.expect("open");
+            for s in 2..=6 {
+                h.append(vec![rec(s, 10)]).await.expect("append");
+            }
+            if p == "fallback" || p == "snap" {
+                h.write_snapshot(2, b"state@2".to_vec())
+                    .await
+                    .expect("snap");
+            }
+            h.write_snapshot(4, b"state@4".to_vec())
+                .await
+                .expect("snap");
+            h.release().await.expect("release");
+        }
+        sqlx::query("UPDATE qs_log SET record = 'x'::bytea WHERE pool_id = 'rec' AND seq = 5")
+            .execute(pg.db())
+            .await
+            .expect("damage");
+        // "snap" loses both snapshots (and its log up to 2 was compacted): nothing to fall back on.
+        sqlx::query(
+            "UPDATE qs_snapshot SET bytes = 'x'::bytea
+             WHERE (pool_id = 'fallback' AND seq = 4) OR pool_id = 'snap'",
+        )
+        .execute(pg.db())
+        .await
+        .expect("damage");
+        assert!(matches!(
+            store.open_pool("rec").await,
+            Err(Error::Corrupt { seq: 5, .. })
+        ));
+        // The failed recovery gave the lease back.
+        assert_eq!(store.owner_of("rec").await.expect("owner"), None);
+        match store.open_pool("snap").await {
+            Err(Error::Corrupt { seq: 4, what, .. }) => {
+                assert!(what.contains("snapshot"), "{what}")
+            }
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok((_, r)) => panic!("loaded damaged state: {r:?}"),
+        }
+        let (_, r) = store.open_pool("fallback").await.expect("falls back");
+        assert_eq!(r.snapshot, Some((2, b"state@2".to_vec())));
+        assert_eq!(r.records.first().map(|r| r.0), Some(3));
+        assert!(matches!(
+            r.notes.as_slice(),
+            [RecoveryNote::SkippedSnapshot { seq: 4, .. }]
+        ));
+        store.open_pool("fine").await.expect("other pools load");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_upload_does_not_block_appends() {
+    with_schema("snapblock", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        store.create_pool("s", rec(1, 20)).await.expect("create");
+        let (h, _) = store.open_pool("s").await.expect("open");
+        let big: Vec<u8> = (0..30u32 << 20).map(|i| (i % 251) as u8).collect();
+        let snap = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write_snapshot(1, big).await })
+        };
+        let mut appended = 0;
+        while !snap.is_finished() {
+            h.append(vec![rec(h.last_seq() + 1, 20)])
+                .await
+                .expect("append");
+            appended += 1;
+        }
+        let st = snap.await.expect("join").expect("snapshot");
+        println!(
+            "appends while a 30 MiB snapshot was uploaded ({:?}): {appended}",
+            st.elapsed
+        );
+        assert!(appended > 1, "appends stalled behind the snapshot");
+        h.release().await.expect("release");
+        let (_, r) = store.open_pool("s").await.expect("reopen");
+        assert_eq!(r.snapshot.map(|(s, b)| (s, b.len())), Some((1, 30 << 20)));
+        assert_eq!(r.records.len(), appended);
+    })
+    .await;
+}
