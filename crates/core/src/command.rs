@@ -69,6 +69,41 @@ pub struct NotifyCall {
     pub is_callback: bool,
 }
 
+impl NotifyCall {
+    /// Checks every item: ids present.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        for (i, n) in self.notifications.iter().enumerate() {
+            if n.task_id.is_empty() {
+                return Err(CommandError::Invalid(format!(
+                    "notifications[{i}].task.id: a task id is required"
+                )));
+            }
+            if let NotifyKind::Running { bot_id } = &n.kind
+                && bot_id.is_empty()
+            {
+                return Err(CommandError::Invalid(format!(
+                    "notifications[{i}].task.bot_id: a bot id is required for a running task"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AssignCall {
+    /// Checks every bot: ids present.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        for (i, bot) in self.bots.iter().enumerate() {
+            if bot.id.is_empty() {
+                return Err(CommandError::Invalid(format!(
+                    "idle_bots[{i}].bot_id: a bot id is required"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One AssignTasks call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AssignCall {
@@ -165,6 +200,12 @@ pub enum Command {
         /// New bot expiration in seconds (0 = default 300 s).
         bot_expiration_secs: Option<i32>,
     },
+    /// Start the pool afresh: no accounts, default settings, the clock at
+    /// `time`. The first record of every pool's log.
+    Create {
+        /// The server's time when the pool was created.
+        time: Time,
+    },
     /// Forget all tasks, bots and balances; keep the configuration.
     Wipe {
         /// The server's time when the wipe was requested.
@@ -193,27 +234,14 @@ impl Command {
         match self {
             Command::Batch(b) => {
                 for (ci, call) in b.notifies.iter().enumerate() {
-                    for (i, n) in call.notifications.iter().enumerate() {
-                        if n.task_id.is_empty() {
-                            return invalid(format!(
-                                "notification {i} of call {ci}: task id is required"
-                            ));
-                        }
-                        if let NotifyKind::Running { bot_id } = &n.kind
-                            && bot_id.is_empty()
-                        {
-                            return invalid(format!(
-                                "notification {i} of call {ci}: bot id is required for a running task"
-                            ));
-                        }
-                    }
+                    call.validate().map_err(|e| {
+                        CommandError::Invalid(format!("notify call {ci}: {e}"))
+                    })?;
                 }
                 for (ci, call) in b.assigns.iter().enumerate() {
-                    for (i, bot) in call.bots.iter().enumerate() {
-                        if bot.id.is_empty() {
-                            return invalid(format!("idle bot {i} of call {ci}: bot id is required"));
-                        }
-                    }
+                    call.validate().map_err(|e| {
+                        CommandError::Invalid(format!("assign call {ci}: {e}"))
+                    })?;
                 }
                 Ok(())
             }
@@ -246,7 +274,7 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::ModPool { .. } | Command::Wipe { .. } => Ok(()),
+            Command::ModPool { .. } | Command::Wipe { .. } | Command::Create { .. } => Ok(()),
         }
     }
 
@@ -337,6 +365,10 @@ impl Command {
             }
             Command::Wipe { time } => {
                 w.u8(5);
+                w.time(*time);
+            }
+            Command::Create { time } => {
+                w.u8(6);
                 w.time(*time);
             }
         }
@@ -435,6 +467,7 @@ impl Command {
                 bot_expiration_secs: read_opt(&mut r, read_i32)?,
             },
             5 => Command::Wipe { time: r.time()? },
+            6 => Command::Create { time: r.time()? },
             k => return Err(DecodeError::Invalid(format!("command kind {k}"))),
         };
         r.finish()?;
@@ -610,6 +643,9 @@ mod tests {
             Command::Wipe {
                 time: Time::from_secs(99),
             },
+            Command::Create {
+                time: Time::from_secs(7),
+            },
         ];
         for c in cmds {
             let bytes = c.encode();
@@ -633,7 +669,7 @@ mod tests {
             }],
         });
         let err = Command::Batch(b).validate().unwrap_err().to_string();
-        assert!(err.contains("notification 0") && err.contains("bot id"), "{err}");
+        assert!(err.contains("notifications[0].task.bot_id"), "{err}");
         let err = Command::CreateAccount {
             account_id: "a".into(),
             config: AccountConfig {

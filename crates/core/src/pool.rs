@@ -122,6 +122,7 @@ impl Pool {
                 self.scheduler.set_settings(s);
             }
             Command::Wipe { time } => self.wipe(*time),
+            Command::Create { time } => *self = Pool::new(*time),
         }
         Ok(out)
     }

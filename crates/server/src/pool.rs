@@ -1,0 +1,616 @@
+//! One pool's single writer.
+//!
+//! Every change to a pool goes through one task, the pool's actor: it
+//! collects concurrent calls into a batch (Swarming's NotifyTasks in arrival
+//! order, then one scheduling pass for all AssignTasks of the batch), writes
+//! the batch's commands to the pool's log in one durable commit, applies them
+//! to the in-memory [`Pool`], and only then answers. "OK" therefore always
+//! means "durable", and one fsync serves a whole batch.
+//!
+//! Reads (cancellations, callbacks, inspection) take a read lock on the
+//! in-memory state, which only ever holds committed changes: commands are
+//! applied after their log write succeeded, never before.
+//!
+//! Each call keeps its own deadline: a call whose deadline passed while it
+//! waited is answered `DEADLINE_EXCEEDED` and left out of the batch; once in
+//! a batch it is committed even if its caller has gone (the next AssignTasks
+//! of that bot returns the same assignment). A full queue answers
+//! `RESOURCE_EXHAUSTED` at once instead of piling up.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use qscheduler_core::{
+    AssignCall, Batch, BotAssignment, Command, CommandError, NotifyCall, Outcome, Pool, PoolEvent,
+};
+use qscheduler_store as store;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+/// Batching and snapshot policy of a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// How long the first call of a batch waits for company.
+    pub batch_window: Duration,
+    /// Most calls in one batch.
+    pub max_batch: usize,
+    /// Most calls waiting for a pool; beyond it calls get `RESOURCE_EXHAUSTED`.
+    pub queue_capacity: usize,
+    /// Take a snapshot once this many log records were written since the
+    /// last one...
+    pub snapshot_every_records: u64,
+    /// ...or once this many log bytes were (whichever comes first; at least
+    /// the size of the last snapshot, so snapshots never dominate writes).
+    pub snapshot_every_bytes: u64,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            batch_window: Duration::from_millis(2),
+            max_batch: 1000,
+            queue_capacity: 10_000,
+            snapshot_every_records: 100_000,
+            snapshot_every_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a pool call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The pool's queue is full.
+    #[error("pool {0:?} is overloaded: too many calls waiting; retry with backoff")]
+    Busy(String),
+    /// The call's deadline passed before it could run.
+    #[error("deadline exceeded before the call could be scheduled")]
+    DeadlineExceeded,
+    /// The command is invalid or refers to something missing.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The pool's log could not be written; nothing was applied.
+    #[error("pool {pool:?}: storage failed: {source}")]
+    Store {
+        /// The pool.
+        pool: String,
+        /// What failed.
+        source: store::Error,
+    },
+    /// The pool is shutting down, was deleted, or lost its writer lease.
+    #[error("pool {0:?} is not available on this server (closed or moved); retry")]
+    Closed(String),
+}
+
+/// What the service layer wants to know about committed batches (metrics,
+/// event log). Implementations must be quick: they run on the pool's
+/// writer.
+pub trait Observer: Send + Sync + 'static {
+    /// A batch of commands was committed and applied.
+    fn committed(&self, pool: &str, commit: &CommitInfo<'_>) {
+        let _ = (pool, commit);
+    }
+}
+
+/// An [`Observer`] that ignores everything.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Facts about one committed batch.
+pub struct CommitInfo<'a> {
+    /// Swarming calls and admin commands in the batch.
+    pub calls: usize,
+    /// Log records written.
+    pub records: usize,
+    /// Bytes written to the log.
+    pub bytes: u64,
+    /// Time until the write was durable.
+    pub append_latency: Duration,
+    /// Time spent applying the commands (scheduling included).
+    pub apply_latency: Duration,
+    /// Events produced, in order.
+    pub events: &'a [PoolEvent],
+    /// The pool after the batch (read lock held).
+    pub pool: &'a Pool,
+}
+
+enum Msg {
+    Notify {
+        call: NotifyCall,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Result<(), PoolError>>,
+    },
+    Assign {
+        call: AssignCall,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Result<Vec<BotAssignment>, PoolError>>,
+    },
+    Admin {
+        cmd: Command,
+        reply: oneshot::Sender<Result<(), PoolError>>,
+    },
+}
+
+struct Shared {
+    id: String,
+    state: RwLock<Pool>,
+    closed: watch::Sender<bool>,
+}
+
+/// A running pool: cheap to clone, shared by every request for it.
+#[derive(Clone)]
+pub struct PoolRef {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl PoolRef {
+    /// Starts the writer of a recovered pool.
+    pub fn spawn(
+        id: String,
+        pool: Pool,
+        handle: store::PoolHandle,
+        options: PoolOptions,
+        observer: Arc<dyn Observer>,
+    ) -> PoolRef {
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let (closed, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            id,
+            state: RwLock::new(pool),
+            closed,
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+            handle,
+            options,
+            observer,
+            since_snapshot_records: 0,
+            since_snapshot_bytes: 0,
+            last_snapshot_bytes: 0,
+            snapshot_in_flight: None,
+        };
+        tokio::spawn(writer.run());
+        PoolRef { shared, tx }
+    }
+
+    /// The pool id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// True once the writer has stopped (deleted, shut down, lease lost or
+    /// storage failed); the pool must be reopened to be used again.
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow() || self.tx.is_closed()
+    }
+
+    /// Waits until the writer has stopped.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), PoolError> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PoolError::Busy(self.shared.id.clone()),
+            mpsc::error::TrySendError::Closed(_) => PoolError::Closed(self.shared.id.clone()),
+        })
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, PoolError>>) -> Result<T, PoolError> {
+        rx.await
+            .unwrap_or_else(|_| Err(PoolError::Closed(self.shared.id.clone())))
+    }
+
+    /// A NotifyTasks call; returns once its effect is durable.
+    pub async fn notify(&self, call: NotifyCall, deadline: Option<Instant>) -> Result<(), PoolError> {
+        call.validate()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Notify {
+            call,
+            deadline,
+            reply,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// An AssignTasks call; returns the assignments of its bots, in order,
+    /// once the pass that made them is durable.
+    pub async fn assign(
+        &self,
+        call: AssignCall,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<BotAssignment>, PoolError> {
+        call.validate()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Assign {
+            call,
+            deadline,
+            reply,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// An administrative command; returns once durable.
+    pub async fn admin(&self, cmd: Command) -> Result<(), PoolError> {
+        cmd.validate()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Admin { cmd, reply })?;
+        self.wait(rx).await
+    }
+
+    /// Reads the committed state.
+    pub fn read(&self) -> RwLockReadGuard<'_, Pool> {
+        // A panic while holding the lock would be a bug in the core; the
+        // state it left is still the last committed one plus a partial
+        // apply, so serving reads from it is better than failing them all.
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A call waiting for its batch's outcome.
+enum Responder {
+    Notify(oneshot::Sender<Result<(), PoolError>>),
+    Assign(oneshot::Sender<Result<Vec<BotAssignment>, PoolError>>),
+    Admin(oneshot::Sender<Result<(), PoolError>>),
+}
+
+impl Responder {
+    fn fail(self, e: PoolError) {
+        match self {
+            Responder::Notify(r) | Responder::Admin(r) => {
+                let _ = r.send(Err(e));
+            }
+            Responder::Assign(r) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+}
+
+/// One command of a batch and the calls it answers.
+struct Step {
+    cmd: Command,
+    responders: Vec<Responder>,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Msg>,
+    handle: store::PoolHandle,
+    options: PoolOptions,
+    observer: Arc<dyn Observer>,
+    since_snapshot_records: u64,
+    since_snapshot_bytes: u64,
+    last_snapshot_bytes: u64,
+    snapshot_in_flight: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut lease = self.handle.lease();
+        loop {
+            let first = tokio::select! {
+                m = self.rx.recv() => m,
+                _ = lease.wait_for(|s| *s == store::LeaseState::Lost) => {
+                    warn!(pool = %self.shared.id, "lost the pool's writer lease; closing it here");
+                    None
+                }
+            };
+            let Some(first) = first else { break };
+            let mut msgs = vec![first];
+            let until = tokio::time::Instant::now() + self.options.batch_window;
+            while msgs.len() < self.options.max_batch {
+                match self.rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => match tokio::time::timeout_at(until, self.rx.recv()).await {
+                        Ok(Some(m)) => msgs.push(m),
+                        _ => break,
+                    },
+                }
+            }
+            if !self.execute(msgs).await {
+                break;
+            }
+        }
+        self.rx.close();
+        while let Ok(m) = self.rx.try_recv() {
+            let id = self.shared.id.clone();
+            match m {
+                Msg::Notify { reply, .. } | Msg::Admin { reply, .. } => {
+                    let _ = reply.send(Err(PoolError::Closed(id)));
+                }
+                Msg::Assign { reply, .. } => {
+                    let _ = reply.send(Err(PoolError::Closed(id)));
+                }
+            }
+        }
+        if let Some(t) = self.snapshot_in_flight.take() {
+            let _ = t.await;
+        }
+        let _ = self.shared.closed.send(true);
+        debug!(pool = %self.shared.id, "pool writer stopped");
+    }
+
+    /// Groups messages into commands: runs of Swarming calls become one
+    /// batch; each admin command stands alone, in arrival order.
+    fn plan(&self, msgs: Vec<Msg>) -> Vec<Step> {
+        let now = Instant::now();
+        let expired = |d: &Option<Instant>| d.is_some_and(|d| d <= now);
+        let mut steps: Vec<Step> = Vec::new();
+        let mut batch = Batch::default();
+        let mut batch_responders: Vec<Responder> = Vec::new();
+        let flush = |steps: &mut Vec<Step>, batch: &mut Batch, rs: &mut Vec<Responder>| {
+            if !rs.is_empty() {
+                steps.push(Step {
+                    cmd: Command::Batch(std::mem::take(batch)),
+                    responders: std::mem::take(rs),
+                });
+            }
+        };
+        for m in msgs {
+            match m {
+                Msg::Notify {
+                    call,
+                    deadline,
+                    reply,
+                } => {
+                    if expired(&deadline) {
+                        let _ = reply.send(Err(PoolError::DeadlineExceeded));
+                        continue;
+                    }
+                    batch.notifies.push(call);
+                    batch_responders.push(Responder::Notify(reply));
+                }
+                Msg::Assign {
+                    call,
+                    deadline,
+                    reply,
+                } => {
+                    if expired(&deadline) {
+                        let _ = reply.send(Err(PoolError::DeadlineExceeded));
+                        continue;
+                    }
+                    batch.assigns.push(call);
+                    batch_responders.push(Responder::Assign(reply));
+                }
+                Msg::Admin { cmd, reply } => {
+                    flush(&mut steps, &mut batch, &mut batch_responders);
+                    steps.push(Step {
+                        cmd,
+                        responders: vec![Responder::Admin(reply)],
+                    });
+                }
+            }
+        }
+        flush(&mut steps, &mut batch, &mut batch_responders);
+        steps
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, Pool> {
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Commits and applies one batch of messages. Returns false if the
+    /// writer must stop.
+    async fn execute(&mut self, msgs: Vec<Msg>) -> bool {
+        let calls = msgs.len();
+        let mut steps = self.plan(msgs);
+        // State-dependent checks (an account that must exist), in order, on
+        // a scratch view: a ModAccount after a DeleteAccount of the same
+        // batch must fail. Simulate the admin effects that matter.
+        {
+            let state = self.read_state();
+            let mut accounts: std::collections::BTreeMap<String, bool> = Default::default();
+            steps.retain_mut(|step| {
+                // Never log a command that would not apply: recovery would
+                // stop at it.
+                if let Err(e) = step.cmd.validate() {
+                    for r in step.responders.drain(..) {
+                        r.fail(PoolError::Command(e.clone()));
+                    }
+                    return false;
+                }
+                let exists = |id: &str, acc: &std::collections::BTreeMap<String, bool>| {
+                    acc.get(id)
+                        .copied()
+                        .unwrap_or_else(|| state.scheduler().account_config(id).is_some())
+                };
+                let res = match &step.cmd {
+                    Command::CreateAccount { account_id, .. } => {
+                        accounts.insert(account_id.clone(), true);
+                        Ok(())
+                    }
+                    Command::DeleteAccount { account_id } => {
+                        accounts.insert(account_id.clone(), false);
+                        Ok(())
+                    }
+                    Command::Wipe { .. } | Command::Batch(_) | Command::ModPool { .. } => Ok(()),
+                    Command::Create { .. } => {
+                        accounts.clear();
+                        Ok(())
+                    }
+                    Command::ModAccount { account_id, .. } => {
+                        if exists(account_id, &accounts) {
+                            Ok(())
+                        } else {
+                            Err(CommandError::NoSuchAccount(account_id.clone()))
+                        }
+                    }
+                };
+                match res {
+                    Ok(()) => true,
+                    Err(e) => {
+                        for r in step.responders.drain(..) {
+                            r.fail(PoolError::Command(e.clone()));
+                        }
+                        false
+                    }
+                }
+            });
+        }
+        if steps.is_empty() {
+            return true;
+        }
+        let records: Vec<Vec<u8>> = steps.iter().map(|s| s.cmd.encode()).collect();
+        let n_records = records.len();
+        let stats = match self.handle.append(records).await {
+            Ok(stats) => stats,
+            Err(e) => {
+                let fatal = !matches!(e, store::Error::InvalidArgument(_));
+                error!(pool = %self.shared.id, error = %e, "log write failed; the batch was not applied");
+                let msg = e.to_string();
+                for step in steps {
+                    for r in step.responders {
+                        r.fail(PoolError::Store {
+                            pool: self.shared.id.clone(),
+                            source: store::Error::Internal(msg.clone()),
+                        });
+                    }
+                }
+                // After a failed write the log's end is unknown: stop, so the
+                // pool is reopened (and recovered) before it is used again.
+                return !fatal;
+            }
+        };
+        let apply_start = Instant::now();
+        let mut events = Vec::new();
+        let mut answers: Vec<(Vec<Responder>, Result<Outcome, CommandError>)> = Vec::new();
+        {
+            let mut state = self
+                .shared
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for step in steps {
+                let res = state.apply(&step.cmd);
+                if let Ok(out) = &res {
+                    events.extend(out.events.iter().cloned());
+                }
+                answers.push((step.responders, res));
+            }
+        }
+        let apply_latency = apply_start.elapsed();
+        for (responders, res) in answers {
+            match res {
+                Ok(out) => {
+                    let mut assignments = out.assignments.into_iter();
+                    for r in responders {
+                        match r {
+                            Responder::Notify(r) | Responder::Admin(r) => {
+                                let _ = r.send(Ok(()));
+                            }
+                            Responder::Assign(r) => {
+                                let _ = r.send(Ok(assignments.next().unwrap_or_default()));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Cannot happen after the checks above; answer honestly.
+                    error!(pool = %self.shared.id, error = %e, "logged command failed to apply");
+                    for r in responders {
+                        r.fail(PoolError::Command(e.clone()));
+                    }
+                }
+            }
+        }
+        {
+            let state = self.read_state();
+            self.observer.committed(
+                &self.shared.id,
+                &CommitInfo {
+                    calls,
+                    records: n_records,
+                    bytes: stats.bytes,
+                    append_latency: stats.elapsed,
+                    apply_latency,
+                    events: &events,
+                    pool: &state,
+                },
+            );
+        }
+        self.since_snapshot_records += n_records as u64;
+        self.since_snapshot_bytes += stats.bytes;
+        self.maybe_snapshot(stats.last_seq);
+        true
+    }
+
+    /// Starts a background snapshot write when enough log has accumulated.
+    /// Encoding happens here (it needs a consistent state); writing does not.
+    fn maybe_snapshot(&mut self, last_seq: u64) {
+        let due = self.since_snapshot_records >= self.options.snapshot_every_records
+            || self.since_snapshot_bytes
+                >= self.options.snapshot_every_bytes.max(self.last_snapshot_bytes);
+        if !due || self.snapshot_in_flight.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let started = Instant::now();
+        let bytes = qscheduler_core::snapshot::encode(&self.read_state());
+        let encode = started.elapsed();
+        self.since_snapshot_records = 0;
+        self.since_snapshot_bytes = 0;
+        self.last_snapshot_bytes = bytes.len() as u64;
+        let handle = self.handle.clone();
+        let pool = self.shared.id.clone();
+        self.snapshot_in_flight = Some(tokio::spawn(async move {
+            match handle.write_snapshot(last_seq, bytes).await {
+                Ok(s) => info!(
+                    pool = %pool,
+                    seq = s.seq,
+                    bytes = s.bytes,
+                    encode_ms = encode.as_millis() as u64,
+                    write_ms = s.elapsed.as_millis() as u64,
+                    compacted = s.records_compacted,
+                    "snapshot written"
+                ),
+                Err(e) => warn!(pool = %pool, error = %e, "snapshot write failed; will retry later"),
+            }
+        }));
+    }
+}
+
+/// Rebuilds a pool from what the store recovered: the snapshot, then every
+/// logged command after it, through the deterministic core.
+pub fn recover(pool_id: &str, rec: &store::Recovered) -> Result<Pool, RecoverError> {
+    let mut pool = match &rec.snapshot {
+        Some((seq, bytes)) => qscheduler_core::snapshot::decode(bytes).map_err(|e| RecoverError {
+            pool: pool_id.to_owned(),
+            seq: *seq,
+            what: format!("snapshot does not decode: {e}"),
+        })?,
+        None => Pool::new(qscheduler_core::Time::EPOCH),
+    };
+    for (seq, bytes) in &rec.records {
+        let cmd = Command::decode(bytes).map_err(|e| RecoverError {
+            pool: pool_id.to_owned(),
+            seq: *seq,
+            what: format!("log record does not decode: {e}"),
+        })?;
+        pool.apply(&cmd).map_err(|e| RecoverError {
+            pool: pool_id.to_owned(),
+            seq: *seq,
+            what: format!("log record does not apply: {e}"),
+        })?;
+    }
+    Ok(pool)
+}
+
+/// A pool's stored state could not be rebuilt.
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool:?}: cannot recover at log record {seq}: {what}")]
+pub struct RecoverError {
+    /// The pool.
+    pub pool: String,
+    /// The record (or snapshot seq).
+    pub seq: u64,
+    /// What is wrong.
+    pub what: String,
+}
