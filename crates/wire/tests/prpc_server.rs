@@ -427,9 +427,11 @@ async fn unknown_service_and_method_are_501() {
     );
 
     // Not a pRPC path at all, but still a pRPC answer.
-    let r = post(server.addr, "/prpc/only-a-service", &[], "").await;
-    assert_eq!(r.status, 404);
-    assert_eq!(r.error().0, 5);
+    for path in ["/prpc/only-a-service", "/prpc", "/prpc/", "/prpc/a/b/c", "/prpc//m"] {
+        let r = post(server.addr, path, &[], "").await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.error().0, 5, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -775,6 +777,9 @@ async fn interceptor_runs_on_prpc_with_the_method_name() {
     let r = post(server.addr, ASSIGN, &[], request_body(BINARY)).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error(), (7, "permission denied".into()));
+    // The body is decoded first: garbage is reported as such to anyone.
+    let r = post(server.addr, ASSIGN, &[], b"\xff\xff".to_vec()).await;
+    assert_eq!(r.status, 400);
     let r = post(
         server.addr,
         ASSIGN,
@@ -784,6 +789,7 @@ async fn interceptor_runs_on_prpc_with_the_method_name() {
     .await;
     assert_eq!(r.status, 200);
     let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "the interceptor never sees undecodable calls");
     let m = seen[0].as_ref().unwrap();
     assert_eq!(&*m.service, "swarming.v1.ExternalScheduler");
     assert_eq!(&*m.method, "AssignTasks");

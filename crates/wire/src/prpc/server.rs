@@ -87,18 +87,18 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// encoding of the response message.
 type ErasedResult = Result<(MetadataMap, Vec<u8>), Status>;
 
+/// A decoded request waiting for its metadata and extensions.
+type PreparedCall = Box<dyn FnOnce(tonic::Request<()>) -> BoxFuture<ErasedResult> + Send>;
+
 /// One unary method, with its types erased so all methods of all services
 /// can sit in one table.
 trait UnaryMethod: Send + Sync {
     fn input(&self) -> Option<&MessageDescriptor>;
     fn output(&self) -> Option<&MessageDescriptor>;
-    /// Decodes the binary request and starts the handler. A decode error is
-    /// returned before any handler code runs.
-    fn call(
-        &self,
-        request: tonic::Request<()>,
-        body: &[u8],
-    ) -> Result<BoxFuture<ErasedResult>, prost::DecodeError>;
+    /// Decodes the binary request. Decoding comes before the interceptor,
+    /// as in the original server: a malformed body is reported as such
+    /// whoever sends it.
+    fn prepare(self: Arc<Self>, body: &[u8]) -> Result<PreparedCall, prost::DecodeError>;
 }
 
 struct TypedMethod<Req, Resp, F> {
@@ -112,7 +112,7 @@ impl<Req, Resp, F, Fut> UnaryMethod for TypedMethod<Req, Resp, F>
 where
     Req: Message + prost::Name + Default + Send + 'static,
     Resp: Message + prost::Name + 'static,
-    F: Fn(tonic::Request<Req>) -> Fut + Send + Sync,
+    F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
 {
     fn input(&self) -> Option<&MessageDescriptor> {
@@ -123,17 +123,15 @@ where
         self.output.as_ref()
     }
 
-    fn call(
-        &self,
-        request: tonic::Request<()>,
-        body: &[u8],
-    ) -> Result<BoxFuture<ErasedResult>, prost::DecodeError> {
+    fn prepare(self: Arc<Self>, body: &[u8]) -> Result<PreparedCall, prost::DecodeError> {
         let message = Req::decode(body)?;
-        let (metadata, extensions, ()) = request.into_parts();
-        let fut = (self.handler)(tonic::Request::from_parts(metadata, extensions, message));
-        Ok(Box::pin(async move {
-            let (metadata, message, _) = fut.await?.into_parts();
-            Ok((metadata, message.encode_to_vec()))
+        Ok(Box::new(move |request: tonic::Request<()>| {
+            let (metadata, extensions, ()) = request.into_parts();
+            let fut = (self.handler)(tonic::Request::from_parts(metadata, extensions, message));
+            Box::pin(async move {
+                let (metadata, message, _) = fut.await?.into_parts();
+                Ok((metadata, message.encode_to_vec()))
+            }) as BoxFuture<ErasedResult>
         }))
     }
 }
@@ -333,7 +331,11 @@ impl PrpcRouter {
     /// service is reached through the one route; unknown names are answered
     /// by the protocol's own errors.
     pub fn into_router(self) -> axum::Router {
+        // The bare prefix routes exist so that even a malformed path under
+        // the prefix gets a pRPC answer (with its code header).
         axum::Router::new()
+            .route("/prpc", axum::routing::any(handle))
+            .route("/prpc/", axum::routing::any(handle))
             .route("/prpc/{*rest}", axum::routing::any(handle))
             .with_state(Arc::new(self))
     }
@@ -639,16 +641,21 @@ async fn run_call(
     };
 
     let binary = match plan.input {
-        Format::Binary => raw.to_vec(),
+        Format::Binary => raw,
         format => {
             let desc = plan.method.input().ok_or_else(|| {
                 PrpcError::handler(Status::internal("no descriptor for the request message"))
             })?;
-            codec::to_binary(format, desc, &raw).map_err(|e| {
+            let converted = codec::to_binary(format, desc, &raw).map_err(|e| {
                 PrpcError::protocol(Code::InvalidArgument, format!("could not decode body: {e}"))
-            })?
+            })?;
+            Bytes::from(converted)
         }
     };
+    let call = Arc::clone(&plan.method).prepare(&binary).map_err(|e| {
+        PrpcError::protocol(Code::InvalidArgument, format!("could not decode body: {e}"))
+    })?;
+    drop(binary);
 
     let mut extensions = parts.extensions;
     if let Some(deadline) = plan.deadline {
@@ -659,10 +666,7 @@ async fn run_call(
     if let Some(interceptor) = &router.interceptor {
         request = interceptor(request).map_err(PrpcError::handler)?;
     }
-
-    let call = plan.method.call(request, &binary).map_err(|e| {
-        PrpcError::protocol(Code::InvalidArgument, format!("could not decode body: {e}"))
-    })?;
+    let call = call(request);
     let result = match plan.deadline {
         Some(deadline) => tokio::time::timeout_at(deadline.into(), call)
             .await
