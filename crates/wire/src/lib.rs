@@ -24,6 +24,20 @@
 //!
 //! Maps in generated messages are `BTreeMap`s, so encodings are
 //! deterministic.
+//!
+//! # Use
+//!
+//! * A server implements the tonic traits
+//!   (`swarming::v1::external_scheduler_server::ExternalScheduler`,
+//!   `qscheduler::q_scheduler_admin_server::QSchedulerAdmin`,
+//!   `qscheduler::q_scheduler_view_server::QSchedulerView`), registers them
+//!   once with [`serve::Services`], passes its own routes (health, metrics)
+//!   to [`serve::Services::into_routes`], and serves the result with
+//!   [`serve::serve`].
+//! * A handler reads its deadline with [`request_deadline`] and the RPC it
+//!   serves with [`context::rpc_method`], whichever transport carried it.
+//! * Tools call pRPC with [`prpc::PrpcClient`] and gRPC with the generated
+//!   `*_client` modules.
 
 pub mod context;
 pub mod prpc;

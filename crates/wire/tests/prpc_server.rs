@@ -427,7 +427,13 @@ async fn unknown_service_and_method_are_501() {
     );
 
     // Not a pRPC path at all, but still a pRPC answer.
-    for path in ["/prpc/only-a-service", "/prpc", "/prpc/", "/prpc/a/b/c", "/prpc//m"] {
+    for path in [
+        "/prpc/only-a-service",
+        "/prpc",
+        "/prpc/",
+        "/prpc/a/b/c",
+        "/prpc//m",
+    ] {
         let r = post(server.addr, path, &[], "").await;
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.error().0, 5, "{path}");
@@ -789,7 +795,11 @@ async fn interceptor_runs_on_prpc_with_the_method_name() {
     .await;
     assert_eq!(r.status, 200);
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 2, "the interceptor never sees undecodable calls");
+    assert_eq!(
+        seen.len(),
+        2,
+        "the interceptor never sees undecodable calls"
+    );
     let m = seen[0].as_ref().unwrap();
     assert_eq!(&*m.service, "swarming.v1.ExternalScheduler");
     assert_eq!(&*m.method, "AssignTasks");
