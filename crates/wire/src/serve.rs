@@ -1,0 +1,340 @@
+//! One port for everything: gRPC (with server reflection), pRPC, and any
+//! extra HTTP routes of the server (health, metrics, UI).
+//!
+//! Each service implementation is registered once and reached by both
+//! transports, so the two can never disagree. The deadline and RPC name of a
+//! call are attached here, the same way for both, before any interceptor or
+//! handler runs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tower::Service;
+
+use crate::context::{
+    RequestDeadline, RequestInterceptor, RpcMethod, TonicInterceptor, Transport, deadline_from,
+};
+use crate::prpc::headers::parse_timeout;
+use crate::prpc::{CorsPolicy, DEFAULT_MAX_REQUEST_SIZE, DEFAULT_REQUEST_TIMEOUT, PrpcRouter};
+use crate::qscheduler::q_scheduler_admin_server::{QSchedulerAdmin, QSchedulerAdminServer};
+use crate::qscheduler::q_scheduler_view_server::{QSchedulerView, QSchedulerViewServer};
+use crate::swarming::v1::external_scheduler_server::{ExternalScheduler, ExternalSchedulerServer};
+
+/// Why the service set could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The embedded descriptors could not be loaded for gRPC reflection.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+type GrpcRegistration = Box<dyn FnOnce(&GrpcConfig, axum::Router) -> axum::Router + Send>;
+
+struct GrpcConfig {
+    request_timeout: Option<Duration>,
+    max_request_size: usize,
+    interceptor: Option<RequestInterceptor>,
+}
+
+/// The services of one server, reachable over gRPC and pRPC on one port.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # async fn f<E, A, V>(e: Arc<E>, a: Arc<A>, v: Arc<V>) -> Result<(), Box<dyn std::error::Error>>
+/// # where E: qscheduler_wire::swarming::v1::external_scheduler_server::ExternalScheduler,
+/// #       A: qscheduler_wire::qscheduler::q_scheduler_admin_server::QSchedulerAdmin,
+/// #       V: qscheduler_wire::qscheduler::q_scheduler_view_server::QSchedulerView {
+/// use qscheduler_wire::serve::{Services, serve};
+///
+/// let extra = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+/// let routes = Services::new()
+///     .external_scheduler(e)
+///     .admin(a)
+///     .view(v)
+///     .into_routes(extra)?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8082").await?;
+/// serve(listener, routes, std::future::pending()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Services {
+    grpc: Vec<GrpcRegistration>,
+    service_names: Vec<&'static str>,
+    prpc: PrpcRouter,
+    request_timeout: Option<Duration>,
+    max_request_size: usize,
+    interceptor: Option<RequestInterceptor>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Services {
+    /// No services yet; 64 MiB requests; handlers cut off after 60 s.
+    pub fn new() -> Self {
+        Services {
+            grpc: Vec::new(),
+            service_names: Vec::new(),
+            prpc: PrpcRouter::new(),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
+            interceptor: None,
+        }
+    }
+
+    /// Serves `swarming.v1.ExternalScheduler` with `svc`, over both transports.
+    pub fn external_scheduler<T: ExternalScheduler>(mut self, svc: Arc<T>) -> Self {
+        self.prpc = self.prpc.external_scheduler(Arc::clone(&svc));
+        self.add_grpc::<ExternalSchedulerServer<T>>(move |max| {
+            ExternalSchedulerServer::from_arc(svc).max_decoding_message_size(max)
+        })
+    }
+
+    /// Serves `qscheduler.QSchedulerAdmin` with `svc`, over both transports.
+    pub fn admin<T: QSchedulerAdmin>(mut self, svc: Arc<T>) -> Self {
+        self.prpc = self.prpc.admin(Arc::clone(&svc));
+        self.add_grpc::<QSchedulerAdminServer<T>>(move |max| {
+            QSchedulerAdminServer::from_arc(svc).max_decoding_message_size(max)
+        })
+    }
+
+    /// Serves `qscheduler.QSchedulerView` with `svc`, over both transports.
+    pub fn view<T: QSchedulerView>(mut self, svc: Arc<T>) -> Self {
+        self.prpc = self.prpc.view(Arc::clone(&svc));
+        self.add_grpc::<QSchedulerViewServer<T>>(move |max| {
+            QSchedulerViewServer::from_arc(svc).max_decoding_message_size(max)
+        })
+    }
+
+    fn add_grpc<S>(mut self, make: impl FnOnce(usize) -> S + Send + 'static) -> Self
+    where
+        S: Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.grpc.push(Box::new(move |config, router| {
+            let svc = make(config.max_request_size);
+            match &config.interceptor {
+                Some(i) => add_grpc_route(
+                    router,
+                    S::NAME,
+                    InterceptedService::new(svc, TonicInterceptor(Arc::clone(i))),
+                    config.request_timeout,
+                ),
+                None => add_grpc_route(router, S::NAME, svc, config.request_timeout),
+            }
+        }));
+        self
+    }
+
+    /// Caps every handler's time on both transports, and gives a deadline to
+    /// calls that come without one. `None`: calls without a timeout run
+    /// unbounded.
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Largest accepted request (pRPC body, also after decompression; gRPC
+    /// message).
+    pub fn max_request_size(mut self, bytes: usize) -> Self {
+        self.max_request_size = bytes;
+        self
+    }
+
+    /// Runs `interceptor` before every handler, on both transports (gRPC
+    /// reflection excepted: it only describes the API).
+    pub fn interceptor(mut self, interceptor: RequestInterceptor) -> Self {
+        self.interceptor = Some(interceptor);
+        self
+    }
+
+    /// Lets browsers from the given origins call the pRPC endpoints.
+    pub fn cors(mut self, policy: CorsPolicy) -> Self {
+        self.prpc = self.prpc.cors(policy);
+        self
+    }
+
+    /// One axum router with gRPC, gRPC reflection, pRPC and `extra`.
+    ///
+    /// `extra` must not route `/prpc/...` or `/<grpc service>/...` (axum
+    /// panics on overlapping routes when they are merged, at startup). It may
+    /// have a fallback; without one, unknown paths get an empty 404, which
+    /// gRPC clients read as `UNIMPLEMENTED`.
+    pub fn into_router(self, extra: axum::Router) -> Result<axum::Router, WireError> {
+        let config = GrpcConfig {
+            request_timeout: self.request_timeout,
+            max_request_size: self.max_request_size,
+            interceptor: self.interceptor.clone(),
+        };
+        let mut grpc = axum::Router::new();
+        for register in self.grpc {
+            grpc = register(&config, grpc);
+        }
+
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET);
+        for name in &self.service_names {
+            reflection = reflection.with_service_name(*name);
+        }
+        let v1 = reflection.build_v1()?;
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET);
+        for name in &self.service_names {
+            reflection = reflection.with_service_name(*name);
+        }
+        let v1alpha = reflection.build_v1alpha()?;
+        let no_interceptor = GrpcConfig {
+            interceptor: None,
+            ..config
+        };
+        grpc = add_grpc_route(grpc, name_of(&v1), v1, no_interceptor.request_timeout);
+        grpc = add_grpc_route(
+            grpc,
+            name_of(&v1alpha),
+            v1alpha,
+            no_interceptor.request_timeout,
+        );
+
+        let mut prpc = self
+            .prpc
+            .request_timeout(self.request_timeout)
+            .max_request_size(self.max_request_size);
+        if let Some(i) = self.interceptor {
+            prpc = prpc.interceptor(i);
+        }
+        Ok(extra.merge(grpc).merge(prpc.into_router()))
+    }
+
+    /// [`Services::into_router`] as tonic `Routes`, for
+    /// `tonic::transport::Server::add_routes` (remember `accept_http1(true)`
+    /// for pRPC over HTTP/1.1), or use [`serve`].
+    pub fn into_routes(self, extra: axum::Router) -> Result<tonic::service::Routes, WireError> {
+        Ok(tonic::service::Routes::from(self.into_router(extra)?))
+    }
+}
+
+fn name_of<S: NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes: HTTP/2 (gRPC,
+/// pRPC) and HTTP/1.1 (pRPC, plain HTTP) on the same port.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+fn add_grpc_route<S, B>(
+    router: axum::Router,
+    name: &'static str,
+    svc: S,
+    request_timeout: Option<Duration>,
+) -> axum::Router
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    router.route_service(
+        &format!("/{name}/{{*rest}}"),
+        GrpcEdge {
+            inner: svc,
+            service: Arc::from(name),
+            request_timeout,
+        },
+    )
+}
+
+/// Wraps a tonic service: attaches [`RequestDeadline`] and [`RpcMethod`],
+/// and answers `DEADLINE_EXCEEDED` when the deadline passes. tonic's own
+/// server enforces `grpc-timeout`, but not the server-side cap, and does
+/// not tell the handler its deadline.
+#[derive(Clone)]
+struct GrpcEdge<S> {
+    inner: S,
+    service: Arc<str>,
+    request_timeout: Option<Duration>,
+}
+
+impl<S, B> Service<http::Request<axum::body::Body>> for GrpcEdge<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = http::Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let mut req = req.map(tonic::body::Body::new);
+        let timeout = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_timeout(v).ok());
+        let deadline = deadline_from(Instant::now(), timeout, self.request_timeout);
+        if let Some(d) = deadline {
+            req.extensions_mut().insert(RequestDeadline(d));
+        }
+        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let info = RpcMethod {
+            service: Arc::clone(&self.service),
+            method: Arc::from(method),
+            transport: Transport::Grpc,
+        };
+        req.extensions_mut().insert(info);
+
+        // The clone that was made ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let call = inner.call(req);
+            match deadline {
+                None => call.await.map(|r| r.map(axum::body::Body::new)),
+                Some(d) => match tokio::time::timeout_at(d.into(), call).await {
+                    Ok(result) => result.map(|r| r.map(axum::body::Body::new)),
+                    Err(_) => Ok(tonic::Status::deadline_exceeded("deadline exceeded").into_http()),
+                },
+            }
+        })
+    }
+}
