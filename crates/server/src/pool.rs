@@ -134,6 +134,7 @@ struct Shared {
     id: String,
     state: RwLock<Pool>,
     closed: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
 }
 
 /// A running pool: cheap to clone, shared by every request for it.
@@ -154,10 +155,12 @@ impl PoolRef {
     ) -> PoolRef {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let (closed, _) = watch::channel(false);
+        let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             id,
             state: RwLock::new(pool),
             closed,
+            stop,
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -183,6 +186,12 @@ impl PoolRef {
     /// storage failed); the pool must be reopened to be used again.
     pub fn is_closed(&self) -> bool {
         *self.shared.closed.borrow() || self.tx.is_closed()
+    }
+
+    /// Asks the writer to stop after its current batch; calls still queued
+    /// are answered with [`PoolError::Closed`].
+    pub fn stop(&self) {
+        let _ = self.shared.stop.send(true);
     }
 
     /// Waits until the writer has stopped.
@@ -293,6 +302,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self) {
         let mut lease = self.handle.lease();
+        let mut stop = self.shared.stop.subscribe();
         loop {
             let first = tokio::select! {
                 m = self.rx.recv() => m,
@@ -300,6 +310,7 @@ impl Writer {
                     warn!(pool = %self.shared.id, "lost the pool's writer lease; closing it here");
                     None
                 }
+                _ = stop.wait_for(|s| *s) => None,
             };
             let Some(first) = first else { break };
             let mut msgs = vec![first];
@@ -332,8 +343,12 @@ impl Writer {
         if let Some(t) = self.snapshot_in_flight.take() {
             let _ = t.await;
         }
-        let _ = self.shared.closed.send(true);
-        debug!(pool = %self.shared.id, "pool writer stopped");
+        // Let go of the store handle before announcing the stop, so that
+        // whoever waits for it can reopen the pool at once.
+        let Writer { shared, handle, .. } = self;
+        drop(handle);
+        let _ = shared.closed.send(true);
+        debug!(pool = %shared.id, "pool writer stopped");
     }
 
     /// Groups messages into commands: runs of Swarming calls become one

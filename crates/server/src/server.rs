@@ -1,0 +1,152 @@
+//! Starting and stopping the server: open the store, recover the pools,
+//! serve gRPC, pRPC and plain HTTP on one port, and shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use qscheduler_store::{Store, StoreOptions};
+use qscheduler_wire::serve::Services;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::pool::{NoObserver, Observer, PoolOptions};
+use crate::registry::Registry;
+use crate::service::Scheduler;
+
+/// Everything the server needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where pools are stored: a data directory, or a `postgres://` URL.
+    pub store: String,
+    /// Store tuning (replica id, lease TTL...).
+    pub store_options: StoreOptions,
+    /// Batching and snapshot policy.
+    pub pool: PoolOptions,
+    /// Upper bound on every call's deadline (and the deadline of calls that
+    /// send none).
+    pub request_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            store: "qscheduler-data".into(),
+            store_options: StoreOptions::default(),
+            pool: PoolOptions::default(),
+            request_timeout: Duration::from_secs(60),
+            max_request_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("cannot open the store at {location:?}: {source}")]
+    Store {
+        /// Where.
+        location: String,
+        /// Why.
+        source: qscheduler_store::Error,
+    },
+    /// Recovery failed as a whole (a single bad pool does not stop the server).
+    #[error("recovery: {0}")]
+    Recover(#[from] crate::registry::RegistryError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Route assembly failed.
+    #[error("routes: {0}")]
+    Routes(#[from] qscheduler_wire::serve::WireError),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A started server.
+pub struct Server {
+    registry: Arc<Registry>,
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+}
+
+impl Server {
+    /// Opens the store, recovers every pool, and binds the listener.
+    pub async fn start(options: ServerOptions) -> Result<Server, ServerError> {
+        Server::start_with(options, Arc::new(NoObserver), axum::Router::new()).await
+    }
+
+    /// Like [`Server::start`], with an observer of committed batches and
+    /// extra HTTP routes (metrics, dashboards).
+    pub async fn start_with(
+        options: ServerOptions,
+        observer: Arc<dyn Observer>,
+        extra: axum::Router,
+    ) -> Result<Server, ServerError> {
+        let store = Store::open(&options.store, options.store_options.clone())
+            .await
+            .map_err(|source| ServerError::Store {
+                location: options.store.clone(),
+                source,
+            })?;
+        let registry = Registry::new(store, options.pool.clone(), observer);
+        registry.recover_all().await?;
+        let svc = Arc::new(Scheduler::new(registry.clone()));
+        let extra = extra.route("/healthz", get(|| async { "ok\n" }));
+        let routes = Services::new()
+            .external_scheduler(svc.clone())
+            .admin(svc.clone())
+            .view(svc)
+            .request_timeout(Some(options.request_timeout))
+            .max_request_size(options.max_request_bytes)
+            .into_routes(extra)?;
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: options.listen,
+                source,
+            })?;
+        Ok(Server {
+            registry,
+            listener,
+            routes,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The pools.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting calls, lets
+    /// calls in flight finish (their batches included), stops every pool
+    /// writer and releases the store.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let addr = self.listener.local_addr().ok();
+        info!(addr = ?addr, pools = self.registry.open_ids().len(), "serving gRPC and pRPC");
+        let res = qscheduler_wire::serve::serve(self.listener, self.routes, shutdown).await;
+        info!("no longer accepting calls; stopping pool writers");
+        self.registry.shutdown().await;
+        info!("stopped");
+        res.map_err(ServerError::from)
+    }
+}
