@@ -107,8 +107,15 @@
 
 pub mod account;
 pub mod event;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 pub mod scheduler;
 pub mod time;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+mod differential;
 
 pub use account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES, PoolSettings};
 pub use event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
