@@ -407,13 +407,17 @@ impl Scheduler {
         }
         acc.config = config;
         if fanout_changed {
-            for (g, group) in self.groups.iter() {
-                if group.account == a && !group.dirty {
-                    self.dirty_groups.push(g);
-                }
-            }
-            for &g in &self.dirty_groups {
+            // Only the groups marked here: `dirty_groups` may also list
+            // groups freed since they were marked.
+            let stale: Vec<u32> = self
+                .groups
+                .iter()
+                .filter(|(_, group)| group.account == a && !group.dirty)
+                .map(|(g, _)| g)
+                .collect();
+            for g in stale {
                 self.groups[g].dirty = true;
+                self.dirty_groups.push(g);
             }
         }
     }
