@@ -162,14 +162,14 @@ fn config() -> BoxedStrategy<AccountConfig> {
 
 fn balance_value() -> impl Strategy<Value = f32> {
     prop_oneof![
-        3 => Just(0.0f32),
+        2 => Just(0.0f32),
         1 => Just(-1000.0),
         1 => Just(-700.0),
         1 => Just(-5.0),
         2 => Just(1.0),
         2 => Just(50.0),
-        2 => Just(700.0),
-        1 => Just(2000.0),
+        3 => Just(700.0),
+        2 => Just(2000.0),
     ]
 }
 
@@ -197,6 +197,24 @@ fn labels(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(0u8..LABELS.len() as u8, 0..=max)
 }
 
+/// Base labels of a request: mostly a few common shapes, so that requests
+/// often share a fanout group, a bucket or a container; sometimes anything.
+fn base_labels() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => Just(vec![]),
+        3 => Just(vec![5]),
+        2 => Just(vec![5, 3]),
+        1 => Just(vec![4]),
+        1 => Just(vec![1]),
+        1 => Just(vec![0, 5]),
+        2 => labels(2),
+    ]
+}
+
+fn provisionable_labels() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![5 => Just(vec![]), 2 => Just(vec![1]), 1 => Just(vec![2]), 1 => labels(1)]
+}
+
 fn pair() -> impl Strategy<Value = Pair> {
     prop_oneof![
         3 => any::<u8>().prop_map(Pair::Running),
@@ -217,21 +235,21 @@ fn op() -> BoxedStrategy<Op> {
             prop_oneof![Just(0i64), Just(30 * SEC), Just(600 * SEC), Just(-SEC)],
         )
             .prop_map(|(disable_preemption, expiry)| Op::SetSettings { disable_preemption, expiry }),
-        8 => (
+        10 => (
             0u8..REQUESTS as u8,
             acc,
-            labels(2),
-            labels(1),
+            base_labels(),
+            provisionable_labels(),
             prop_oneof![4 => Just(0i64), 2 => Just(10 * SEC), 1 => Just(47 * HOUR)],
             dt(),
         )
             .prop_map(|(req, acc, base, prov, age, dt)| Op::AddRequest { req, acc, base, prov, age, dt }),
-        8 => (0u8..WORKERS as u8, prop::option::weighted(0.25, labels(4)), dt())
+        5 => (0u8..WORKERS as u8, prop::option::weighted(0.2, labels(4)), dt())
             .prop_map(|(worker, labels, dt)| Op::MarkIdle { worker, labels, dt }),
         3 => (pair(), dt()).prop_map(|(pair, dt)| Op::NotifyRunning { pair, dt }),
         2 => (0u8..REQUESTS as u8, dt()).prop_map(|(req, dt)| Op::NotifyAbsent { req, dt }),
         5 => dt().prop_map(|dt| Op::UpdateTime { dt }),
-        7 => Just(Op::RunOnce),
+        8 => Just(Op::RunOnce),
         2 => (pair(), dt()).prop_map(|(pair, dt)| Op::Unassign { pair, dt }),
     ]
     .boxed()
@@ -275,7 +293,7 @@ fn setup() -> impl Strategy<Value = Vec<Op>> {
 }
 
 fn case() -> impl Strategy<Value = Vec<Op>> {
-    (setup(), prop::collection::vec(op(), 1..60)).prop_map(|(mut s, ops)| {
+    (setup(), prop::collection::vec(op(), 1..70)).prop_map(|(mut s, ops)| {
         s.extend(ops);
         s
     })
