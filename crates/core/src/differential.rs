@@ -561,3 +561,33 @@ fn regression_freed_group_left_in_dirty_list() {
         Op::DeleteAccount { acc: 1 },
     ]);
 }
+
+/// A group's fanout count starts from its running tasks at the start of the
+/// pass; a preemption of one of them earlier in the pass must not give the
+/// group an extra paid slot.
+#[test]
+fn regression_fanout_counts_from_pass_start() {
+    use seq::*;
+    check(&[
+        account(
+            0,
+            cfg([0.0; 5], 0.0, 2, false),
+            Some([0.0, 100.0, 0.0, 0.0, 0.0]),
+        ),
+        account(
+            1,
+            cfg([0.0; 5], 0.0, 0, false),
+            Some([100.0, 0.0, 0.0, 0.0, 0.0]),
+        ),
+        idle(0, 0),
+        request(0, 0, &[], &[], 0),
+        Op::RunOnce,
+        idle(1, 0),
+        idle(2, 0),
+        request(1, 0, &[], &[], 0),
+        request(2, 0, &[], &[], 0),
+        // Only w0 has "gpu": the request must preempt w0's P1 task.
+        request(3, 1, &[0], &[], 0),
+        Op::RunOnce,
+    ]);
+}

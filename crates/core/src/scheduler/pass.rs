@@ -289,16 +289,27 @@ impl Scheduler {
         if max <= 0 || p >= FREE_PRIORITY {
             return;
         }
+        self.fanout_snapshot(g);
+        let group = &mut self.groups[g];
+        group.pass_assigned += 1;
+        if group.pass_base + group.pass_assigned >= max as u32 {
+            self.set_group_throttled(g, true);
+        }
+    }
+
+    /// Records group `g`'s running count as the base of its fanout count
+    /// for this pass, unless already done. The base must be the count at the
+    /// start of the pass, so this runs before the first change to it in the
+    /// pass: the group's first assignment, or a preemption of one of its
+    /// tasks (which does not give the group its slot back until the next
+    /// pass).
+    fn fanout_snapshot(&mut self, g: u32) {
         let pass_no = self.pass_no;
         let group = &mut self.groups[g];
         if group.pass_stamp != pass_no {
             group.pass_stamp = pass_no;
             group.pass_base = group.running;
             group.pass_assigned = 0;
-        }
-        group.pass_assigned += 1;
-        if group.pass_base + group.pass_assigned >= max as u32 {
-            self.set_group_throttled(g, true);
         }
     }
 
@@ -524,6 +535,7 @@ impl Scheduler {
         if self.accounts[new_acc].config.is_some() {
             self.accounts[new_acc].balance.sub(&old.cost);
         }
+        self.fanout_snapshot(self.requests[old.req].group);
         let old_r = self.stop_task(w);
         self.free_request(old_r);
         self.count_fanout(r, p);
