@@ -186,8 +186,8 @@ impl AccountConfig {
     /// One step of reference §6.4 for one account: charge `running[p]`
     /// tasks for `elapsed` seconds and recharge, capped.
     pub fn recharge(&self, balance: &mut Balance, elapsed: f32, running: &[u32; NUM_PRIORITIES]) {
-        for p in 0..NUM_PRIORITIES {
-            let mut v = balance.0[p] - elapsed * running[p] as f32;
+        for (p, &n) in running.iter().enumerate() {
+            let mut v = balance.0[p] - elapsed * n as f32;
             let cap = self.charge_rate[p] * self.max_charge_seconds;
             if v < cap {
                 v += elapsed * self.charge_rate[p];
