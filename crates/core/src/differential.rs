@@ -49,14 +49,14 @@ fn usual_labels(worker: u8) -> Vec<String> {
     let i = worker as usize % WORKERS;
     let mut v = vec![
         "pool".to_owned(),
-        if i % 2 == 0 { "os:l" } else { "os:m" }.to_owned(),
+        if i.is_multiple_of(2) { "os:l" } else { "os:m" }.to_owned(),
     ];
     match i % 3 {
         0 => v.push("model:a".to_owned()),
         1 => v.push("model:b".to_owned()),
         _ => {}
     }
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         v.push("gpu".to_owned());
     }
     v

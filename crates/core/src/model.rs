@@ -459,18 +459,18 @@ impl Model {
                 self.events.push(ev);
                 self.workers.remove(&w);
             }
-        } else if let Some(r) = self.queued.get(request) {
-            if t >= r.confirmed {
-                let ev = self.event(
-                    Self::completed(CompletedReason::IdleTaskAbsent),
-                    r,
-                    t,
-                    None,
-                    None,
-                );
-                self.events.push(ev);
-                self.queued.remove(request);
-            }
+        } else if let Some(r) = self.queued.get(request)
+            && t >= r.confirmed
+        {
+            let ev = self.event(
+                Self::completed(CompletedReason::IdleTaskAbsent),
+                r,
+                t,
+                None,
+                None,
+            );
+            self.events.push(ev);
+            self.queued.remove(request);
         }
     }
 
