@@ -222,7 +222,7 @@ fn pair() -> impl Strategy<Value = Pair> {
     ]
 }
 
-fn op() -> BoxedStrategy<Op> {
+fn op(workers: u8) -> BoxedStrategy<Op> {
     let acc = 0u8..ACCOUNTS.len() as u8;
     prop_oneof![
         1 => (acc.clone(), config(), balance())
@@ -244,7 +244,7 @@ fn op() -> BoxedStrategy<Op> {
             dt(),
         )
             .prop_map(|(req, acc, base, prov, age, dt)| Op::AddRequest { req, acc, base, prov, age, dt }),
-        5 => (0u8..WORKERS as u8, prop::option::weighted(0.2, labels(4)), dt())
+        5 => (0u8..workers, prop::option::weighted(0.2, labels(4)), dt())
             .prop_map(|(worker, labels, dt)| Op::MarkIdle { worker, labels, dt }),
         3 => (pair(), dt()).prop_map(|(pair, dt)| Op::NotifyRunning { pair, dt }),
         2 => (0u8..REQUESTS as u8, dt()).prop_map(|(req, dt)| Op::NotifyAbsent { req, dt }),
@@ -293,10 +293,54 @@ fn setup() -> impl Strategy<Value = Vec<Op>> {
 }
 
 fn case() -> impl Strategy<Value = Vec<Op>> {
-    (setup(), prop::collection::vec(op(), 1..70)).prop_map(|(mut s, ops)| {
+    (setup(), prop::collection::vec(op(WORKERS as u8), 1..70)).prop_map(|(mut s, ops)| {
         s.extend(ops);
         s
     })
+}
+
+/// Fanout limits, label limits and disabled free tasks everywhere, and more
+/// requests than the three workers can take: requests stay queued across
+/// many passes, groups fill up mid-pass and accounts sit passes out, which
+/// is where the index's settled examined times and group moves matter.
+fn crowded_case() -> impl Strategy<Value = Vec<Op>> {
+    (
+        setup(),
+        proptest::array::uniform3(1i32..=2),
+        proptest::array::uniform3(any::<bool>()),
+        prop::collection::vec(op(3), 1..70),
+    )
+        .prop_map(|(mut s, fanouts, no_free, ops)| {
+            for (i, op) in s.iter_mut().enumerate() {
+                if let Op::AddAccount { config, .. } = op {
+                    config.max_fanout = fanouts[i];
+                    config.disable_free_tasks |= no_free[i];
+                    if i == 0 {
+                        config.per_label_task_limits.insert("model:".to_owned(), 1);
+                    }
+                }
+            }
+            // Few label shapes, so that requests share fanout groups.
+            s.extend(ops.into_iter().map(|op| match op {
+                Op::AddRequest {
+                    req,
+                    acc,
+                    base,
+                    prov,
+                    age,
+                    dt,
+                } => Op::AddRequest {
+                    req,
+                    acc,
+                    base: if base.is_empty() { vec![] } else { vec![5] },
+                    prov: if req % 3 == 0 { prov } else { vec![] },
+                    age,
+                    dt,
+                },
+                op => op,
+            }));
+            s
+        })
 }
 
 /// Applies operations to both implementations, comparing as it goes.
@@ -415,6 +459,11 @@ impl Driver {
             Op::NotifyRunning { pair, dt } => {
                 let t = self.time(*dt);
                 let (r, w) = self.pick(pair);
+                same(
+                    "is_assigned",
+                    &self.opt.is_assigned(&r, &w),
+                    &self.model.is_assigned(&r, &w),
+                )?;
                 self.opt.notify_running(&r, &w, t);
                 self.model.notify_running(&r, &w, t);
             }
@@ -475,23 +524,40 @@ fn run(ops: &[Op]) -> Result<(), String> {
     Ok(())
 }
 
-fn cases() -> u32 {
+/// `PROPTEST_CASES`, or `default` sequences.
+fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000)
+        .unwrap_or(default)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
+fn config_with(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
         // Failures are turned into the named regression tests below.
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+// Two profiles, each its own test so that they run in parallel.
+proptest! {
+    #![proptest_config(config_with(cases(4000)))]
 
     #[test]
     fn optimized_matches_model(ops in case()) {
+        if let Err(e) = run(&ops) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config_with(cases(3000)))]
+
+    #[test]
+    fn optimized_matches_model_crowded(ops in crowded_case()) {
         if let Err(e) = run(&ops) {
             return Err(TestCaseError::fail(e));
         }
