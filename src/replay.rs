@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use qscheduler_core::{AccountConfig, AssignmentKind, Balance, NewRequest, PoolSettings, Scheduler, Time};
+use qscheduler_core::{
+    AccountConfig, AssignmentKind, Balance, NewRequest, PoolSettings, Scheduler, Time,
+};
 use serde::Deserialize;
 
 /// One trace line.
@@ -80,9 +82,7 @@ enum Op {
     Phase {
         name: String,
     },
-    Iter {
-        i: u64,
-    },
+    Iter {},
 }
 
 /// Timing of the `run_once` calls of one phase.
@@ -210,7 +210,9 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
                     description: String::new(),
                     per_label_task_limits,
                 };
-                config.validate().with_context(|| format!("line {line_no}"))?;
+                config
+                    .validate()
+                    .with_context(|| format!("line {line_no}"))?;
                 s.add_account(&id, config, Some(Balance::ZERO));
             }
             Op::AddRequest {
@@ -283,14 +285,14 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
                 }
             }
             Op::Phase { name } => phase = name,
-            Op::Iter { .. } => {}
+            Op::Iter {} => {}
         }
         // Events are for the server; a replay only discards them.
         drop(s.take_events());
         in_sched += op_start.elapsed();
         if last_progress.elapsed() > Duration::from_secs(2) {
             last_progress = Instant::now();
-            let pct = if total > 0 { consumed * 100 / total } else { 0 };
+            let pct = (consumed * 100).checked_div(total).unwrap_or(0);
             eprint!(
                 "\rreplay: {pct:3}% line {line_no} queued {} workers {}   ",
                 s.queued_len(),

@@ -119,7 +119,9 @@ pub enum ConfigError {
     #[error("charge_rate has {0} values; at most {NUM_PRIORITIES} are allowed (P0..P4)")]
     TooManyRates(usize),
     /// A rate that is negative, NaN, infinite or absurdly large.
-    #[error("charge_rate[{index}] = {value} must be a finite number between 0 and {MAX_CHARGE_RATE}")]
+    #[error(
+        "charge_rate[{index}] = {value} must be a finite number between 0 and {MAX_CHARGE_RATE}"
+    )]
     BadRate {
         /// Level of the bad rate.
         index: usize,
@@ -133,7 +135,9 @@ pub enum ConfigError {
     #[error("max_fanout = {0} must not be negative (0 means unlimited)")]
     BadFanout(i32),
     /// A per-label limit with an empty key or a negative limit.
-    #[error("per_label_task_limits[{key:?}] = {limit}: keys must be non-empty and limits non-negative")]
+    #[error(
+        "per_label_task_limits[{key:?}] = {limit}: keys must be non-empty and limits non-negative"
+    )]
     BadLabelLimit {
         /// The key.
         key: String,
@@ -182,8 +186,8 @@ impl AccountConfig {
     /// One step of reference §6.4 for one account: charge `running[p]`
     /// tasks for `elapsed` seconds and recharge, capped.
     pub fn recharge(&self, balance: &mut Balance, elapsed: f32, running: &[u32; NUM_PRIORITIES]) {
-        for p in 0..NUM_PRIORITIES {
-            let mut v = balance.0[p] - elapsed * running[p] as f32;
+        for (p, &n) in running.iter().enumerate() {
+            let mut v = balance.0[p] - elapsed * n as f32;
             let cap = self.charge_rate[p] * self.max_charge_seconds;
             if v < cap {
                 v += elapsed * self.charge_rate[p];

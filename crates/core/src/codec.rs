@@ -196,7 +196,9 @@ impl<'a> Reader<'a> {
         if v.is_finite() {
             Ok(v)
         } else {
-            Err(DecodeError::Invalid(format!("{what}: non-finite value {v}")))
+            Err(DecodeError::Invalid(format!(
+                "{what}: non-finite value {v}"
+            )))
         }
     }
 

@@ -234,14 +234,12 @@ impl Command {
         match self {
             Command::Batch(b) => {
                 for (ci, call) in b.notifies.iter().enumerate() {
-                    call.validate().map_err(|e| {
-                        CommandError::Invalid(format!("notify call {ci}: {e}"))
-                    })?;
+                    call.validate()
+                        .map_err(|e| CommandError::Invalid(format!("notify call {ci}: {e}")))?;
                 }
                 for (ci, call) in b.assigns.iter().enumerate() {
-                    call.validate().map_err(|e| {
-                        CommandError::Invalid(format!("assign call {ci}: {e}"))
-                    })?;
+                    call.validate()
+                        .map_err(|e| CommandError::Invalid(format!("assign call {ci}: {e}")))?;
                 }
                 Ok(())
             }
@@ -361,7 +359,9 @@ impl Command {
             } => {
                 w.u8(4);
                 write_opt(&mut w, disable_preemption.as_ref(), |w, &v| w.bool(v));
-                write_opt(&mut w, bot_expiration_secs.as_ref(), |w, &v| w.zigzag(v.into()));
+                write_opt(&mut w, bot_expiration_secs.as_ref(), |w, &v| {
+                    w.zigzag(v.into())
+                });
             }
             Command::Wipe { time } => {
                 w.u8(5);
@@ -409,7 +409,9 @@ impl Command {
                             3 => NotifyKind::Error {
                                 message: r.str()?.to_owned(),
                             },
-                            k => return Err(DecodeError::Invalid(format!("notification kind {k}"))),
+                            k => {
+                                return Err(DecodeError::Invalid(format!("notification kind {k}")));
+                            }
                         };
                         notifications.push(Notification {
                             time,

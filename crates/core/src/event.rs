@@ -109,7 +109,10 @@ impl EventKind {
     /// True for events that describe what Swarming told us
     /// (`CATEGORY_SWARMING`), false for the scheduler's own decisions.
     pub fn is_swarming_category(&self) -> bool {
-        matches!(self, EventKind::Enqueued { .. } | EventKind::Completed { .. })
+        matches!(
+            self,
+            EventKind::Enqueued { .. } | EventKind::Completed { .. }
+        )
     }
 }
 

@@ -109,17 +109,26 @@ pub mod account;
 mod codec;
 pub mod command;
 pub mod event;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 pub mod pool;
 pub mod reconciler;
 pub mod scheduler;
 pub mod snapshot;
 pub mod time;
 
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+mod differential;
+
 pub use account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES, PoolSettings};
-pub use event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
-pub use scheduler::{NewRequest, Scheduler};
 pub use codec::DecodeError;
-pub use command::{AccountChanges, AssignCall, Batch, Command, CommandError, Notification, NotifyCall, NotifyKind};
+pub use command::{
+    AccountChanges, AssignCall, Batch, Command, CommandError, Notification, NotifyCall, NotifyKind,
+};
+pub use event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
 pub use pool::{Outcome, Pool, PoolEvent};
 pub use reconciler::{BotAssignment, CancelReason, Cancellation, IdleBot, Reconciler};
+pub use scheduler::{NewRequest, Scheduler};
 pub use time::Time;

@@ -149,34 +149,46 @@ impl Pool {
                         n.time,
                         tags,
                     ),
-                    NotifyKind::Running { bot_id } => {
-                        self.reconciler.notify_running(s, &n.task_id, bot_id, n.time)
-                    }
+                    NotifyKind::Running { bot_id } => self
+                        .reconciler
+                        .notify_running(s, &n.task_id, bot_id, n.time),
                     NotifyKind::Absent => self.reconciler.notify_absent(s, &n.task_id, n.time),
                     NotifyKind::Error { message } => {
                         self.reconciler.add_task_error(&n.task_id, message.clone())
                     }
                 }
             }
-            out.events.extend(s.take_events().into_iter().map(|event| PoolEvent {
-                event,
-                is_callback: call.is_callback,
-            }));
+            out.events
+                .extend(s.take_events().into_iter().map(|event| PoolEvent {
+                    event,
+                    is_callback: call.is_callback,
+                }));
         }
         if b.assigns.is_empty() {
             return;
         }
-        let t = b.assigns.iter().map(|c| c.time).max().unwrap_or(Time::EPOCH);
-        let bots: Vec<_> = b.assigns.iter().flat_map(|c| c.bots.iter().cloned()).collect();
+        let t = b
+            .assigns
+            .iter()
+            .map(|c| c.time)
+            .max()
+            .unwrap_or(Time::EPOCH);
+        let bots: Vec<_> = b
+            .assigns
+            .iter()
+            .flat_map(|c| c.bots.iter().cloned())
+            .collect();
         let mut results = self.reconciler.assign_tasks(s, t, &bots).into_iter();
         for call in &b.assigns {
-            let mine: Vec<BotAssignment> = results.by_ref().take(call.bots.len()).flatten().collect();
+            let mine: Vec<BotAssignment> =
+                results.by_ref().take(call.bots.len()).flatten().collect();
             out.assignments.push(mine);
         }
-        out.events.extend(s.take_events().into_iter().map(|event| PoolEvent {
-            event,
-            is_callback: false,
-        }));
+        out.events
+            .extend(s.take_events().into_iter().map(|event| PoolEvent {
+                event,
+                is_callback: false,
+            }));
     }
 
     fn wipe(&mut self, time: Time) {

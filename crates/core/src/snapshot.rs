@@ -40,9 +40,11 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
     let mut label_set: BTreeSet<&str> = BTreeSet::new();
     let mut sets: BTreeSet<Vec<&str>> = BTreeSet::new();
     let mut account_ids: BTreeSet<&str> = BTreeSet::new();
-    let all_requests = queued
-        .iter()
-        .chain(workers.iter().filter_map(|w| w.running.as_ref().map(|r| &r.request)));
+    let all_requests = queued.iter().chain(
+        workers
+            .iter()
+            .filter_map(|w| w.running.as_ref().map(|r| &r.request)),
+    );
     for q in all_requests {
         for set in [q.base_labels, q.provisionable_labels] {
             let v: Vec<&str> = set.iter().map(|l| &**l).collect();
@@ -315,10 +317,11 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
 
     // Cross-checks before building anything.
     let mut ids: BTreeSet<&str> = BTreeSet::new();
-    for q in queued
-        .iter()
-        .chain(workers.iter().filter_map(|w| w.running.as_ref().map(|r| &r.0)))
-    {
+    for q in queued.iter().chain(
+        workers
+            .iter()
+            .filter_map(|w| w.running.as_ref().map(|r| &r.0)),
+    ) {
         if !ids.insert(&q.id) {
             return Err(bad("request id appears twice"));
         }
@@ -434,7 +437,10 @@ mod tests {
             }],
             assigns: vec![AssignCall {
                 time: secs(10),
-                bots: bots(&[("b1", &["os:linux", "cache:1", "zone:1"]), ("b2", &["os:win"])]),
+                bots: bots(&[
+                    ("b1", &["os:linux", "cache:1", "zone:1"]),
+                    ("b2", &["os:win"]),
+                ]),
             }],
         }))
         .unwrap();

@@ -213,7 +213,11 @@ impl PoolRef {
     }
 
     /// A NotifyTasks call; returns once its effect is durable.
-    pub async fn notify(&self, call: NotifyCall, deadline: Option<Instant>) -> Result<(), PoolError> {
+    pub async fn notify(
+        &self,
+        call: NotifyCall,
+        deadline: Option<Instant>,
+    ) -> Result<(), PoolError> {
         call.validate()?;
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Notify {
@@ -563,8 +567,16 @@ impl Writer {
     fn maybe_snapshot(&mut self, last_seq: u64) {
         let due = self.since_snapshot_records >= self.options.snapshot_every_records
             || self.since_snapshot_bytes
-                >= self.options.snapshot_every_bytes.max(self.last_snapshot_bytes);
-        if !due || self.snapshot_in_flight.as_ref().is_some_and(|t| !t.is_finished()) {
+                >= self
+                    .options
+                    .snapshot_every_bytes
+                    .max(self.last_snapshot_bytes);
+        if !due
+            || self
+                .snapshot_in_flight
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
+        {
             return;
         }
         let started = Instant::now();
@@ -586,7 +598,9 @@ impl Writer {
                     compacted = s.records_compacted,
                     "snapshot written"
                 ),
-                Err(e) => warn!(pool = %pool, error = %e, "snapshot write failed; will retry later"),
+                Err(e) => {
+                    warn!(pool = %pool, error = %e, "snapshot write failed; will retry later")
+                }
             }
         }));
     }
@@ -596,11 +610,13 @@ impl Writer {
 /// logged command after it, through the deterministic core.
 pub fn recover(pool_id: &str, rec: &store::Recovered) -> Result<Pool, RecoverError> {
     let mut pool = match &rec.snapshot {
-        Some((seq, bytes)) => qscheduler_core::snapshot::decode(bytes).map_err(|e| RecoverError {
-            pool: pool_id.to_owned(),
-            seq: *seq,
-            what: format!("snapshot does not decode: {e}"),
-        })?,
+        Some((seq, bytes)) => {
+            qscheduler_core::snapshot::decode(bytes).map_err(|e| RecoverError {
+                pool: pool_id.to_owned(),
+                seq: *seq,
+                what: format!("snapshot does not decode: {e}"),
+            })?
+        }
         None => Pool::new(qscheduler_core::Time::EPOCH),
     };
     for (seq, bytes) in &rec.records {

@@ -99,7 +99,9 @@ impl Registry {
             match self.get(&id).await {
                 Ok(_) => {}
                 Err(RegistryError::NotOwner { .. }) => {}
-                Err(e) => error!(pool = %id, error = %e, "pool not recovered; it stays unavailable until the problem is fixed"),
+                Err(e) => {
+                    error!(pool = %id, error = %e, "pool not recovered; it stays unavailable until the problem is fixed")
+                }
             }
         }
         Ok(())
@@ -185,7 +187,9 @@ impl Registry {
     /// Waits for every pool writer to finish its current batch and stop,
     /// then releases the store.
     pub async fn shutdown(&self) {
-        let pools: Vec<PoolRef> = std::mem::take(&mut *self.open_map()).into_values().collect();
+        let pools: Vec<PoolRef> = std::mem::take(&mut *self.open_map())
+            .into_values()
+            .collect();
         for p in &pools {
             p.stop();
         }

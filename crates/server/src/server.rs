@@ -114,12 +114,13 @@ impl Server {
             .request_timeout(Some(options.request_timeout))
             .max_request_size(options.max_request_bytes)
             .into_routes(extra)?;
-        let listener = TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: options.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
         Ok(Server {
             registry,
             listener,

@@ -126,7 +126,10 @@ impl ExternalScheduler for Scheduler {
 }
 
 /// An account configuration from the API, checked, naming `field` on error.
-pub fn account_config(c: Option<&protos::AccountConfig>, field: &str) -> Result<AccountConfig, Status> {
+pub fn account_config(
+    c: Option<&protos::AccountConfig>,
+    field: &str,
+) -> Result<AccountConfig, Status> {
     let Some(c) = c else {
         return Ok(AccountConfig::default());
     };
@@ -332,7 +335,9 @@ impl QSchedulerView for Scheduler {
         for (id, c, b) in s.accounts() {
             resp.account_balances.insert(
                 id.to_owned(),
-                protos::scheduler_state::Balance { value: b.0.to_vec() },
+                protos::scheduler_state::Balance {
+                    value: b.0.to_vec(),
+                },
             );
             resp.account_configs
                 .insert(id.to_owned(), account_config_pb(c));

@@ -136,9 +136,11 @@ pub fn labels(slices: &[pb::SliceSpec]) -> Result<(Vec<String>, Vec<String>), St
             let s0 = set(&first.dimensions);
             let s1 = set(&second.dimensions);
             if !s1.is_subset(&s0) {
-                return Err("Invalid slice dimensions; task's 2nd slice dimensions are not a \
+                return Err(
+                    "Invalid slice dimensions; task's 2nd slice dimensions are not a \
                             subset of 1st slice dimensions."
-                    .to_owned());
+                        .to_owned(),
+                );
             }
             let prov = s0.difference(&s1).cloned().collect();
             Ok((s1.into_iter().collect(), prov))
@@ -319,7 +321,10 @@ mod tests {
         // A running task without a bot is a malformed request.
         let err = call.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().contains("notifications[1].task.bot_id"), "{err}");
+        assert!(
+            err.message().contains("notifications[1].task.bot_id"),
+            "{err}"
+        );
 
         let mut running = task("r", 0x20, vec![vec!["a"]], vec![]);
         running.bot_id = "bot".into();
@@ -357,9 +362,19 @@ mod tests {
     fn malformed_requests_name_the_field() {
         let mut req = notify(vec![task("p", 0x10, vec![vec!["a"]], vec![])]);
         req.notifications[0].time = None;
-        assert!(notify_call(&req).unwrap_err().message().contains("notifications[0].time"));
+        assert!(
+            notify_call(&req)
+                .unwrap_err()
+                .message()
+                .contains("notifications[0].time")
+        );
         let mut req = notify(vec![task("", 0x10, vec![vec!["a"]], vec![])]);
-        assert!(notify_call(&req).unwrap_err().message().contains("notifications[0].task.id"));
+        assert!(
+            notify_call(&req)
+                .unwrap_err()
+                .message()
+                .contains("notifications[0].task.id")
+        );
         req.notifications[0].task.as_mut().unwrap().enqueued_time = None;
         assert!(
             notify_call(&req)
@@ -369,7 +384,12 @@ mod tests {
         );
         let mut req = notify(vec![]);
         req.scheduler_id.clear();
-        assert!(notify_call(&req).unwrap_err().message().contains("scheduler_id"));
+        assert!(
+            notify_call(&req)
+                .unwrap_err()
+                .message()
+                .contains("scheduler_id")
+        );
         let req = pb::NotifyTasksRequest {
             scheduler_id: "p".into(),
             notifications: vec![pb::NotifyTasksItem {
@@ -381,7 +401,12 @@ mod tests {
             }],
             is_callback: false,
         };
-        assert!(notify_call(&req).unwrap_err().message().contains("notifications[0].time"));
+        assert!(
+            notify_call(&req)
+                .unwrap_err()
+                .message()
+                .contains("notifications[0].time")
+        );
         let req = pb::AssignTasksRequest {
             scheduler_id: "p".into(),
             idle_bots: vec![pb::IdleBot {
@@ -390,7 +415,12 @@ mod tests {
             }],
             time: ts(5),
         };
-        assert!(assign_call(&req).unwrap_err().message().contains("idle_bots[0].bot_id"));
+        assert!(
+            assign_call(&req)
+                .unwrap_err()
+                .message()
+                .contains("idle_bots[0].bot_id")
+        );
         let req = pb::AssignTasksRequest {
             scheduler_id: "p".into(),
             idle_bots: vec![],

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 
 use super::{
-    Account, Bucket, Container, Group, LEVELS, LabelEntry, OMITTED, Place, QKey, Request,
-    SETTLED, Scheduler, SetEntry, TaskRun, Virt, Worker,
+    Account, Bucket, Container, Group, LEVELS, LabelEntry, OMITTED, Place, QKey, Request, SETTLED,
+    Scheduler, SetEntry, TaskRun, Virt, Worker,
 };
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
@@ -174,7 +174,11 @@ impl Scheduler {
                 if e.queued_base > 0 && e.cells.is_none() {
                     e.cells = Some(Box::default());
                 } else if e.queued_base == 0 {
-                    debug_assert!(e.cells.as_ref().is_none_or(|c| c.iter().all(|c| c.is_empty())));
+                    debug_assert!(
+                        e.cells
+                            .as_ref()
+                            .is_none_or(|c| c.iter().all(|c| c.is_empty()))
+                    );
                     e.cells = None;
                 }
             }
@@ -403,13 +407,17 @@ impl Scheduler {
         }
         acc.config = config;
         if fanout_changed {
-            for (g, group) in self.groups.iter() {
-                if group.account == a && !group.dirty {
-                    self.dirty_groups.push(g);
-                }
-            }
-            for &g in &self.dirty_groups {
+            // Only the groups marked here: `dirty_groups` may also list
+            // groups freed since they were marked.
+            let stale: Vec<u32> = self
+                .groups
+                .iter()
+                .filter(|(_, group)| group.account == a && !group.dirty)
+                .map(|(g, _)| g)
+                .collect();
+            for g in stale {
                 self.groups[g].dirty = true;
+                self.dirty_groups.push(g);
             }
         }
     }
@@ -421,6 +429,9 @@ impl Scheduler {
     // -------------------------------------------------------------- requests
 
     /// Creates a detached request (not queued, not running).
+    // One argument per stored field reads better at the call sites (new
+    // requests and snapshot loading) than a one-off struct.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_request(
         &mut self,
         id: &str,
@@ -962,7 +973,10 @@ impl Scheduler {
                         req.account * 2 + u32::from(self.groups[req.group].throttled)
                     );
                     if !req.settled {
-                        assert!(req.examined < self.last_pass, "explicit examined not earlier than the last pass");
+                        assert!(
+                            req.examined < self.last_pass,
+                            "explicit examined not earlier than the last pass"
+                        );
                     }
                 }
                 Place::Running(w) => {
@@ -978,9 +992,17 @@ impl Scheduler {
             let mut heads = Vec::new();
             for &(prov, b) in &cont.buckets {
                 let bucket = &self.buckets[b];
-                assert_eq!((bucket.container, bucket.prov, bucket.virt), (c, prov, cont.virt));
+                assert_eq!(
+                    (bucket.container, bucket.prov, bucket.virt),
+                    (c, prov, cont.virt)
+                );
                 assert!(!bucket.members.is_empty());
-                let explicit = bucket.members.to_vec().iter().filter(|k| k.ex != SETTLED).count();
+                let explicit = bucket
+                    .members
+                    .to_vec()
+                    .iter()
+                    .filter(|k| k.ex != SETTLED)
+                    .count();
                 assert_eq!(explicit as u32, bucket.explicit);
                 if explicit > 0 {
                     assert!(bucket.dirty);
@@ -1018,7 +1040,9 @@ impl Scheduler {
             let mut want: Vec<u32> = self
                 .sets
                 .iter()
-                .filter(|(s, e)| *s != self.empty_set && e.active() && is_subset(&e.labels, &worker.labels))
+                .filter(|(s, e)| {
+                    *s != self.empty_set && e.active() && is_subset(&e.labels, &worker.labels)
+                })
                 .map(|(s, _)| s)
                 .collect();
             let mut have = worker.eligible.clone();

@@ -393,7 +393,12 @@ impl Scheduler {
     /// Creates or replaces an account: sets its configuration and its
     /// balance (zero if `initial_balance` is `None`). Re-creating an account
     /// therefore resets its balance.
-    pub fn add_account(&mut self, id: &str, config: AccountConfig, initial_balance: Option<Balance>) {
+    pub fn add_account(
+        &mut self,
+        id: &str,
+        config: AccountConfig,
+        initial_balance: Option<Balance>,
+    ) {
         let a = self.account_get_or_create(id);
         self.set_account_config(a, Some(config));
         self.accounts[a].balance = initial_balance.unwrap_or(Balance::ZERO);

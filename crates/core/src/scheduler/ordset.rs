@@ -112,7 +112,8 @@ impl<K: Ord + Clone> OrdSet<K> {
         }
     }
 
-    /// All elements in ascending order.
+    /// All elements in ascending order (for invariant checks).
+    #[cfg(test)]
     pub(crate) fn to_vec(&self) -> Vec<K> {
         match self {
             OrdSet::Small(v) => v.clone(),

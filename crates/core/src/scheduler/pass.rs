@@ -69,7 +69,11 @@ impl Scheduler {
                 Some(cfg) => {
                     let p = acc.balance.best_priority();
                     let omit_free = cfg.disable_free_tasks;
-                    let normal = if p == FREE_PRIORITY && omit_free { OMITTED } else { p };
+                    let normal = if p == FREE_PRIORITY && omit_free {
+                        OMITTED
+                    } else {
+                        p
+                    };
                     (normal, if omit_free { OMITTED } else { FREE_PRIORITY })
                 }
                 None => (FREE_PRIORITY, FREE_PRIORITY),
@@ -153,13 +157,15 @@ impl Scheduler {
             return;
         }
         let mut idle = std::mem::take(&mut cx.idle);
-        idle.retain(|&w| match self.best_idle_match(cx, w, p, require_provision) {
-            Some(r) => {
-                self.assign_to_idle(cx, w, r, p);
-                false
-            }
-            None => true,
-        });
+        idle.retain(
+            |&w| match self.best_idle_match(cx, w, p, require_provision) {
+                Some(r) => {
+                    self.assign_to_idle(cx, w, r, p);
+                    false
+                }
+                None => true,
+            },
+        );
         cx.idle = idle;
     }
 
@@ -269,7 +275,10 @@ impl Scheduler {
     }
 
     fn provision_matches(&self, r: u32, w: u32) -> bool {
-        is_subset(&self.sets[self.requests[r].prov].labels, &self.workers[w].labels)
+        is_subset(
+            &self.sets[self.requests[r].prov].labels,
+            &self.workers[w].labels,
+        )
     }
 
     /// Counts an assignment at a paid level against the request's fanout
@@ -280,16 +289,27 @@ impl Scheduler {
         if max <= 0 || p >= FREE_PRIORITY {
             return;
         }
+        self.fanout_snapshot(g);
+        let group = &mut self.groups[g];
+        group.pass_assigned += 1;
+        if group.pass_base + group.pass_assigned >= max as u32 {
+            self.set_group_throttled(g, true);
+        }
+    }
+
+    /// Records group `g`'s running count as the base of its fanout count
+    /// for this pass, unless already done. The base must be the count at the
+    /// start of the pass, so this runs before the first change to it in the
+    /// pass: the group's first assignment, or a preemption of one of its
+    /// tasks (which does not give the group its slot back until the next
+    /// pass).
+    fn fanout_snapshot(&mut self, g: u32) {
         let pass_no = self.pass_no;
         let group = &mut self.groups[g];
         if group.pass_stamp != pass_no {
             group.pass_stamp = pass_no;
             group.pass_base = group.running;
             group.pass_assigned = 0;
-        }
-        group.pass_assigned += 1;
-        if group.pass_base + group.pass_assigned >= max as u32 {
-            self.set_group_throttled(g, true);
         }
     }
 
@@ -340,11 +360,17 @@ impl Scheduler {
     }
 
     fn task_priority(&self, w: u32) -> u8 {
-        self.workers[w].running.as_ref().map_or(FREE_PRIORITY, |r| r.priority)
+        self.workers[w]
+            .running
+            .as_ref()
+            .map_or(FREE_PRIORITY, |r| r.priority)
     }
 
     fn task_cost(&self, w: u32) -> Balance {
-        self.workers[w].running.as_ref().map_or(Balance::ZERO, |r| r.cost)
+        self.workers[w]
+            .running
+            .as_ref()
+            .map_or(Balance::ZERO, |r| r.cost)
     }
 
     fn change_priority(&mut self, w: u32, new: u8) {
@@ -428,7 +454,11 @@ impl Scheduler {
     }
 
     fn accounts_capacity(&self) -> usize {
-        self.accounts.iter().map(|(a, _)| a as usize + 1).max().unwrap_or(0)
+        self.accounts
+            .iter()
+            .map(|(a, _)| a as usize + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     fn best_preempt_match(&self, cx: &PassCtx, w: u32, p: u8, banned: &[bool]) -> Option<u32> {
@@ -505,6 +535,7 @@ impl Scheduler {
         if self.accounts[new_acc].config.is_some() {
             self.accounts[new_acc].balance.sub(&old.cost);
         }
+        self.fanout_snapshot(self.requests[old.req].group);
         let old_r = self.stop_task(w);
         self.free_request(old_r);
         self.count_fanout(r, p);
@@ -554,5 +585,9 @@ impl Scheduler {
 /// `min(len, ceil(x))` for a positive `f32` count.
 fn ceil_count(x: f32, len: usize) -> usize {
     let c = x.ceil();
-    if c >= len as f32 { len } else { c.max(0.0) as usize }
+    if c >= len as f32 {
+        len
+    } else {
+        c.max(0.0) as usize
+    }
 }

@@ -175,7 +175,11 @@ impl From<&QueuedView<'_>> for RequestDump {
             id: v.id.to_owned(),
             account: v.account.to_owned(),
             base_labels: v.base_labels.iter().map(|l| l.to_string()).collect(),
-            provisionable_labels: v.provisionable_labels.iter().map(|l| l.to_string()).collect(),
+            provisionable_labels: v
+                .provisionable_labels
+                .iter()
+                .map(|l| l.to_string())
+                .collect(),
             enqueue_time: v.enqueue_time,
             confirmed_time: v.confirmed_time,
             examined_time: v.examined_time,
@@ -193,7 +197,11 @@ impl Scheduler {
                 .accounts()
                 .map(|(id, c, b)| (id.to_owned(), c.clone(), *b))
                 .collect(),
-            queued: self.queued_requests().iter().map(RequestDump::from).collect(),
+            queued: self
+                .queued_requests()
+                .iter()
+                .map(RequestDump::from)
+                .collect(),
             workers: self
                 .worker_views()
                 .iter()

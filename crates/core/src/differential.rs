@@ -1,0 +1,659 @@
+//! Differential tests: the optimized scheduler against the naive model.
+//!
+//! The optimized [`Scheduler`] maintains an incremental queue index whose
+//! bugs would show up only for particular histories (a bucket moved while
+//! dirty, a settled key left behind by an account that sat out a pass, an
+//! eligibility list missing a set). Rather than guess those histories, the
+//! property test generates random operation sequences over small universes
+//! (few labels, workers, requests and accounts, so that everything
+//! collides), applies each operation to both implementations and compares
+//! after every step: the returned values, the events and the full
+//! [`StateDump`]. It also runs the scheduler's own invariant check.
+//!
+//! `PROPTEST_CASES` overrides the number of sequences for longer local runs.
+//! Bugs found this way are kept below as fixed regression sequences.
+
+use proptest::prelude::*;
+
+use crate::Scheduler;
+use crate::account::{AccountConfig, Balance, PoolSettings};
+use crate::model::Model;
+use crate::scheduler::{NewRequest, StateDump};
+use crate::time::{NANOS_PER_SEC, Time};
+
+const SEC: i64 = NANOS_PER_SEC;
+const HOUR: i64 = 3600 * SEC;
+
+const LABELS: [&str; 6] = ["gpu", "model:a", "model:b", "os:l", "os:m", "pool"];
+const ACCOUNTS: [&str; 4] = ["a", "b", "c", "u"];
+const WORKERS: usize = 8;
+const REQUESTS: usize = 12;
+
+fn worker_id(i: u8) -> String {
+    format!("w{}", i as usize % WORKERS)
+}
+
+fn request_id(i: u8) -> String {
+    format!("r{:02}", i as usize % REQUESTS)
+}
+
+fn label_names(idx: &[u8]) -> Vec<String> {
+    idx.iter()
+        .map(|&i| LABELS[i as usize % LABELS.len()].to_owned())
+        .collect()
+}
+
+/// The labels a worker usually announces, so that most polls do not change
+/// them (as with real bots) and eligibility survives between passes.
+fn usual_labels(worker: u8) -> Vec<String> {
+    let i = worker as usize % WORKERS;
+    let mut v = vec![
+        "pool".to_owned(),
+        if i.is_multiple_of(2) { "os:l" } else { "os:m" }.to_owned(),
+    ];
+    match i % 3 {
+        0 => v.push("model:a".to_owned()),
+        1 => v.push("model:b".to_owned()),
+        _ => {}
+    }
+    if i.is_multiple_of(4) {
+        v.push("gpu".to_owned());
+    }
+    v
+}
+
+/// How an operation picks a (request, worker) pair.
+#[derive(Clone, Debug)]
+enum Pair {
+    /// The k-th running pair (modulo their number), if any; else `Any`.
+    Running(u8),
+    /// Any request and worker.
+    Any(u8, u8),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    AddAccount {
+        acc: u8,
+        config: AccountConfig,
+        balance: Option<Balance>,
+    },
+    UpdateAccountConfig {
+        acc: u8,
+        config: AccountConfig,
+    },
+    DeleteAccount {
+        acc: u8,
+    },
+    ResetBalance {
+        acc: u8,
+    },
+    SetSettings {
+        disable_preemption: bool,
+        expiry: i64,
+    },
+    AddRequest {
+        req: u8,
+        acc: u8,
+        base: Vec<u8>,
+        prov: Vec<u8>,
+        age: i64,
+        dt: i64,
+    },
+    MarkIdle {
+        worker: u8,
+        labels: Option<Vec<u8>>,
+        dt: i64,
+    },
+    NotifyRunning {
+        pair: Pair,
+        dt: i64,
+    },
+    NotifyAbsent {
+        req: u8,
+        dt: i64,
+    },
+    UpdateTime {
+        dt: i64,
+    },
+    RunOnce,
+    Unassign {
+        pair: Pair,
+        dt: i64,
+    },
+}
+
+fn rate() -> impl Strategy<Value = f32> {
+    prop_oneof![3 => Just(0.0f32), 2 => Just(1.0), 1 => Just(0.5), 1 => Just(2.0), 1 => Just(3.0)]
+}
+
+fn config() -> BoxedStrategy<AccountConfig> {
+    let limits = prop_oneof![
+        4 => Just(vec![]),
+        1 => Just(vec![("model:", 1)]),
+        1 => Just(vec![("model:", 2)]),
+        1 => Just(vec![("os:", 1), ("model:", 0)]),
+        1 => Just(vec![("os:m", 1)]),
+    ];
+    (
+        proptest::array::uniform5(rate()),
+        prop_oneof![Just(0.0f32), Just(10.0), Just(300.0), Just(1000.0)],
+        prop_oneof![3 => Just(0), 1 => Just(1), 1 => Just(2)],
+        prop::bool::weighted(0.25),
+        limits,
+    )
+        .prop_map(
+            |(charge_rate, max_charge_seconds, max_fanout, disable_free_tasks, limits)| {
+                AccountConfig {
+                    charge_rate,
+                    max_charge_seconds,
+                    max_fanout,
+                    disable_free_tasks,
+                    description: String::new(),
+                    per_label_task_limits: limits
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                }
+            },
+        )
+        .boxed()
+}
+
+fn balance_value() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        2 => Just(0.0f32),
+        1 => Just(-1000.0),
+        1 => Just(-700.0),
+        1 => Just(-5.0),
+        2 => Just(1.0),
+        2 => Just(50.0),
+        3 => Just(700.0),
+        2 => Just(2000.0),
+    ]
+}
+
+fn balance() -> impl Strategy<Value = Option<Balance>> {
+    prop::option::weighted(
+        0.8,
+        proptest::array::uniform5(balance_value()).prop_map(Balance),
+    )
+}
+
+/// Offsets of notification and clock times from the latest time used so
+/// far: mostly forward, sometimes late (out of order).
+fn dt() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        4 => Just(0i64),
+        6 => (1i64..=30).prop_map(|s| s * SEC),
+        2 => Just(60 * SEC),
+        1 => Just(SEC / 4),
+        1 => Just(400 * SEC),
+        2 => (-30i64..0).prop_map(|s| s * SEC),
+    ]
+}
+
+fn labels(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(0u8..LABELS.len() as u8, 0..=max)
+}
+
+/// Base labels of a request: mostly a few common shapes, so that requests
+/// often share a fanout group, a bucket or a container; sometimes anything.
+fn base_labels() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => Just(vec![]),
+        3 => Just(vec![5]),
+        2 => Just(vec![5, 3]),
+        1 => Just(vec![4]),
+        1 => Just(vec![1]),
+        1 => Just(vec![0, 5]),
+        2 => labels(2),
+    ]
+}
+
+fn provisionable_labels() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![5 => Just(vec![]), 2 => Just(vec![1]), 1 => Just(vec![2]), 1 => labels(1)]
+}
+
+fn pair() -> impl Strategy<Value = Pair> {
+    prop_oneof![
+        3 => any::<u8>().prop_map(Pair::Running),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(r, w)| Pair::Any(r, w)),
+    ]
+}
+
+fn op(workers: u8) -> BoxedStrategy<Op> {
+    let acc = 0u8..ACCOUNTS.len() as u8;
+    prop_oneof![
+        1 => (acc.clone(), config(), balance())
+            .prop_map(|(acc, config, balance)| Op::AddAccount { acc, config, balance }),
+        1 => (acc.clone(), config()).prop_map(|(acc, config)| Op::UpdateAccountConfig { acc, config }),
+        1 => acc.clone().prop_map(|acc| Op::DeleteAccount { acc }),
+        1 => acc.clone().prop_map(|acc| Op::ResetBalance { acc }),
+        1 => (
+            prop::bool::weighted(0.2),
+            prop_oneof![Just(0i64), Just(30 * SEC), Just(600 * SEC), Just(-SEC)],
+        )
+            .prop_map(|(disable_preemption, expiry)| Op::SetSettings { disable_preemption, expiry }),
+        10 => (
+            0u8..REQUESTS as u8,
+            acc,
+            base_labels(),
+            provisionable_labels(),
+            prop_oneof![4 => Just(0i64), 2 => Just(10 * SEC), 1 => Just(47 * HOUR)],
+            dt(),
+        )
+            .prop_map(|(req, acc, base, prov, age, dt)| Op::AddRequest { req, acc, base, prov, age, dt }),
+        5 => (0u8..workers, prop::option::weighted(0.2, labels(4)), dt())
+            .prop_map(|(worker, labels, dt)| Op::MarkIdle { worker, labels, dt }),
+        3 => (pair(), dt()).prop_map(|(pair, dt)| Op::NotifyRunning { pair, dt }),
+        2 => (0u8..REQUESTS as u8, dt()).prop_map(|(req, dt)| Op::NotifyAbsent { req, dt }),
+        5 => dt().prop_map(|dt| Op::UpdateTime { dt }),
+        8 => Just(Op::RunOnce),
+        2 => (pair(), dt()).prop_map(|(pair, dt)| Op::Unassign { pair, dt }),
+    ]
+    .boxed()
+}
+
+/// Accounts `a` (any config), `b` (free tasks disabled) and `c` (fanout and
+/// label limits likely) are configured up front; `u` starts unconfigured.
+fn setup() -> impl Strategy<Value = Vec<Op>> {
+    (
+        config(),
+        balance(),
+        config(),
+        balance(),
+        config(),
+        balance(),
+        1i32..=2,
+    )
+        .prop_map(|(a, ab, mut b, bb, mut c, cb, fanout)| {
+            b.disable_free_tasks = true;
+            if c.max_fanout == 0 {
+                c.max_fanout = fanout;
+            }
+            vec![
+                Op::AddAccount {
+                    acc: 0,
+                    config: a,
+                    balance: ab,
+                },
+                Op::AddAccount {
+                    acc: 1,
+                    config: b,
+                    balance: bb,
+                },
+                Op::AddAccount {
+                    acc: 2,
+                    config: c,
+                    balance: cb,
+                },
+            ]
+        })
+}
+
+fn case() -> impl Strategy<Value = Vec<Op>> {
+    (setup(), prop::collection::vec(op(WORKERS as u8), 1..70)).prop_map(|(mut s, ops)| {
+        s.extend(ops);
+        s
+    })
+}
+
+/// Fanout limits, label limits and disabled free tasks everywhere, and more
+/// requests than the three workers can take: requests stay queued across
+/// many passes, groups fill up mid-pass and accounts sit passes out, which
+/// is where the index's settled examined times and group moves matter.
+fn crowded_case() -> impl Strategy<Value = Vec<Op>> {
+    (
+        setup(),
+        proptest::array::uniform3(1i32..=2),
+        proptest::array::uniform3(any::<bool>()),
+        prop::collection::vec(op(3), 1..70),
+    )
+        .prop_map(|(mut s, fanouts, no_free, ops)| {
+            for (i, op) in s.iter_mut().enumerate() {
+                if let Op::AddAccount { config, .. } = op {
+                    config.max_fanout = fanouts[i];
+                    config.disable_free_tasks |= no_free[i];
+                    if i == 0 {
+                        config.per_label_task_limits.insert("model:".to_owned(), 1);
+                    }
+                }
+            }
+            // Few label shapes, so that requests share fanout groups.
+            s.extend(ops.into_iter().map(|op| match op {
+                Op::AddRequest {
+                    req,
+                    acc,
+                    base,
+                    prov,
+                    age,
+                    dt,
+                } => Op::AddRequest {
+                    req,
+                    acc,
+                    base: if base.is_empty() { vec![] } else { vec![5] },
+                    prov: if req % 3 == 0 { prov } else { vec![] },
+                    age,
+                    dt,
+                },
+                op => op,
+            }));
+            s
+        })
+}
+
+/// Applies operations to both implementations, comparing as it goes.
+struct Driver {
+    opt: Scheduler,
+    model: Model,
+    /// The latest time used by any operation.
+    clock: Time,
+}
+
+/// Start far enough from the epoch that old enqueue times stay valid.
+const START: i64 = 1_000_000 * SEC;
+
+impl Driver {
+    fn new() -> Driver {
+        let start = Time::from_nanos(START);
+        Driver {
+            opt: Scheduler::new(start),
+            model: Model::new(start),
+            clock: start,
+        }
+    }
+
+    fn time(&mut self, dt: i64) -> Time {
+        let t = self.clock.add_nanos(dt);
+        self.clock = self.clock.max(t);
+        t
+    }
+
+    fn pick(&self, pair: &Pair) -> (String, String) {
+        if let Pair::Running(k) = pair {
+            let running: Vec<(String, String)> = self
+                .model
+                .dump()
+                .workers
+                .into_iter()
+                .filter_map(|w| w.running.map(|(r, _, _)| (r.id, w.id)))
+                .collect();
+            if !running.is_empty() {
+                return running[*k as usize % running.len()].clone();
+            }
+        }
+        match pair {
+            Pair::Any(r, w) | Pair::Running(r @ w) => (request_id(*r), worker_id(*w)),
+        }
+    }
+
+    /// Applies `op` to both and returns a description of the first
+    /// difference, if any.
+    fn step(&mut self, op: &Op) -> Result<(), String> {
+        match op {
+            Op::AddAccount {
+                acc,
+                config,
+                balance,
+            } => {
+                let id = ACCOUNTS[*acc as usize];
+                self.opt.add_account(id, config.clone(), *balance);
+                self.model.add_account(id, config.clone(), *balance);
+            }
+            Op::UpdateAccountConfig { acc, config } => {
+                let id = ACCOUNTS[*acc as usize];
+                let a = self.opt.update_account_config(id, config.clone());
+                let b = self.model.update_account_config(id, config.clone());
+                same("update_account_config result", &a, &b)?;
+            }
+            Op::DeleteAccount { acc } => {
+                let id = ACCOUNTS[*acc as usize];
+                self.opt.delete_account(id);
+                self.model.delete_account(id);
+            }
+            Op::ResetBalance { acc } => {
+                let id = ACCOUNTS[*acc as usize];
+                self.opt.reset_balance(id);
+                self.model.reset_balance(id);
+            }
+            Op::SetSettings {
+                disable_preemption,
+                expiry,
+            } => {
+                let s = PoolSettings {
+                    disable_preemption: *disable_preemption,
+                    bot_expiration_nanos: *expiry,
+                };
+                self.opt.set_settings(s.clone());
+                self.model.set_settings(s);
+            }
+            Op::AddRequest {
+                req,
+                acc,
+                base,
+                prov,
+                age,
+                dt,
+            } => {
+                let t = self.time(*dt);
+                let new = NewRequest {
+                    id: request_id(*req),
+                    account: ACCOUNTS[*acc as usize].to_owned(),
+                    base_labels: label_names(base),
+                    provisionable_labels: label_names(prov),
+                    enqueue_time: t.add_nanos(-age),
+                };
+                let tags = vec![format!("t:{}", req)];
+                self.opt.add_request(&new, t, &tags);
+                self.model.add_request(&new, t, &tags);
+            }
+            Op::MarkIdle { worker, labels, dt } => {
+                let t = self.time(*dt);
+                let labels = labels
+                    .as_ref()
+                    .map_or_else(|| usual_labels(*worker), |l| label_names(l));
+                self.opt.mark_idle(&worker_id(*worker), &labels, t);
+                self.model.mark_idle(&worker_id(*worker), &labels, t);
+            }
+            Op::NotifyRunning { pair, dt } => {
+                let t = self.time(*dt);
+                let (r, w) = self.pick(pair);
+                same(
+                    "is_assigned",
+                    &self.opt.is_assigned(&r, &w),
+                    &self.model.is_assigned(&r, &w),
+                )?;
+                self.opt.notify_running(&r, &w, t);
+                self.model.notify_running(&r, &w, t);
+            }
+            Op::NotifyAbsent { req, dt } => {
+                let t = self.time(*dt);
+                self.opt.notify_absent(&request_id(*req), t);
+                self.model.notify_absent(&request_id(*req), t);
+            }
+            Op::UpdateTime { dt } => {
+                let t = self.time(*dt);
+                self.opt.update_time(t);
+                self.model.update_time(t);
+            }
+            Op::RunOnce => {
+                let a = self.opt.run_once();
+                let b = self.model.run_once();
+                same("assignments", &a, &b)?;
+            }
+            Op::Unassign { pair, dt } => {
+                let t = self.time(*dt);
+                let (r, w) = self.pick(pair);
+                let a = self.opt.unassign(&r, &w, t);
+                let b = self.model.unassign(&r, &w, t);
+                same("unassign result", &a, &b)?;
+            }
+        }
+        self.opt.check_invariants();
+        same("events", &self.opt.take_events(), &self.model.take_events())?;
+        same_dump(&self.opt.dump(), &self.model.dump())
+    }
+}
+
+fn same<T: PartialEq + std::fmt::Debug>(what: &str, opt: &T, model: &T) -> Result<(), String> {
+    if opt == model {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} differ:\noptimized: {opt:#?}\nmodel:     {model:#?}"
+        ))
+    }
+}
+
+/// Compares dumps part by part, so that a failure names the part.
+fn same_dump(opt: &StateDump, model: &StateDump) -> Result<(), String> {
+    same("now", &opt.now, &model.now)?;
+    same("settings", &opt.settings, &model.settings)?;
+    same("accounts", &opt.accounts, &model.accounts)?;
+    same("queued requests", &opt.queued, &model.queued)?;
+    same("workers", &opt.workers, &model.workers)
+}
+
+/// Runs a sequence, reporting the first difference with its step number.
+fn run(ops: &[Op]) -> Result<(), String> {
+    let mut d = Driver::new();
+    for (i, op) in ops.iter().enumerate() {
+        d.step(op).map_err(|e| format!("step {i} ({op:?}): {e}"))?;
+    }
+    Ok(())
+}
+
+/// `PROPTEST_CASES`, or `default` sequences.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config_with(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        // Failures are turned into the named regression tests below.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// Two profiles, each its own test so that they run in parallel.
+proptest! {
+    #![proptest_config(config_with(cases(4000)))]
+
+    #[test]
+    fn optimized_matches_model(ops in case()) {
+        if let Err(e) = run(&ops) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config_with(cases(3000)))]
+
+    #[test]
+    fn optimized_matches_model_crowded(ops in crowded_case()) {
+        if let Err(e) = run(&ops) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+/// Short constructors for the regression sequences.
+mod seq {
+    use super::*;
+
+    pub(super) fn cfg(rates: [f32; 5], max: f32, fanout: i32, no_free: bool) -> AccountConfig {
+        AccountConfig {
+            charge_rate: rates,
+            max_charge_seconds: max,
+            max_fanout: fanout,
+            disable_free_tasks: no_free,
+            ..AccountConfig::default()
+        }
+    }
+
+    pub(super) fn account(acc: u8, config: AccountConfig, balance: Option<[f32; 5]>) -> Op {
+        Op::AddAccount {
+            acc,
+            config,
+            balance: balance.map(Balance),
+        }
+    }
+
+    pub(super) fn request(req: u8, acc: u8, base: &[u8], prov: &[u8], dt: i64) -> Op {
+        Op::AddRequest {
+            req,
+            acc,
+            base: base.to_vec(),
+            prov: prov.to_vec(),
+            age: 0,
+            dt: dt * SEC,
+        }
+    }
+
+    pub(super) fn idle(worker: u8, dt: i64) -> Op {
+        Op::MarkIdle {
+            worker,
+            labels: None,
+            dt: dt * SEC,
+        }
+    }
+
+    pub(super) fn check(ops: &[Op]) {
+        if let Err(e) = run(ops) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// A group freed while listed as dirty (its last request completed) was
+/// still indexed when the account's fanout changed.
+#[test]
+fn regression_freed_group_left_in_dirty_list() {
+    use seq::*;
+    check(&[
+        account(1, cfg([0.0, 0.0, 0.0, 1.0, 0.0], 10.0, 1, true), None),
+        idle(2, 0),
+        Op::UpdateTime { dt: SEC },
+        request(0, 1, &[], &[], 0),
+        Op::RunOnce,
+        idle(2, 0),
+        Op::DeleteAccount { acc: 1 },
+    ]);
+}
+
+/// A group's fanout count starts from its running tasks at the start of the
+/// pass; a preemption of one of them earlier in the pass must not give the
+/// group an extra paid slot.
+#[test]
+fn regression_fanout_counts_from_pass_start() {
+    use seq::*;
+    check(&[
+        account(
+            0,
+            cfg([0.0; 5], 0.0, 2, false),
+            Some([0.0, 100.0, 0.0, 0.0, 0.0]),
+        ),
+        account(
+            1,
+            cfg([0.0; 5], 0.0, 0, false),
+            Some([100.0, 0.0, 0.0, 0.0, 0.0]),
+        ),
+        idle(0, 0),
+        request(0, 0, &[], &[], 0),
+        Op::RunOnce,
+        idle(1, 0),
+        idle(2, 0),
+        request(1, 0, &[], &[], 0),
+        request(2, 0, &[], &[], 0),
+        // Only w0 has "gpu": the request must preempt w0's P1 task.
+        request(3, 1, &[0], &[], 0),
+        Op::RunOnce,
+    ]);
+}
