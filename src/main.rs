@@ -1,6 +1,7 @@
 //! The `qscheduler` command: server, administration and simulation tools.
 
 mod replay;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// A quota scheduler for fleets of bots: Swarming's external scheduler.
+///
+/// `qscheduler serve` runs the server (gRPC and pRPC on one port) with an
+/// embedded store in ./qscheduler-data; no other setup is needed.
 #[derive(Parser)]
-#[command(name = "qscheduler", version, about, long_about = None)]
+#[command(name = "qscheduler", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the scheduler server.
+    Serve(serve::ServeArgs),
     /// Replay a workload trace (qsched-trace/1 JSON Lines) through the
     /// scheduling core and report timings, assignments, memory and
     /// snapshot size.
@@ -33,6 +39,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Replay { trace, json } => replay::run(&trace, json),
     };
     match result {

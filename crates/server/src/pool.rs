@@ -191,7 +191,7 @@ impl PoolRef {
     /// Asks the writer to stop after its current batch; calls still queued
     /// are answered with [`PoolError::Closed`].
     pub fn stop(&self) {
-        let _ = self.shared.stop.send(true);
+        self.shared.stop.send_replace(true);
     }
 
     /// Waits until the writer has stopped.
@@ -351,7 +351,7 @@ impl Writer {
         // whoever waits for it can reopen the pool at once.
         let Writer { shared, handle, .. } = self;
         drop(handle);
-        let _ = shared.closed.send(true);
+        shared.closed.send_replace(true);
         debug!(pool = %shared.id, "pool writer stopped");
     }
 
