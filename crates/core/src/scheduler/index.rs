@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 
 use super::{
-    Account, Bucket, Container, Group, LEVELS, LabelEntry, OMITTED, Place, QKey, Request, SETTLED,
+    Account, Bucket, Container, Group, LEVELS, LabelEntry, Place, QKey, Request, SETTLED,
     Scheduler, SetEntry, TaskRun, Virt, Worker,
 };
 use crate::account::{AccountConfig, Balance};
@@ -54,6 +54,7 @@ impl Scheduler {
             refs: 1,
             workers: FxHashSet::default(),
             anchored: Vec::new(),
+            active_sets: 0,
         });
         self.label_ids.insert(name, l);
         l
@@ -111,8 +112,9 @@ impl Scheduler {
             refs: 1,
             queued_base: 0,
             queued_prov: 0,
+            req_refs: 0,
             anchor: None,
-            cells: None,
+            cell: None,
         });
         self.set_ids.insert(labels, s);
         s
@@ -154,36 +156,41 @@ impl Scheduler {
 
     // ----------------------------------------------------------- eligibility
 
-    /// Counts a queued request's use of a set, registering the set for
-    /// eligibility when it becomes active and unregistering it when idle.
+    /// Counts a queued request's use of a set as base or provisionable
+    /// labels; the cell of a base set exists while it has queued requests.
     fn set_queued(&mut self, s: u32, as_base: bool, add: bool) {
-        let was_active = self.sets[s].active();
-        {
-            let e = &mut self.sets[s];
-            let n = if as_base {
-                &mut e.queued_base
-            } else {
-                &mut e.queued_prov
-            };
-            if add {
-                *n += 1;
-            } else {
-                *n -= 1;
-            }
-            if as_base {
-                if e.queued_base > 0 && e.cells.is_none() {
-                    e.cells = Some(Box::default());
-                } else if e.queued_base == 0 {
-                    debug_assert!(
-                        e.cells
-                            .as_ref()
-                            .is_none_or(|c| c.iter().all(|c| c.is_empty()))
-                    );
-                    e.cells = None;
-                }
+        let e = &mut self.sets[s];
+        let n = if as_base {
+            &mut e.queued_base
+        } else {
+            &mut e.queued_prov
+        };
+        if add {
+            *n += 1;
+        } else {
+            *n -= 1;
+        }
+        if as_base {
+            if e.queued_base > 0 && e.cell.is_none() {
+                e.cell = Some(Box::default());
+            } else if e.queued_base == 0 {
+                debug_assert!(e.cell.as_ref().is_none_or(|c| c.heads.is_empty()));
+                e.cell = None;
             }
         }
-        let active = self.sets[s].active();
+    }
+
+    /// Counts a request's use of a set (queued or running), registering
+    /// the set for eligibility while it is used at all.
+    fn set_request_ref(&mut self, s: u32, add: bool) {
+        let e = &mut self.sets[s];
+        let was_active = e.active();
+        if add {
+            e.req_refs += 1;
+        } else {
+            e.req_refs -= 1;
+        }
+        let active = e.active();
         if s == self.empty_set || active == was_active {
             return;
         }
@@ -195,19 +202,24 @@ impl Scheduler {
     }
 
     fn activate_set(&mut self, s: u32) {
-        let labels = &self.sets[s].labels;
-        let Some(&anchor) = labels
-            .iter()
-            .min_by_key(|&&l| (self.labels[l].workers.len(), l))
-        else {
+        let labels = self.sets[s].labels.clone();
+        // The anchor should be the label fewest workers have, so that few
+        // workers ever test this set; before workers exist, the label fewest
+        // other sets use is the best guess.
+        let Some(&anchor) = labels.iter().min_by_key(|&&l| {
+            let e = &self.labels[l];
+            (e.workers.len(), e.active_sets, l)
+        }) else {
             return;
         };
+        for &l in labels.iter() {
+            self.labels[l].active_sets += 1;
+        }
         self.sets[s].anchor = Some(anchor);
         self.labels[anchor].anchored.push(s);
-        let set_labels = &self.sets[s].labels;
         for &w in &self.labels[anchor].workers {
             let worker = &mut self.workers[w];
-            if is_subset(set_labels, &worker.labels) {
+            if is_subset(&labels, &worker.labels) {
                 worker.eligible.push(s);
             }
         }
@@ -217,14 +229,17 @@ impl Scheduler {
         let Some(anchor) = self.sets[s].anchor.take() else {
             return;
         };
+        let labels = self.sets[s].labels.clone();
+        for &l in labels.iter() {
+            self.labels[l].active_sets -= 1;
+        }
         let anchored = &mut self.labels[anchor].anchored;
         if let Some(i) = anchored.iter().position(|&x| x == s) {
             anchored.swap_remove(i);
         }
-        let set_labels = &self.sets[s].labels;
         for &w in &self.labels[anchor].workers {
             let worker = &mut self.workers[w];
-            if is_subset(set_labels, &worker.labels)
+            if is_subset(&labels, &worker.labels)
                 && let Some(i) = worker.eligible.iter().position(|&x| x == s)
             {
                 worker.eligible.swap_remove(i);
@@ -446,6 +461,8 @@ impl Scheduler {
         self.accounts[a].requests += 1;
         let base = self.intern_set(base_labels);
         let prov = self.intern_set(provisionable_labels);
+        self.set_request_ref(base, true);
+        self.set_request_ref(prov, true);
         let group = self.group_ref(a, base, prov);
         let id: Arc<str> = Arc::from(id);
         let r = self.requests.insert(Request {
@@ -471,6 +488,8 @@ impl Scheduler {
         };
         debug_assert_eq!(req.place, Place::Detached);
         self.request_ids.remove(&req.id);
+        self.set_request_ref(req.base, false);
+        self.set_request_ref(req.prov, false);
         self.release_set(req.base);
         self.release_set(req.prov);
         self.group_unref(req.group);
@@ -499,6 +518,7 @@ impl Scheduler {
             enq: req.enqueue.as_nanos(),
             id: req.id.clone(),
             req: r,
+            c: 0,
         }
     }
 
@@ -838,37 +858,50 @@ impl Scheduler {
         }
     }
 
-    /// Replaces container `c`'s head in the cell of its current level.
+    /// Replaces container `c`'s head in its base set's cell.
     fn cell_replace(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
         let (v, base) = (self.containers[c].virt, self.containers[c].base);
-        let level = self.virt(v).level;
-        self.cell_edit(base, level, old, new);
-    }
-
-    fn cell_edit(&mut self, base: u32, level: u8, old: Option<QKey>, new: Option<QKey>) {
-        if level == OMITTED {
-            return;
-        }
-        let Some(cells) = self.sets[base].cells.as_mut() else {
+        let level = self.virt(v).level as usize;
+        let Some(cell) = self.sets[base].cell.as_mut() else {
             return;
         };
-        let cell = &mut cells[level as usize];
-        let was_empty = cell.is_empty();
         if let Some(o) = &old {
-            cell.remove(o);
+            cell.heads.remove(o);
         }
-        if let Some(n) = new {
-            cell.insert(n);
+        let delta: i32 = match (&old, &new) {
+            (None, Some(_)) => 1,
+            (Some(_), None) => -1,
+            _ => 0,
+        };
+        if let Some(mut n) = new {
+            n.c = c;
+            cell.heads.insert(n);
         }
-        let is_empty = cell.is_empty();
-        if was_empty && !is_empty {
-            self.nonempty_cells[level as usize] += 1;
-        } else if !was_empty && is_empty {
-            self.nonempty_cells[level as usize] -= 1;
+        if delta != 0 {
+            self.count_cell_level(base, level, delta);
         }
     }
 
-    /// Moves a placement's containers to another level's cells.
+    /// Adjusts how many entries of `base`'s cell sit at `level`, keeping the
+    /// per-level count of non-empty cells.
+    fn count_cell_level(&mut self, base: u32, level: usize, delta: i32) {
+        let Some(cell) = self.sets[base].cell.as_mut() else {
+            return;
+        };
+        let n = &mut cell.per_level[level];
+        let was = *n;
+        *n = n.wrapping_add_signed(delta);
+        if level < LEVELS {
+            if was == 0 && *n > 0 {
+                self.nonempty_cells[level] += 1;
+            } else if was > 0 && *n == 0 {
+                self.nonempty_cells[level] -= 1;
+            }
+        }
+    }
+
+    /// Places an account's containers at another level: only counters
+    /// change, the cells' order does not depend on levels.
     pub(crate) fn set_virt_level(&mut self, v: u32, level: u8) {
         let old = self.virt(v).level;
         if old == level {
@@ -877,12 +910,12 @@ impl Scheduler {
         self.virt_mut(v).level = level;
         let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
         for c in conts {
-            let Some(head) = self.containers[c].heads.first().cloned() else {
+            if self.containers[c].heads.is_empty() {
                 continue;
-            };
+            }
             let base = self.containers[c].base;
-            self.cell_edit(base, old, Some(head.clone()), None);
-            self.cell_edit(base, level, None, Some(head));
+            self.count_cell_level(base, old as usize, -1);
+            self.count_cell_level(base, level as usize, 1);
         }
     }
 
@@ -987,7 +1020,7 @@ impl Scheduler {
         }
         assert_eq!(queued, self.queued);
         // Buckets and containers.
-        let mut expect_cells: BTreeMap<(u32, u8), Vec<QKey>> = BTreeMap::new();
+        let mut expect_cells: BTreeMap<u32, Vec<(QKey, u32, u8)>> = BTreeMap::new();
         for (c, cont) in self.containers.iter() {
             let mut heads = Vec::new();
             for &(prov, b) in &cont.buckets {
@@ -1012,26 +1045,39 @@ impl Scheduler {
             heads.sort();
             assert_eq!(heads, cont.heads.to_vec());
             let level = self.virt(cont.virt).level;
-            if level != OMITTED {
-                expect_cells
-                    .entry((cont.base, level))
-                    .or_default()
-                    .push(cont.heads.first().cloned().unwrap());
-            }
+            expect_cells.entry(cont.base).or_default().push((
+                cont.heads.first().cloned().unwrap(),
+                c,
+                level,
+            ));
         }
         let mut nonempty = [0usize; LEVELS];
         for (s, set) in self.sets.iter() {
-            if let Some(cells) = &set.cells {
-                for (level, cell) in cells.iter().enumerate() {
-                    let mut want = expect_cells.remove(&(s, level as u8)).unwrap_or_default();
-                    want.sort();
-                    assert_eq!(cell.to_vec(), want, "cell of set {s} level {level}");
-                    if !cell.is_empty() {
+            if let Some(cell) = &set.cell {
+                let mut want = expect_cells.remove(&s).unwrap_or_default();
+                want.sort_by(|a, b| a.0.cmp(&b.0));
+                let have = cell.heads.to_vec();
+                assert_eq!(have.len(), want.len(), "cell of set {s}");
+                let mut per_level = [0u32; LEVELS + 1];
+                for (h, (k, c, level)) in have.iter().zip(&want) {
+                    assert_eq!(h, k, "cell of set {s}");
+                    assert_eq!(h.c, *c, "cell entry names its container");
+                    per_level[*level as usize] += 1;
+                }
+                assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
+                for level in 0..LEVELS {
+                    if per_level[level] > 0 {
                         nonempty[level] += 1;
                     }
                 }
             }
-            assert_eq!(set.cells.is_some(), set.queued_base > 0);
+            assert_eq!(set.cell.is_some(), set.queued_base > 0);
+            let uses = self
+                .requests
+                .iter()
+                .map(|(_, r)| u32::from(r.base == s) + u32::from(r.prov == s))
+                .sum::<u32>();
+            assert_eq!(uses, set.req_refs, "request references of set {s}");
         }
         assert!(expect_cells.is_empty());
         assert_eq!(nonempty, self.nonempty_cells);

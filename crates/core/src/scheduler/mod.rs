@@ -95,6 +95,8 @@ pub(crate) struct QKey {
     pub(crate) enq: i64,
     pub(crate) id: Arc<str>,
     pub(crate) req: u32,
+    /// In a cell: the container whose head this is (unused elsewhere).
+    pub(crate) c: u32,
 }
 
 impl PartialEq for QKey {
@@ -127,6 +129,8 @@ pub(crate) struct LabelEntry {
     pub(crate) workers: FxHashSet<u32>,
     /// Active label sets whose anchor is this label.
     pub(crate) anchored: Vec<u32>,
+    /// Active label sets containing this label (to pick good anchors).
+    pub(crate) active_sets: u32,
 }
 
 /// An interned label set (sorted label ids).
@@ -140,17 +144,34 @@ pub(crate) struct SetEntry {
     pub(crate) queued_base: u32,
     /// Queued requests with this set as provisionable labels.
     pub(crate) queued_prov: u32,
+    /// Requests (queued or running) with this set as base or provisionable
+    /// labels. While positive the set is "active": registered for
+    /// eligibility. Counting running requests too keeps sets from flapping
+    /// in and out as their last queued request comes and goes.
+    pub(crate) req_refs: u32,
     /// While active: the label under which the set is registered for
     /// eligibility.
     pub(crate) anchor: Option<u32>,
-    /// While used as base labels by queued requests: one cell per level.
-    pub(crate) cells: Option<Box<[OrdSet<QKey>; LEVELS]>>,
+    /// While used as base labels by queued requests: the cell.
+    pub(crate) cell: Option<Box<Cell>>,
 }
 
 impl SetEntry {
     fn active(&self) -> bool {
-        self.queued_base + self.queued_prov > 0
+        self.req_refs > 0
     }
+}
+
+/// The heads of every container of one base label set, whatever its
+/// account's level: a pass at level `p` skips entries of other levels.
+/// Keeping one ordered set per base set (rather than one per level) means an
+/// account that changes level moves nothing but counters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Cell {
+    /// Container heads; each key's `c` names its container.
+    pub(crate) heads: OrdSet<QKey>,
+    /// Number of entries per placement level (0..=5, and [`OMITTED`]).
+    pub(crate) per_level: [u32; LEVELS + 1],
 }
 
 /// Where a request is.

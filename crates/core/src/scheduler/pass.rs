@@ -18,9 +18,23 @@ struct PassCtx {
     out: Vec<Assignment>,
     /// Idle workers in id order; assigned ones are removed as the pass goes.
     idle: Vec<u32>,
-    label_counts: LabelCounts,
-    /// Accounts with per-label limits.
+    limits: Limits,
+    /// Scratch space: a worker's eligible provisionable sets.
+    provs: Vec<u32>,
+}
+
+/// Per-label task limits for one pass.
+#[derive(Default)]
+struct Limits {
+    counts: LabelCounts,
+    /// Accounts with per-label limits, by account index.
     limited: Vec<bool>,
+}
+
+impl PassCtx {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
 }
 
 impl Scheduler {
@@ -32,10 +46,10 @@ impl Scheduler {
         let mut cx = PassCtx {
             out: Vec::new(),
             idle: self.idle.values().copied().collect(),
-            label_counts: FxHashMap::default(),
-            limited: Vec::new(),
+            limits: Limits::default(),
+            provs: Vec::new(),
         };
-        self.count_label_limits(&mut cx);
+        self.count_label_limits(&mut cx.limits);
         for p in 0..NUM_PRIORITIES as u8 {
             self.assign_idle(&mut cx, p, true);
             self.assign_idle(&mut cx, p, false);
@@ -83,7 +97,7 @@ impl Scheduler {
         }
     }
 
-    fn count_label_limits(&self, cx: &mut PassCtx) {
+    fn count_label_limits(&self, cx: &mut Limits) {
         cx.limited = Vec::new();
         for (a, acc) in self.accounts.iter() {
             let Some(cfg) = &acc.config else { continue };
@@ -97,7 +111,7 @@ impl Scheduler {
             for &w in &acc.running {
                 for key in cfg.per_label_task_limits.keys() {
                     if let Some(label) = self.label_for_key(w, key) {
-                        *cx.label_counts.entry((a, label)).or_insert(0) += 1;
+                        *cx.counts.entry((a, label)).or_insert(0) += 1;
                     }
                 }
             }
@@ -112,7 +126,7 @@ impl Scheduler {
     }
 
     /// True if account `a` has reached a per-label limit on worker `w`.
-    fn label_blocked(&self, cx: &PassCtx, a: u32, w: u32) -> bool {
+    fn label_blocked(&self, cx: &Limits, a: u32, w: u32) -> bool {
         if !cx.limited.get(a as usize).copied().unwrap_or(false) {
             return false;
         }
@@ -121,12 +135,12 @@ impl Scheduler {
         };
         cfg.per_label_task_limits.iter().any(|(key, &limit)| {
             self.label_for_key(w, key).is_some_and(|label| {
-                cx.label_counts.get(&(a, label)).copied().unwrap_or(0) >= limit as u32
+                cx.counts.get(&(a, label)).copied().unwrap_or(0) >= limit as u32
             })
         })
     }
 
-    fn count_label_assignment(&self, cx: &mut PassCtx, a: u32, w: u32) {
+    fn count_label_assignment(&self, cx: &mut Limits, a: u32, w: u32) {
         if !cx.limited.get(a as usize).copied().unwrap_or(false) {
             return;
         }
@@ -135,7 +149,7 @@ impl Scheduler {
         };
         for key in cfg.per_label_task_limits.keys() {
             if let Some(label) = self.label_for_key(w, key) {
-                *cx.label_counts.entry((a, label)).or_insert(0) += 1;
+                *cx.counts.entry((a, label)).or_insert(0) += 1;
             }
         }
     }
@@ -144,7 +158,7 @@ impl Scheduler {
     /// as base labels) and the worker's eligible sets.
     fn base_candidates(&self, w: u32) -> impl Iterator<Item = u32> + '_ {
         let empty = self.empty_set;
-        let has_empty = self.sets[empty].cells.is_some();
+        let has_empty = self.sets[empty].cell.is_some();
         has_empty
             .then_some(empty)
             .into_iter()
@@ -169,36 +183,46 @@ impl Scheduler {
         cx.idle = idle;
     }
 
+    /// The level a container's account sits at in this pass.
+    fn container_level(&self, c: u32) -> u8 {
+        self.virt(self.containers[c].virt).level
+    }
+
     /// The best-ranked request at level `p` for idle worker `w`.
-    fn best_idle_match(&self, cx: &PassCtx, w: u32, p: u8, require_provision: bool) -> Option<u32> {
+    fn best_idle_match(
+        &self,
+        cx: &mut PassCtx,
+        w: u32,
+        p: u8,
+        require_provision: bool,
+    ) -> Option<u32> {
         let worker = &self.workers[w];
         let modified = worker.modified.as_nanos();
-        let provs: Vec<u32> = if require_provision {
-            let mut v = vec![self.empty_set];
-            v.extend(
+        let provs = &mut cx.provs;
+        provs.clear();
+        if require_provision {
+            provs.push(self.empty_set);
+            provs.extend(
                 worker
                     .eligible
                     .iter()
                     .copied()
                     .filter(|&s| self.sets[s].queued_prov > 0),
             );
-            v
-        } else {
-            Vec::new()
-        };
+        }
+        let provs = &cx.provs;
         let mut best: Option<(usize, QKey)> = None;
         for s in self.base_candidates(w) {
             let set = &self.sets[s];
-            let Some(cells) = &set.cells else { continue };
-            let cell = &cells[p as usize];
-            if cell.is_empty() {
+            let Some(cell) = &set.cell else { continue };
+            if cell.per_level[p as usize] == 0 {
                 continue;
             }
             let q = set.labels.len();
             if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
                 continue;
             }
-            cell.for_each_while(|head| {
+            cell.heads.for_each_while(|head| {
                 if self.key_examined(head) > modified {
                     return false;
                 }
@@ -208,19 +232,19 @@ impl Scheduler {
                 {
                     return false;
                 }
+                if self.container_level(head.c) != p {
+                    return true;
+                }
                 let a = self.requests[head.req].account;
-                if self.label_blocked(cx, a, w) {
+                if self.label_blocked(cx.limits(), a, w) {
                     return true;
                 }
                 if !require_provision {
                     best = Some((q, head.clone()));
                     return false;
                 }
-                let super::Place::Queued(b) = self.requests[head.req].place else {
-                    return true;
-                };
-                let cont = &self.containers[self.buckets[b].container];
-                for &prov in &provs {
+                let cont = &self.containers[head.c];
+                for &prov in provs {
                     let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) else {
                         continue;
                     };
@@ -248,7 +272,7 @@ impl Scheduler {
         let provision_required = !self.provision_matches(r, w);
         let a = self.requests[r].account;
         self.count_fanout(r, p);
-        self.count_label_assignment(cx, a, w);
+        self.count_label_assignment(&mut cx.limits, a, w);
         self.start_task(r, w, p, Balance::ZERO);
         let t = self.now;
         self.emit(
@@ -466,26 +490,28 @@ impl Scheduler {
         let mut best: Option<(usize, QKey)> = None;
         for s in self.base_candidates(w) {
             let set = &self.sets[s];
-            let Some(cells) = &set.cells else { continue };
-            let cell = &cells[p as usize];
-            if cell.is_empty() {
+            let Some(cell) = &set.cell else { continue };
+            if cell.per_level[p as usize] == 0 {
                 continue;
             }
             let q = set.labels.len();
             if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
                 continue;
             }
-            cell.for_each_while(|head| {
+            cell.heads.for_each_while(|head| {
                 if let Some((bq, bk)) = &best
                     && *bq == q
                     && head >= bk
                 {
                     return false;
                 }
+                if self.container_level(head.c) != p {
+                    return true;
+                }
                 let a = self.requests[head.req].account;
                 if banned.get(a as usize).copied().unwrap_or(false)
                     || !cost.lex_less(&self.offered_balance(a))
-                    || self.label_blocked(cx, a, w)
+                    || self.label_blocked(&cx.limits, a, w)
                 {
                     return true;
                 }
@@ -539,7 +565,7 @@ impl Scheduler {
         let old_r = self.stop_task(w);
         self.free_request(old_r);
         self.count_fanout(r, p);
-        self.count_label_assignment(cx, new_acc, w);
+        self.count_label_assignment(&mut cx.limits, new_acc, w);
         self.start_task(r, w, p, old.cost);
         cx.out.push(Assignment {
             kind: AssignmentKind::Preempt {
