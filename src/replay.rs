@@ -308,6 +308,9 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
         bail!("trace has no init operation");
     };
 
+    // Peak memory of the replay itself, before the snapshot round trip
+    // below builds a second copy of the state.
+    let peak = peak_rss_bytes();
     let enc_start = Instant::now();
     let pool = qscheduler_core::Pool::from_scheduler(s);
     let bytes = qscheduler_core::snapshot::encode(&pool);
@@ -337,7 +340,6 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
             },
         );
     }
-    let peak = peak_rss_bytes();
     let report = Report {
         trace: path.display().to_string(),
         preset,
