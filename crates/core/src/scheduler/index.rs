@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 
 use super::{
-    Account, Bucket, Container, Group, LEVELS, LabelEntry, Place, QKey, Request, SETTLED,
+    Account, Bucket, Container, Group, LEVELS, LabelEntry, NO_GROUP, Place, QKey, Request, SETTLED,
     Scheduler, SetEntry, TaskRun, Virt, Worker,
 };
 use crate::account::{AccountConfig, Balance};
@@ -420,20 +420,86 @@ impl Scheduler {
                 self.configured.remove(&acc.id);
             }
         }
+        let (old, new) = (fanout(&acc.config), fanout(&config));
         acc.config = config;
-        if fanout_changed {
-            // Only the groups marked here: `dirty_groups` may also list
-            // groups freed since they were marked.
-            let stale: Vec<u32> = self
-                .groups
-                .iter()
-                .filter(|(_, group)| group.account == a && !group.dirty)
-                .map(|(g, _)| g)
-                .collect();
-            for g in stale {
-                self.groups[g].dirty = true;
-                self.dirty_groups.push(g);
+        if !fanout_changed {
+            return;
+        }
+        if old <= 0 && new > 0 {
+            self.build_groups(a);
+        } else if old > 0 && new <= 0 {
+            self.drop_groups(a);
+            return;
+        }
+        // Only the groups marked here: `dirty_groups` may also list
+        // groups freed since they were marked.
+        let stale: Vec<u32> = self
+            .groups
+            .iter()
+            .filter(|(_, group)| group.account == a && !group.dirty)
+            .map(|(g, _)| g)
+            .collect();
+        for g in stale {
+            self.groups[g].dirty = true;
+            self.dirty_groups.push(g);
+        }
+    }
+
+    /// An account starts using fanout: puts each of its requests in its
+    /// group.
+    fn build_groups(&mut self, a: u32) {
+        let reqs: Vec<u32> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.account == a)
+            .map(|(r, _)| r)
+            .collect();
+        for r in reqs {
+            let (base, prov, place) = {
+                let req = &self.requests[r];
+                (req.base, req.prov, req.place)
+            };
+            let g = self.group_ref(a, base, prov);
+            self.requests[r].group = g;
+            match place {
+                Place::Running(_) => self.groups[g].running += 1,
+                Place::Queued(b) => {
+                    if self.buckets[b].group == NO_GROUP {
+                        self.buckets[b].group = g;
+                        if g != NO_GROUP {
+                            self.groups[g].buckets.push(b);
+                        }
+                    }
+                }
+                Place::Detached => {}
             }
+        }
+    }
+
+    /// An account stops using fanout: throttling ends and its groups go.
+    fn drop_groups(&mut self, a: u32) {
+        let groups: Vec<u32> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.account == a)
+            .map(|(g, _)| g)
+            .collect();
+        for &g in &groups {
+            self.set_group_throttled(g, false);
+            for b in std::mem::take(&mut self.groups[g].buckets) {
+                self.buckets[b].group = NO_GROUP;
+            }
+            self.groups[g].running = 0;
+        }
+        let reqs: Vec<u32> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.account == a && r.group != NO_GROUP)
+            .map(|(r, _)| r)
+            .collect();
+        for r in reqs {
+            let g = std::mem::replace(&mut self.requests[r].group, NO_GROUP);
+            self.group_unref(g);
         }
     }
 
@@ -463,7 +529,11 @@ impl Scheduler {
         let prov = self.intern_set(provisionable_labels);
         self.set_request_ref(base, true);
         self.set_request_ref(prov, true);
-        let group = self.group_ref(a, base, prov);
+        let group = if self.max_fanout(a) > 0 {
+            self.group_ref(a, base, prov)
+        } else {
+            NO_GROUP
+        };
         let id: Arc<str> = Arc::from(id);
         let r = self.requests.insert(Request {
             id: id.clone(),
@@ -492,7 +562,9 @@ impl Scheduler {
         self.set_request_ref(req.prov, false);
         self.release_set(req.base);
         self.release_set(req.prov);
-        self.group_unref(req.group);
+        if req.group != NO_GROUP {
+            self.group_unref(req.group);
+        }
         self.accounts[req.account].requests -= 1;
         self.account_maybe_free(req.account);
     }
@@ -569,6 +641,9 @@ impl Scheduler {
     }
 
     fn mark_group_dirty(&mut self, g: u32) {
+        if g == NO_GROUP {
+            return;
+        }
         let group = &self.groups[g];
         if !group.dirty && self.max_fanout_of(group.account) > 0 {
             self.groups[g].dirty = true;
@@ -618,8 +693,10 @@ impl Scheduler {
         acc.running_by_prio[priority as usize] += 1;
         acc.running.insert(w);
         let g = self.requests[r].group;
-        self.groups[g].running += 1;
-        self.mark_group_dirty(g);
+        if g != NO_GROUP {
+            self.groups[g].running += 1;
+            self.mark_group_dirty(g);
+        }
     }
 
     /// Takes the running request off worker `w`, leaving the request
@@ -636,8 +713,10 @@ impl Scheduler {
         acc.running_by_prio[run.priority as usize] -= 1;
         acc.running.remove(&w);
         let g = self.requests[r].group;
-        self.groups[g].running -= 1;
-        self.mark_group_dirty(g);
+        if g != NO_GROUP {
+            self.groups[g].running -= 1;
+            self.mark_group_dirty(g);
+        }
         self.requests[r].place = Place::Detached;
         r
     }
@@ -737,7 +816,8 @@ impl Scheduler {
         if let Some(&b) = self.bucket_ids.get(&(a, base, prov)) {
             return b;
         }
-        let v = a * 2 + u32::from(self.groups[g].throttled);
+        let throttled = g != NO_GROUP && self.groups[g].throttled;
+        let v = a * 2 + u32::from(throttled);
         let c = self.container_for(v, base);
         let b = self.buckets.insert(Bucket {
             virt: v,
@@ -753,7 +833,9 @@ impl Scheduler {
         let cb = &mut self.containers[c].buckets;
         let i = cb.partition_point(|&(p, _)| p < prov);
         cb.insert(i, (prov, b));
-        self.groups[g].buckets.push(b);
+        if g != NO_GROUP {
+            self.groups[g].buckets.push(b);
+        }
         self.bucket_ids.insert((a, base, prov), b);
         b
     }
@@ -799,9 +881,11 @@ impl Scheduler {
         let Some(bucket) = self.buckets.remove(b) else {
             return;
         };
-        let gb = &mut self.groups[bucket.group].buckets;
-        if let Some(i) = gb.iter().position(|&x| x == b) {
-            gb.swap_remove(i);
+        if bucket.group != NO_GROUP {
+            let gb = &mut self.groups[bucket.group].buckets;
+            if let Some(i) = gb.iter().position(|&x| x == b) {
+                gb.swap_remove(i);
+            }
         }
         self.bucket_ids
             .remove(&(bucket.account, bucket.base, bucket.prov));
@@ -1003,7 +1087,8 @@ impl Scheduler {
                     assert!(bucket.members.to_vec().iter().any(|k| k.req == r));
                     assert_eq!(
                         bucket.virt,
-                        req.account * 2 + u32::from(self.groups[req.group].throttled)
+                        req.account * 2
+                            + u32::from(req.group != NO_GROUP && self.groups[req.group].throttled)
                     );
                     if !req.settled {
                         assert!(

@@ -77,6 +77,11 @@ pub struct NotAssigned {
     pub worker: String,
 }
 
+/// The group of a request whose account does not use fanout. Groups are
+/// only kept for accounts with `max_fanout > 0`: each costs a struct, a map
+/// entry and an interned label set, which most accounts never need.
+pub(crate) const NO_GROUP: u32 = u32::MAX;
+
 /// Marks a level cell for accounts that sit out the pass (free level with
 /// free tasks disabled).
 pub(crate) const OMITTED: u8 = 6;

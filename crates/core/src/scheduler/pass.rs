@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::index::is_subset;
-use super::{LEVELS, OMITTED, QKey, Scheduler};
+use super::{LEVELS, NO_GROUP, OMITTED, QKey, Scheduler};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
 
@@ -309,6 +309,9 @@ impl Scheduler {
     /// group, throttling the group at once when it reaches its limit.
     fn count_fanout(&mut self, r: u32, p: u8) {
         let g = self.requests[r].group;
+        if g == NO_GROUP {
+            return;
+        }
         let max = self.max_fanout(self.groups[g].account);
         if max <= 0 || p >= FREE_PRIORITY {
             return;
@@ -328,6 +331,9 @@ impl Scheduler {
     /// tasks (which does not give the group its slot back until the next
     /// pass).
     fn fanout_snapshot(&mut self, g: u32) {
+        if g == NO_GROUP {
+            return;
+        }
         let pass_no = self.pass_no;
         let group = &mut self.groups[g];
         if group.pass_stamp != pass_no {
