@@ -281,7 +281,8 @@ impl Scheduler {
             running: None,
             eligible: Vec::new(),
         });
-        self.worker_ids.insert(id, w);
+        let workers = &self.workers;
+        self.worker_ids.insert(&id, w, |x| &workers[x].id);
         self.attach_worker_labels(w);
         self.make_idle(w);
         w
@@ -356,7 +357,8 @@ impl Scheduler {
         }
         self.detach_worker_labels(w);
         let id = self.workers[w].id.clone();
-        self.worker_ids.remove(&id);
+        let workers = &self.workers;
+        self.worker_ids.remove(&id, |x| &workers[x].id);
         self.workers.remove(w);
     }
 
@@ -547,17 +549,22 @@ impl Scheduler {
             settled: false,
             place: Place::Detached,
         });
-        self.request_ids.insert(id, r);
+        let requests = &self.requests;
+        self.request_ids.insert(&id, r, |x| &requests[x].id);
         r
     }
 
     /// Forgets a detached request.
     pub(crate) fn free_request(&mut self, r: u32) {
+        let Some(id) = self.requests.get(r).map(|req| req.id.clone()) else {
+            return;
+        };
+        let requests = &self.requests;
+        self.request_ids.remove(&id, |x| &requests[x].id);
         let Some(req) = self.requests.remove(r) else {
             return;
         };
         debug_assert_eq!(req.place, Place::Detached);
-        self.request_ids.remove(&req.id);
         self.set_request_ref(req.base, false);
         self.set_request_ref(req.prov, false);
         self.release_set(req.base);
@@ -1075,7 +1082,7 @@ impl Scheduler {
         // Requests: each queued one in its bucket, with the right key.
         let mut queued = 0;
         for (r, req) in self.requests.iter() {
-            assert_eq!(self.request_ids.get(&req.id), Some(&r));
+            assert_eq!(self.request_idx(&req.id), Some(r));
             match req.place {
                 Place::Queued(b) => {
                     queued += 1;
@@ -1104,6 +1111,8 @@ impl Scheduler {
             }
         }
         assert_eq!(queued, self.queued);
+        assert_eq!(self.request_ids.len(), self.requests.len());
+        assert_eq!(self.worker_ids.len(), self.workers.len());
         // Buckets and containers.
         let mut expect_cells: BTreeMap<u32, Vec<(QKey, u32, u8)>> = BTreeMap::new();
         for (c, cont) in self.containers.iter() {

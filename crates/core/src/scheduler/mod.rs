@@ -32,6 +32,7 @@
 //! suite checks this implementation against a direct, slow transcription of
 //! the same rules on random operation sequences.
 
+mod idmap;
 mod index;
 mod notify;
 pub(crate) mod ordset;
@@ -313,11 +314,11 @@ pub struct Scheduler {
     /// Configured accounts by id.
     pub(crate) configured: BTreeMap<Arc<str>, u32>,
 
-    pub(crate) request_ids: FxHashMap<Arc<str>, u32>,
+    pub(crate) request_ids: idmap::IdIndex,
     pub(crate) requests: Slab<Request>,
     pub(crate) queued: usize,
 
-    pub(crate) worker_ids: FxHashMap<Arc<str>, u32>,
+    pub(crate) worker_ids: idmap::IdIndex,
     pub(crate) workers: Slab<Worker>,
     /// Idle workers by id.
     pub(crate) idle: BTreeMap<Arc<str>, u32>,
@@ -339,6 +340,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// The slot of request `id`.
+    pub(crate) fn request_idx(&self, id: &str) -> Option<u32> {
+        self.request_ids.get(id, |r| &self.requests[r].id)
+    }
+
+    /// The slot of worker `id`.
+    pub(crate) fn worker_idx(&self, id: &str) -> Option<u32> {
+        self.worker_ids.get(id, |w| &self.workers[w].id)
+    }
+
     /// An empty scheduler whose clock reads `now`.
     pub fn new(now: Time) -> Scheduler {
         let mut s = Scheduler {
@@ -354,10 +365,10 @@ impl Scheduler {
             account_ids: FxHashMap::default(),
             accounts: Slab::default(),
             configured: BTreeMap::new(),
-            request_ids: FxHashMap::default(),
+            request_ids: idmap::IdIndex::default(),
             requests: Slab::default(),
             queued: 0,
-            worker_ids: FxHashMap::default(),
+            worker_ids: idmap::IdIndex::default(),
             workers: Slab::default(),
             idle: BTreeMap::new(),
             idle_expiry: BTreeSet::new(),

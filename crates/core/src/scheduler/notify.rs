@@ -18,7 +18,7 @@ impl Scheduler {
     /// (and the news is not older) is re-queued as new and its worker
     /// forgotten.
     pub fn add_request(&mut self, new: &NewRequest, t: Time, tags: &[String]) {
-        if let Some(&r) = self.request_ids.get(new.id.as_str()) {
+        if let Some(r) = self.request_idx(&new.id) {
             match self.requests[r].place {
                 Place::Running(w) => {
                     if t >= self.requests[r].confirmed && t >= self.workers[w].confirmed {
@@ -53,7 +53,7 @@ impl Scheduler {
     /// An idle bot: creates it, updates its labels, or completes the task
     /// it was believed to run.
     pub fn mark_idle(&mut self, worker: &str, labels: &[String], t: Time) {
-        let Some(&w) = self.worker_ids.get(worker) else {
+        let Some(w) = self.worker_idx(worker) else {
             self.create_worker(worker, labels, t, self.now);
             return;
         };
@@ -86,7 +86,7 @@ impl Scheduler {
     /// A running notification (reference §6.10): confirms a known pairing
     /// or clears contradicted state. A queued request stays queued.
     pub fn notify_running(&mut self, request: &str, worker: &str, t: Time) {
-        if let Some(&r) = self.request_ids.get(request) {
+        if let Some(r) = self.request_idx(request) {
             if t < self.requests[r].confirmed {
                 return;
             }
@@ -115,7 +115,7 @@ impl Scheduler {
     }
 
     fn delete_worker_if_older(&mut self, worker: &str, t: Time, request: &str) {
-        let Some(&w) = self.worker_ids.get(worker) else {
+        let Some(w) = self.worker_idx(worker) else {
             return;
         };
         if t < self.latest_confirmed(w) {
@@ -140,7 +140,7 @@ impl Scheduler {
     /// An absent notification: the task is gone. A running task takes its
     /// worker with it (the bot must announce itself again).
     pub fn notify_absent(&mut self, request: &str, t: Time) {
-        let Some(&r) = self.request_ids.get(request) else {
+        let Some(r) = self.request_idx(request) else {
             return;
         };
         match self.requests[r].place {
@@ -189,8 +189,7 @@ impl Scheduler {
             request: request.to_owned(),
             worker: worker.to_owned(),
         };
-        let (Some(&r), Some(&w)) = (self.request_ids.get(request), self.worker_ids.get(worker))
-        else {
+        let (Some(r), Some(w)) = (self.request_idx(request), self.worker_idx(worker)) else {
             return Err(not_assigned());
         };
         if self.requests[r].place != Place::Running(w) {
@@ -211,8 +210,8 @@ impl Scheduler {
 
     /// True iff worker `worker` is running request `request`.
     pub fn is_assigned(&self, request: &str, worker: &str) -> bool {
-        match (self.request_ids.get(request), self.worker_ids.get(worker)) {
-            (Some(&r), Some(&w)) => self.requests[r].place == Place::Running(w),
+        match (self.request_idx(request), self.worker_idx(worker)) {
+            (Some(r), Some(w)) => self.requests[r].place == Place::Running(w),
             _ => false,
         }
     }

@@ -103,7 +103,7 @@ impl Scheduler {
 
     /// A request by id, with the worker running it, if any.
     pub fn request(&self, id: &str) -> Option<(QueuedView<'_>, Option<&str>)> {
-        let &r = self.request_ids.get(id)?;
+        let r = self.request_idx(id)?;
         let worker = match self.requests[r].place {
             Place::Running(w) => Some(&*self.workers[w].id),
             _ => None,
@@ -113,7 +113,7 @@ impl Scheduler {
 
     /// The provisionable labels of a request, if known.
     pub fn provisionable_labels(&self, id: &str) -> Option<&Labels> {
-        let &r = self.request_ids.get(id)?;
+        let r = self.request_idx(id)?;
         Some(&self.sets[self.requests[r].prov].names)
     }
 }
