@@ -579,10 +579,9 @@ impl Scheduler {
     /// The request's examined time, resolving the settled marker.
     pub(crate) fn examined(&self, r: u32) -> Time {
         let req = &self.requests[r];
-        if req.settled {
-            self.last_pass
-        } else {
-            req.examined
+        match req.place {
+            Place::Queued(b) if req.settled => self.virt(self.buckets[b].virt).stamp,
+            _ => req.examined,
         }
     }
 
@@ -754,28 +753,45 @@ impl Scheduler {
         &self.accounts[v >> 1].virt[(v & 1) as usize]
     }
 
+    /// A placement-relative key in pool-wide terms (see [`super::Cell`]):
+    /// a settled key of a placement whose stamp is older than the last pass
+    /// carries the stamp.
+    pub(crate) fn translate(&self, v: u32, k: &QKey) -> QKey {
+        let mut k = k.clone();
+        if k.ex == SETTLED {
+            let stamp = self.virt(v).stamp;
+            if stamp != self.last_pass {
+                k.ex = stamp.as_nanos();
+            }
+        }
+        k
+    }
+
     /// Queues a detached request, keeping its examined time.
     pub(crate) fn enqueue(&mut self, r: u32) {
-        let settled = self.requests[r].examined >= self.last_pass;
-        self.requests[r].settled = settled;
-        let key = self.qkey(r);
-        let (a, base, prov, g) = {
+        let (a, base, prov, g, examined) = {
             let req = &self.requests[r];
-            (req.account, req.base, req.prov, req.group)
+            (req.account, req.base, req.prov, req.group, req.examined)
         };
         self.set_queued(base, true, true);
         self.set_queued(prov, false, true);
         let b = self.bucket_for(a, base, prov, g);
+        let v = self.buckets[b].virt;
+        if examined > self.virt(v).stamp {
+            self.raise_stamp(v, examined);
+        }
+        let settled = examined == self.virt(v).stamp;
+        self.requests[r].settled = settled;
+        self.requests[r].place = Place::Queued(b);
+        let key = self.qkey(r);
         let old_head = self.buckets[b].members.first().cloned();
         self.buckets[b].members.insert(key);
-        let v = self.buckets[b].virt;
         if settled {
             self.virt_mut(v).settled += 1;
         } else {
             self.buckets[b].explicit += 1;
             self.mark_bucket_dirty(b);
         }
-        self.requests[r].place = Place::Queued(b);
         self.bucket_members_changed(b, old_head);
         self.queued += 1;
     }
@@ -787,6 +803,7 @@ impl Scheduler {
             return;
         };
         let key = self.qkey(r);
+        let examined = self.examined(r);
         let old_head = self.buckets[b].members.first().cloned();
         self.buckets[b].members.remove(&key);
         let v = self.buckets[b].virt;
@@ -802,7 +819,6 @@ impl Scheduler {
         let (base, prov) = (self.requests[r].base, self.requests[r].prov);
         self.set_queued(base, true, false);
         self.set_queued(prov, false, false);
-        let examined = self.examined(r);
         let req = &mut self.requests[r];
         req.examined = examined;
         req.settled = false;
@@ -825,10 +841,9 @@ impl Scheduler {
         }
         let throttled = g != NO_GROUP && self.groups[g].throttled;
         let v = a * 2 + u32::from(throttled);
-        let c = self.container_for(v, base);
         let b = self.buckets.insert(Bucket {
             virt: v,
-            container: c,
+            container: 0,
             account: a,
             base,
             prov,
@@ -837,9 +852,7 @@ impl Scheduler {
             explicit: 0,
             dirty: false,
         });
-        let cb = &mut self.containers[c].buckets;
-        let i = cb.partition_point(|&(p, _)| p < prov);
-        cb.insert(i, (prov, b));
+        self.attach_bucket(b, v);
         if g != NO_GROUP {
             self.groups[g].buckets.push(b);
         }
@@ -861,15 +874,30 @@ impl Scheduler {
         c
     }
 
-    fn detach_bucket_from_container(&mut self, b: u32) {
+    /// Puts bucket `b` into placement `v`'s container for its base set,
+    /// with its head in the cells.
+    fn attach_bucket(&mut self, b: u32, v: u32) {
+        let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
+        let c = self.container_for(v, base);
+        let cb = &mut self.containers[c].buckets;
+        let i = cb.partition_point(|&(p, _)| p < prov);
+        cb.insert(i, (prov, b));
+        let bucket = &mut self.buckets[b];
+        bucket.virt = v;
+        bucket.container = c;
+        if let Some(head) = self.buckets[b].members.first().cloned() {
+            self.bucket_head_entry(b, None, Some(&head));
+            self.container_head_insert(c, head);
+        }
+    }
+
+    /// Takes bucket `b` out of its container (and its head out of the
+    /// cells), freeing the container if it empties.
+    fn detach_bucket(&mut self, b: u32) {
         let (c, prov) = (self.buckets[b].container, self.buckets[b].prov);
         if let Some(head) = self.buckets[b].members.first().cloned() {
-            let old_c = self.containers[c].heads.first().cloned();
-            self.containers[c].heads.remove(&head);
-            let new_c = self.containers[c].heads.first().cloned();
-            if old_c != new_c {
-                self.cell_replace(c, old_c, new_c);
-            }
+            self.bucket_head_entry(b, Some(&head), None);
+            self.container_head_remove(c, &head);
         }
         let cont = &mut self.containers[c];
         if let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) {
@@ -884,7 +912,7 @@ impl Scheduler {
     }
 
     fn free_bucket(&mut self, b: u32) {
-        self.detach_bucket_from_container(b);
+        self.detach_bucket(b);
         let Some(bucket) = self.buckets.remove(b) else {
             return;
         };
@@ -898,34 +926,79 @@ impl Scheduler {
             .remove(&(bucket.account, bucket.base, bucket.prov));
     }
 
+    /// Moves a bucket to another placement of its account (fanout throttling
+    /// on or off), keeping every member's examined time.
     fn move_bucket(&mut self, b: u32, v_new: u32) {
         let v_old = self.buckets[b].virt;
         if v_old == v_new {
             return;
         }
-        self.detach_bucket_from_container(b);
+        let (old_stamp, new_stamp) = (self.virt(v_old).stamp, self.virt(v_new).stamp);
+        self.detach_bucket(b);
         let settled = self.buckets[b].members.len() as u64 - u64::from(self.buckets[b].explicit);
         self.virt_mut(v_old).settled -= settled;
-        self.virt_mut(v_new).settled += settled;
-        let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
-        let c = self.container_for(v_new, base);
-        let cb = &mut self.containers[c].buckets;
-        let i = cb.partition_point(|&(p, _)| p < prov);
-        cb.insert(i, (prov, b));
-        let bucket = &mut self.buckets[b];
-        bucket.virt = v_new;
-        bucket.container = c;
-        if bucket.dirty {
-            self.virt_mut(v_new).dirty.push(b);
-        }
-        if let Some(head) = self.buckets[b].members.first().cloned() {
-            let old_c = self.containers[c].heads.first().cloned();
-            self.containers[c].heads.insert(head);
-            let new_c = self.containers[c].heads.first().cloned();
-            if old_c != new_c {
-                self.cell_replace(c, old_c, new_c);
+        if old_stamp != new_stamp {
+            // Members are stored relative to their placement's stamp;
+            // restate them relative to the new one.
+            let latest = if settled > 0 {
+                old_stamp
+            } else {
+                let mut latest = Time::EPOCH;
+                self.buckets[b].members.for_each_while(|k| {
+                    latest = latest.max(Time::from_nanos(k.ex));
+                    true
+                });
+                latest
+            };
+            if latest > new_stamp {
+                self.raise_stamp(v_new, latest);
             }
+            let stamp = self.virt(v_new).stamp;
+            let members = self.buckets[b].members.to_vec();
+            let mut restated = super::ordset::OrdSet::default();
+            let mut explicit = 0;
+            for mut k in members {
+                let t = if k.ex == SETTLED {
+                    old_stamp
+                } else {
+                    Time::from_nanos(k.ex)
+                };
+                let req = &mut self.requests[k.req];
+                if t == stamp {
+                    k.ex = SETTLED;
+                    req.settled = true;
+                } else {
+                    k.ex = t.as_nanos();
+                    req.settled = false;
+                    req.examined = t;
+                    explicit += 1;
+                }
+                restated.insert(k);
+            }
+            let bucket = &mut self.buckets[b];
+            bucket.members = restated;
+            bucket.explicit = explicit;
         }
+        let settled = self.buckets[b].members.len() as u64 - u64::from(self.buckets[b].explicit);
+        self.virt_mut(v_new).settled += settled;
+        self.attach_bucket(b, v_new);
+        // The old placement's dirty list may name this bucket; the new one
+        // must, if the bucket has explicit members.
+        self.buckets[b].dirty = false;
+        if self.buckets[b].explicit > 0 {
+            self.mark_bucket_dirty(b);
+        }
+    }
+
+    /// Makes `t` the stamp of placement `v` (`t` later than its stamp).
+    /// Settled members must keep their examined time, so they are first
+    /// restated explicitly; a placement without any costs nothing.
+    fn raise_stamp(&mut self, v: u32, t: Time) {
+        if self.virt(v).settled > 0 {
+            let at = self.virt(v).stamp;
+            self.unsettle_virt(v, at);
+        }
+        self.virt_mut(v).stamp = t;
     }
 
     /// Propagates a change of bucket `b`'s head (previously `old_head`).
@@ -934,25 +1007,82 @@ impl Scheduler {
         if old_head == new_head {
             return;
         }
+        self.bucket_head_entry(b, old_head.as_ref(), new_head.as_ref());
         let c = self.buckets[b].container;
-        let cont = &mut self.containers[c];
-        let old_c = cont.heads.first().cloned();
         if let Some(o) = &old_head {
-            cont.heads.remove(o);
+            self.container_head_remove(c, o);
         }
         if let Some(n) = new_head {
-            cont.heads.insert(n);
-        }
-        let new_c = cont.heads.first().cloned();
-        if old_c != new_c {
-            self.cell_replace(c, old_c, new_c);
+            self.container_head_insert(c, n);
         }
     }
 
-    /// Replaces container `c`'s head in its base set's cell.
+    /// Replaces bucket `b`'s head in its cell's provisionable sub-cell.
+    fn bucket_head_entry(&mut self, b: u32, old: Option<&QKey>, new: Option<&QKey>) {
+        let (v, base, prov, c) = {
+            let bucket = &self.buckets[b];
+            (bucket.virt, bucket.base, bucket.prov, bucket.container)
+        };
+        let old = old.map(|k| self.translate(v, k));
+        let new = new.map(|k| {
+            let mut k = self.translate(v, k);
+            k.c = c;
+            k
+        });
+        let Some(cell) = self.sets[base].cell.as_mut() else {
+            return;
+        };
+        let i = match cell.by_prov.binary_search_by_key(&prov, |(p, _)| *p) {
+            Ok(i) => i,
+            Err(i) => {
+                if new.is_none() {
+                    return;
+                }
+                cell.by_prov.insert(i, (prov, Default::default()));
+                i
+            }
+        };
+        let sub = &mut cell.by_prov[i].1;
+        if let Some(o) = &old {
+            sub.remove(o);
+        }
+        if let Some(n) = new {
+            sub.insert(n);
+        }
+        if sub.is_empty() {
+            cell.by_prov.remove(i);
+        }
+    }
+
+    fn container_head_insert(&mut self, c: u32, head: QKey) {
+        let old = self.containers[c].heads.first().cloned();
+        self.containers[c].heads.insert(head);
+        let new = self.containers[c].heads.first().cloned();
+        if old != new {
+            self.cell_replace(c, old, new);
+        }
+    }
+
+    fn container_head_remove(&mut self, c: u32, head: &QKey) {
+        let old = self.containers[c].heads.first().cloned();
+        self.containers[c].heads.remove(head);
+        let new = self.containers[c].heads.first().cloned();
+        if old != new {
+            self.cell_replace(c, old, new);
+        }
+    }
+
+    /// Replaces container `c`'s head (placement-relative keys) in its base
+    /// set's cell.
     fn cell_replace(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
         let (v, base) = (self.containers[c].virt, self.containers[c].base);
         let level = self.virt(v).level as usize;
+        let old = old.map(|k| self.translate(v, &k));
+        let new = new.map(|k| {
+            let mut k = self.translate(v, &k);
+            k.c = c;
+            k
+        });
         let Some(cell) = self.sets[base].cell.as_mut() else {
             return;
         };
@@ -964,8 +1094,7 @@ impl Scheduler {
             (Some(_), None) => -1,
             _ => 0,
         };
-        if let Some(mut n) = new {
-            n.c = c;
+        if let Some(n) = new {
             cell.heads.insert(n);
         }
         if delta != 0 {
@@ -1010,9 +1139,44 @@ impl Scheduler {
         }
     }
 
-    /// After a pass: the explicit members of a listed bucket were examined
-    /// at the pass time, which is now the last pass's time.
-    pub(crate) fn settle_bucket(&mut self, b: u32) {
+    /// Takes every cell entry of placement `v` out (`insert == false`) or
+    /// puts it back (`true`), under the current translation. Used around a
+    /// change of the placement's stamp or of the last pass's time, which
+    /// changes how its settled heads read pool-wide.
+    pub(crate) fn virt_cell_entries(&mut self, v: u32, insert: bool) {
+        let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
+        for c in conts {
+            let buckets: Vec<u32> = self.containers[c].buckets.iter().map(|&(_, b)| b).collect();
+            for b in buckets {
+                if let Some(h) = self.buckets[b].members.first().cloned() {
+                    if insert {
+                        self.bucket_head_entry(b, None, Some(&h));
+                    } else {
+                        self.bucket_head_entry(b, Some(&h), None);
+                    }
+                }
+            }
+            if let Some(h) = self.containers[c].heads.first().cloned() {
+                // Entries leave and return at the same level: the counts
+                // stay as they are.
+                let base = self.containers[c].base;
+                let mut k = self.translate(v, &h);
+                k.c = c;
+                if let Some(cell) = self.sets[base].cell.as_mut() {
+                    if insert {
+                        cell.heads.insert(k);
+                    } else {
+                        cell.heads.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The explicit members of bucket `b` become settled (examined at the
+    /// placement's stamp). With `propagate`, heads are updated in the cells
+    /// too; without, the caller has taken the placement's entries out.
+    pub(crate) fn settle_bucket(&mut self, b: u32, propagate: bool) {
         let mut explicit = Vec::new();
         self.buckets[b].members.for_each_while(|k| {
             if k.ex == SETTLED {
@@ -1035,11 +1199,24 @@ impl Scheduler {
         bucket.dirty = false;
         let v = bucket.virt;
         self.virt_mut(v).settled += n;
-        self.bucket_members_changed(b, old_head);
+        if propagate {
+            self.bucket_members_changed(b, old_head);
+        } else {
+            let new_head = self.buckets[b].members.first().cloned();
+            if old_head != new_head {
+                let c = self.buckets[b].container;
+                if let Some(o) = &old_head {
+                    self.containers[c].heads.remove(o);
+                }
+                if let Some(n) = new_head {
+                    self.containers[c].heads.insert(n);
+                }
+            }
+        }
     }
 
-    /// Before the last pass's time moves on: the settled members of a
-    /// placement that sat out the pass keep the old time explicitly.
+    /// The settled members of placement `v` are restated as explicitly
+    /// examined at `at` (its stamp), so that the stamp can change.
     pub(crate) fn unsettle_virt(&mut self, v: u32, at: Time) {
         let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
         for c in conts {
@@ -1097,10 +1274,15 @@ impl Scheduler {
                         req.account * 2
                             + u32::from(req.group != NO_GROUP && self.groups[req.group].throttled)
                     );
+                    let stamp = self.virt(bucket.virt).stamp;
+                    assert!(
+                        stamp <= self.last_pass,
+                        "a placement stamp after the last pass"
+                    );
                     if !req.settled {
                         assert!(
-                            req.examined < self.last_pass,
-                            "explicit examined not earlier than the last pass"
+                            req.examined < stamp,
+                            "explicit examined time not earlier than its placement's stamp"
                         );
                     }
                 }
@@ -1115,6 +1297,7 @@ impl Scheduler {
         assert_eq!(self.worker_ids.len(), self.workers.len());
         // Buckets and containers.
         let mut expect_cells: BTreeMap<u32, Vec<(QKey, u32, u8)>> = BTreeMap::new();
+        let mut expect_provs: BTreeMap<(u32, u32), Vec<QKey>> = BTreeMap::new();
         for (c, cont) in self.containers.iter() {
             let mut heads = Vec::new();
             for &(prov, b) in &cont.buckets {
@@ -1133,14 +1316,19 @@ impl Scheduler {
                 assert_eq!(explicit as u32, bucket.explicit);
                 if explicit > 0 {
                     assert!(bucket.dirty);
+                    assert!(self.virt(bucket.virt).dirty.contains(&b));
                 }
-                heads.push(bucket.members.first().cloned().unwrap());
+                let head = bucket.members.first().cloned().unwrap();
+                let mut t = self.translate(bucket.virt, &head);
+                t.c = c;
+                expect_provs.entry((cont.base, prov)).or_default().push(t);
+                heads.push(head);
             }
             heads.sort();
             assert_eq!(heads, cont.heads.to_vec());
             let level = self.virt(cont.virt).level;
             expect_cells.entry(cont.base).or_default().push((
-                cont.heads.first().cloned().unwrap(),
+                self.translate(cont.virt, &cont.heads.first().cloned().unwrap()),
                 c,
                 level,
             ));
@@ -1159,6 +1347,15 @@ impl Scheduler {
                     per_level[*level as usize] += 1;
                 }
                 assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
+                for (prov, sub) in &cell.by_prov {
+                    let mut want = expect_provs.remove(&(s, *prov)).unwrap_or_default();
+                    want.sort();
+                    let have = sub.to_vec();
+                    assert_eq!(have, want, "provisionable sub-cell ({s}, {prov})");
+                    for (h, k) in have.iter().zip(&want) {
+                        assert_eq!(h.c, k.c, "sub-cell entry names its container");
+                    }
+                }
                 for level in 0..LEVELS {
                     if per_level[level] > 0 {
                         nonempty[level] += 1;
@@ -1174,6 +1371,7 @@ impl Scheduler {
             assert_eq!(uses, set.req_refs, "request references of set {s}");
         }
         assert!(expect_cells.is_empty());
+        assert!(expect_provs.is_empty(), "missing provisionable sub-cells");
         assert_eq!(nonempty, self.nonempty_cells);
         // Eligibility.
         for (w, worker) in self.workers.iter() {

@@ -172,12 +172,21 @@ impl SetEntry {
 /// account's level: a pass at level `p` skips entries of other levels.
 /// Keeping one ordered set per base set (rather than one per level) means an
 /// account that changes level moves nothing but counters.
+///
+/// Keys here are in pool-wide terms: a settled key (`ex == SETTLED`) means
+/// "examined at the last pass"; a settled request of a placement whose stamp
+/// is older carries that stamp explicitly (see [`Scheduler::translate`]).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Cell {
     /// Container heads; each key's `c` names its container.
     pub(crate) heads: OrdSet<QKey>,
-    /// Number of entries per placement level (0..=5, and [`OMITTED`]).
+    /// Number of container heads per placement level (0..=5, and
+    /// [`OMITTED`]).
     pub(crate) per_level: [u32; LEVELS + 1],
+    /// Bucket heads by provisionable set (sorted by set id), so that a
+    /// worker looking for provisioned work looks only at the provisionable
+    /// sets it has. Each key's `c` names the bucket's container.
+    pub(crate) by_prov: Vec<(u32, OrdSet<QKey>)>,
 }
 
 /// Where a request is.
@@ -233,6 +242,10 @@ pub(crate) struct Worker {
 pub(crate) struct Virt {
     /// Current level cell (0..=5) or [`OMITTED`].
     pub(crate) level: u8,
+    /// The examined time of this placement's settled requests: the last pass
+    /// it took part in. Requests of placements that sat out later passes
+    /// keep this older time without being touched.
+    pub(crate) stamp: Time,
     /// Base set → container.
     pub(crate) containers: FxHashMap<u32, u32>,
     /// Buckets that may hold explicit (unsettled) members.

@@ -112,8 +112,7 @@ impl<K: Ord + Clone> OrdSet<K> {
         }
     }
 
-    /// All elements in ascending order (for invariant checks).
-    #[cfg(test)]
+    /// All elements in ascending order.
     pub(crate) fn to_vec(&self) -> Vec<K> {
         match self {
             OrdSet::Small(v) => v.clone(),

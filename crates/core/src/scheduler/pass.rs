@@ -31,12 +31,6 @@ struct Limits {
     limited: Vec<bool>,
 }
 
-impl PassCtx {
-    fn limits(&self) -> &Limits {
-        &self.limits
-    }
-}
-
 impl Scheduler {
     /// Runs one scheduling pass at the scheduler's current time and returns
     /// the assignments in the order they were made.
@@ -211,7 +205,33 @@ impl Scheduler {
             );
         }
         let provs = &cx.provs;
+        let limits = &cx.limits;
         let mut best: Option<(usize, QKey)> = None;
+        // Visits `heads` in order and offers the first acceptable entry at
+        // level `p` as a candidate of quality `q`.
+        let scan =
+            |heads: &super::ordset::OrdSet<QKey>, q: usize, best: &mut Option<(usize, QKey)>| {
+                heads.for_each_while(|head| {
+                    if self.key_examined(head) > modified {
+                        return false;
+                    }
+                    if let Some((bq, bk)) = best.as_ref()
+                        && *bq == q
+                        && head >= bk
+                    {
+                        return false;
+                    }
+                    if self.container_level(head.c) != p {
+                        return true;
+                    }
+                    let a = self.requests[head.req].account;
+                    if self.label_blocked(limits, a, w) {
+                        return true;
+                    }
+                    *best = Some((q, head.clone()));
+                    false
+                });
+            };
         for s in self.base_candidates(w) {
             let set = &self.sets[s];
             let Some(cell) = &set.cell else { continue };
@@ -222,48 +242,15 @@ impl Scheduler {
             if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
                 continue;
             }
-            cell.heads.for_each_while(|head| {
-                if self.key_examined(head) > modified {
-                    return false;
+            if !require_provision {
+                scan(&cell.heads, q, &mut best);
+                continue;
+            }
+            for prov in provs {
+                if let Ok(i) = cell.by_prov.binary_search_by_key(prov, |(p, _)| *p) {
+                    scan(&cell.by_prov[i].1, q, &mut best);
                 }
-                if let Some((bq, bk)) = &best
-                    && *bq == q
-                    && head >= bk
-                {
-                    return false;
-                }
-                if self.container_level(head.c) != p {
-                    return true;
-                }
-                let a = self.requests[head.req].account;
-                if self.label_blocked(cx.limits(), a, w) {
-                    return true;
-                }
-                if !require_provision {
-                    best = Some((q, head.clone()));
-                    return false;
-                }
-                let cont = &self.containers[head.c];
-                for &prov in provs {
-                    let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) else {
-                        continue;
-                    };
-                    let Some(h) = self.buckets[cont.buckets[i].1].members.first() else {
-                        continue;
-                    };
-                    if self.key_examined(h) > modified {
-                        continue;
-                    }
-                    let better = match &best {
-                        None => true,
-                        Some((bq, bk)) => q > *bq || h < bk,
-                    };
-                    if better {
-                        best = Some((q, h.clone()));
-                    }
-                }
-                true
-            });
+            }
         }
         best.map(|(_, k)| k.req)
     }
@@ -586,14 +573,27 @@ impl Scheduler {
     }
 
     /// Step 5: every request that was in the pass and is still queued was
-    /// examined now.
+    /// examined now. Settled requests of placements in the pass follow their
+    /// placement's stamp, which moves to now; only requests that joined since
+    /// the last pass change keys. Placements that sat out keep their stamp,
+    /// and only their cell entries are restated when the pool-wide "last
+    /// pass" moves past it.
     fn finish_pass(&mut self) {
         let t = self.now;
+        let old_last = self.last_pass;
         let accounts: Vec<u32> = self.accounts.iter().map(|(a, _)| a).collect();
-        for a in accounts {
+        let mut restate: Vec<u32> = Vec::new();
+        for &a in &accounts {
             for half in 0..2u32 {
                 let v = a * 2 + half;
-                if self.virt(v).level != OMITTED {
+                let virt = self.virt(v);
+                let (listed, stamp, settled) = (virt.level != OMITTED, virt.stamp, virt.settled);
+                if listed {
+                    let stale = stamp != old_last;
+                    if stale {
+                        self.virt_cell_entries(v, false);
+                        restate.push(v);
+                    }
                     let dirty = std::mem::take(&mut self.accounts[a].virt[half as usize].dirty);
                     for b in dirty {
                         let live = self
@@ -601,16 +601,29 @@ impl Scheduler {
                             .get(b)
                             .is_some_and(|bucket| bucket.virt == v && bucket.dirty);
                         if live {
-                            self.settle_bucket(b);
+                            self.settle_bucket(b, !stale);
                         }
                     }
-                } else if t != self.last_pass && self.virt(v).settled > 0 {
-                    let at = self.last_pass;
-                    self.unsettle_virt(v, at);
+                } else if t != old_last && stamp == old_last && settled > 0 {
+                    self.virt_cell_entries(v, false);
+                    restate.push(v);
                 }
             }
         }
         self.last_pass = t;
+        for &a in &accounts {
+            if let Some(acc) = self.accounts.get(a) {
+                let listed = [acc.virt[0].level != OMITTED, acc.virt[1].level != OMITTED];
+                for (half, listed) in listed.into_iter().enumerate() {
+                    if listed {
+                        self.accounts[a].virt[half].stamp = t;
+                    }
+                }
+            }
+        }
+        for v in restate {
+            self.virt_cell_entries(v, true);
+        }
     }
 }
 
