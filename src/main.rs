@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 /// A quota scheduler for fleets of bots: Swarming's external scheduler.
 ///
 /// `qscheduler serve` runs the server (gRPC and pRPC on one port) with an
-/// embedded store in ./qscheduler-data; no other setup is needed.
+/// embedded store in ./qscheduler-data; no other setup is needed. `pool`,
+/// `account`, `inspect` and `apply` administer a running server (see
+/// --server on each).
 #[derive(Parser)]
 #[command(name = "qscheduler", version, about, long_about)]
 struct Cli {

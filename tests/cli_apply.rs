@@ -78,7 +78,7 @@ fn dry_run_apply_and_reapply() {
     let out = apply(&s, &path, &[]);
     let text = out.ok();
     assert!(
-        text.contains("Applied: 2 pool(s) to create, 3 account(s) to create."),
+        text.contains("Applied: 2 pools to create; 3 accounts to create."),
         "{text}"
     );
 

@@ -97,9 +97,10 @@ impl AccountFlags {
 
 #[derive(Subcommand, Debug)]
 enum AccountCommand {
-    /// Add an account to a pool. Settings not given are 0, false or empty:
-    /// an account without rates never earns quota, so its tasks run only at
-    /// the free level.
+    /// Add an account to a pool.
+    ///
+    /// Settings not given are 0, false or empty: an account without rates
+    /// never earns quota, so its tasks run only at the free level.
     #[command(after_help = "\
 Example: qscheduler account add pool1 team-a --rate 5,2 --charge-time 3600 \
 --description 'Team A builders'")]
@@ -118,8 +119,10 @@ Example: qscheduler account add pool1 team-a --rate 5,2 --charge-time 3600 \
         #[arg(long)]
         replace: bool,
     },
-    /// Change an account; settings not given stay as they are, and the
-    /// balance is kept unless --reset-balance is given.
+    /// Change an account, keeping its balance.
+    ///
+    /// Settings not given stay as they are; the balance is kept unless
+    /// --reset-balance is given.
     #[command(after_help = "\
 Per-label limits replace the account's whole set when any is given; they \
 cannot be removed with `mod` (the API reads no limits as \"unchanged\"): \
@@ -139,8 +142,9 @@ Example: qscheduler account mod pool1 team-a --rate 10 --fanout 20")]
         #[arg(long)]
         reset_balance: bool,
     },
-    /// Delete an account and its balance. Its tasks stay and run at the
-    /// free level.
+    /// Delete an account and its balance.
+    ///
+    /// Its tasks stay and run at the free level.
     Delete {
         /// The pool id.
         #[arg(value_name = "POOL", value_parser = parse_pool_id)]
@@ -149,8 +153,9 @@ Example: qscheduler account mod pool1 team-a --rate 10 --fanout 20")]
         #[arg(value_name = "ACCOUNT", value_parser = parse_account_id)]
         account: String,
     },
-    /// List a pool's accounts and their settings (balances: `inspect
-    /// --accounts`).
+    /// List a pool's accounts and their settings.
+    ///
+    /// Balances are shown by `inspect --accounts`.
     List {
         /// The pool id.
         #[arg(value_name = "POOL", value_parser = parse_pool_id)]

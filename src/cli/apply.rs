@@ -494,8 +494,13 @@ fn render(plans: &[PoolPlan], want: &[Desired]) -> String {
             match step {
                 AccountStep::Create(config) => {
                     let _ = writeln!(out, "  + account {id}: create");
-                    for (field, value) in fields(config) {
-                        let _ = writeln!(out, "        {field}: {value}");
+                    // The quota fields always, the others when set.
+                    let defaults = fields(&protos::AccountConfig::default());
+                    for ((field, value), (_, default)) in fields(config).into_iter().zip(defaults) {
+                        let quota = matches!(field, "charge_rate" | "max_charge_seconds");
+                        if quota || value != default {
+                            let _ = writeln!(out, "        {field}: {value}");
+                        }
                     }
                 }
                 AccountStep::Modify { changes, .. } => {
@@ -563,20 +568,43 @@ impl Counts {
     }
 
     fn summary(&self) -> String {
-        let parts = [
-            (self.pools_created, "pool(s) to create"),
-            (self.pools_changed, "pool setting(s) to change"),
-            (self.created, "account(s) to create"),
+        let count =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = Vec::new();
+        if self.pools_created > 0 {
+            parts.push(format!(
+                "{} to create",
+                count(self.pools_created, "pool", "pools")
+            ));
+        }
+        if self.pools_changed > 0 {
+            parts.push(format!(
+                "{} to change",
+                count(self.pools_changed, "pool setting", "pool settings")
+            ));
+        }
+        // "3 accounts to create, 1 to modify".
+        let accounts: Vec<String> = [
+            (self.created, "to create"),
             (self.modified, "to modify"),
             (self.replaced, "to replace"),
             (self.deleted, "to delete"),
-        ];
-        let items: Vec<String> = parts
-            .iter()
-            .filter(|(n, _)| *n > 0)
-            .map(|(n, what)| format!("{n} {what}"))
-            .collect();
-        items.join(", ")
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .enumerate()
+        .map(|(i, (n, what))| {
+            if i == 0 {
+                format!("{} {what}", count(*n, "account", "accounts"))
+            } else {
+                format!("{n} {what}")
+            }
+        })
+        .collect();
+        if !accounts.is_empty() {
+            parts.push(accounts.join(", "));
+        }
+        parts.join("; ")
     }
 }
 
@@ -737,9 +765,10 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         let replacing: Vec<String> = plans
             .iter()
             .flat_map(|p| {
-                p.accounts.iter().filter_map(move |(id, s)| {
-                    matches!(s, AccountStep::Replace { .. }).then(|| format!("{}/{id}", p.id))
-                })
+                p.accounts
+                    .iter()
+                    .filter(|(_, s)| matches!(s, AccountStep::Replace { .. }))
+                    .map(move |(id, _)| format!("{}/{id}", p.id))
             })
             .collect();
         if args.dry_run {

@@ -39,16 +39,23 @@ pub struct Conn {
     #[arg(
         long,
         global = true,
+        help_heading = "Connection",
         value_name = "URL",
         env = "QSCHEDULER_SERVER",
         default_value = "http://127.0.0.1:8082"
     )]
     server: String,
     /// Protocol: pRPC (HTTP/1.1, what the original tool spoke) or gRPC.
-    #[arg(long, global = true, value_enum, default_value = "prpc")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_enum,
+        default_value = "prpc"
+    )]
     transport: Transport,
     /// Give up on a call after this many seconds.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30,
+    #[arg(long, global = true, help_heading = "Connection", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }
@@ -125,15 +132,12 @@ fn proto_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<St
     let dynamic = prost_reflect::DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
         .with_context(|| format!("re-decoding {name}"))?;
     let options = prost_reflect::SerializeOptions::new().skip_default_fields(false);
-    let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(
-        &mut out,
-        serde_json::ser::PrettyFormatter::with_indent(b"  "),
-    );
-    dynamic
-        .serialize_with_options(&mut ser, &options)
+    // Through a `serde_json::Value`, whose objects are sorted: map entries
+    // (accounts) come out in the same order every time.
+    let value = dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
         .with_context(|| format!("writing {name} as JSON"))?;
-    let mut text = String::from_utf8(out).context("JSON output is not UTF-8")?;
+    let mut text = serde_json::to_string_pretty(&value).context("writing JSON")?;
     text.push('\n');
     Ok(text)
 }

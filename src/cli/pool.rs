@@ -49,8 +49,10 @@ impl PoolSettings {
 
 #[derive(Subcommand, Debug)]
 enum PoolCommand {
-    /// Create an empty pool (no accounts: until some are added, every task
-    /// runs at the free level).
+    /// Create a pool.
+    ///
+    /// A new pool has no accounts (until some are added, every task runs at
+    /// the free level), allows preemption and forgets idle bots after 300 s.
     #[command(after_help = "Example: qscheduler pool create pool1 --bot-expiration 600")]
     Create {
         /// The pool id (Swarming's scheduler_id).
@@ -59,7 +61,9 @@ enum PoolCommand {
         #[command(flatten)]
         settings: PoolSettings,
     },
-    /// Change a pool's settings; settings not given stay as they are.
+    /// Change a pool's settings.
+    ///
+    /// Settings not given stay as they are.
     #[command(after_help = "Example: qscheduler pool mod pool1 --allow-preemption false")]
     Mod {
         /// The pool id.
@@ -68,15 +72,19 @@ enum PoolCommand {
         #[command(flatten)]
         settings: PoolSettings,
     },
-    /// Delete a pool with all its accounts, tasks and bots. Swarming's
-    /// calls for it then fail with NOT_FOUND.
+    /// Delete a pool.
+    ///
+    /// Its accounts, tasks and bots go with it; Swarming's calls for it then
+    /// fail with NOT_FOUND.
     Delete {
         /// The pool id.
         #[arg(value_name = "POOL", value_parser = parse_pool_id)]
         pool: String,
     },
-    /// Forget every task, bot and balance of a pool; its accounts and
-    /// settings stay. Swarming re-sends what is still current.
+    /// Forget every task, bot and balance of a pool.
+    ///
+    /// Its accounts and settings stay. Swarming re-sends what is still
+    /// current.
     Wipe {
         /// The pool id.
         #[arg(value_name = "POOL", value_parser = parse_pool_id)]

@@ -70,15 +70,15 @@ fn start() -> Server {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if v["fields"]["message"] == "ready" {
-                if let Some(addr) = v["fields"]["addr"].as_str() {
-                    let _ = tx.send(addr.to_string());
-                    sent = true;
-                }
+            if v["fields"]["message"] == "ready"
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                let _ = tx.send(addr.to_string());
+                sent = true;
             }
         }
     });
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+    let addr = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(addr) => addr,
         Err(_) => {
             let _ = child.kill();
