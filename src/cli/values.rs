@@ -170,6 +170,9 @@ pub fn check_pool_id(id: &str) -> Result<(), String> {
             "pool id {id:?} is longer than {MAX_POOL_ID_BYTES} bytes"
         ));
     }
+    if id.contains('\0') {
+        return Err(format!("pool id {id:?} contains a NUL byte"));
+    }
     Ok(())
 }
 
@@ -247,6 +250,7 @@ mod tests {
         assert!(check_pool_id("").is_err());
         assert!(check_pool_id(&"x".repeat(MAX_POOL_ID_BYTES + 1)).is_err());
         assert!(check_pool_id("pool-1").is_ok());
+        assert!(check_pool_id("a\0b").is_err());
         assert!(check_account_id("").is_err());
     }
 }
