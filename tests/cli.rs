@@ -93,6 +93,15 @@ fn account_add_mod_list_delete() {
     );
     assert_eq!(out.ok(), "Added account team-a to pool p-acct.\n");
     cli(&s, &["account", "add", "p-acct", "team-b", "--rates", "1"]).ok();
+    // Rates are f32 on the wire; JSON shows them as typed.
+    cli(
+        &s,
+        &["account", "add", "p-acct", "team-c", "--rate", "0.05"],
+    )
+    .ok();
+    let raw = cli(&s, &["account", "list", "p-acct", "--output", "json"]);
+    assert!(raw.ok().contains("0.05,"), "{raw:?}");
+    cli(&s, &["account", "delete", "p-acct", "team-c"]).ok();
 
     let v = cli(&s, &["account", "list", "p-acct", "--output", "json"]).json();
     let a = &v["accounts"]["team-a"];

@@ -15,6 +15,24 @@
 //! Output meant for people goes to stdout, errors to stderr as
 //! `qscheduler: error: ...` (printed by `main`), and every failure exits
 //! with status 1.
+//!
+//! # Differences from the original tool (reference §9.3)
+//!
+//! * Commands are grouped (`pool create|mod|delete|wipe`, `account
+//!   add|mod|delete|list`) and cover every admin RPC, including the deletes
+//!   and `ListAccounts` the original lacked; `apply` is new.
+//! * `pool create` applies `--allow-preemption` and `--bot-expiration` (the
+//!   original ignored the first and crashed on the second).
+//! * `account add` refuses an existing account unless `--replace` is given;
+//!   `account mod --description ""` clears a description; `account delete`
+//!   of a missing account is an error.
+//! * The wipe confirmation is `--yes-wipe-everything` (was `-X`).
+//! * `inspect` without a view prints a summary instead of the response in
+//!   protobuf text format; `--output json` gives the whole response. The
+//!   view flags may be combined. The `--accounts` tables keep the original
+//!   layout, except that charge rates are printed exactly (a rate of 0.05
+//!   showed as 0.1 with the original's `%.1f`).
+//! * No authentication flags yet.
 
 mod account;
 mod apply;
@@ -132,11 +150,17 @@ fn proto_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<St
     let dynamic = prost_reflect::DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
         .with_context(|| format!("re-decoding {name}"))?;
     let options = prost_reflect::SerializeOptions::new().skip_default_fields(false);
-    // Through a `serde_json::Value`, whose objects are sorted: map entries
-    // (accounts) come out in the same order every time.
-    let value = dynamic
-        .serialize_with_options(serde_json::value::Serializer, &options)
+    // Written as text first: serde_json writes an f32 in its shortest form
+    // (a rate of 0.05 stays 0.05, where widening it to f64 would print
+    // 0.05000000074505806). Re-read as a `serde_json::Value`, whose objects
+    // are sorted, so map entries (accounts) come out in the same order every
+    // time.
+    let mut compact = Vec::new();
+    dynamic
+        .serialize_with_options(&mut serde_json::Serializer::new(&mut compact), &options)
         .with_context(|| format!("writing {name} as JSON"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&compact).with_context(|| format!("re-reading {name} as JSON"))?;
     let mut text = serde_json::to_string_pretty(&value).context("writing JSON")?;
     text.push('\n');
     Ok(text)
