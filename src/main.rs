@@ -46,6 +46,10 @@ fn main() -> ExitCode {
     // convention is 2); --help and --version are not failures.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
         Err(e) if e.use_stderr() => {
             // clap's message starts with "error: "; the prefix gives it the
             // same shape as every other error of the tool.

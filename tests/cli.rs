@@ -609,4 +609,7 @@ fn help_explains_units_and_exit_codes() {
     let out = run_env(&["pool", "frobnicate"], None);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.starts_with("qscheduler: error: "), "{out:?}");
+    let out = run_env(&["pool"], None);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("Usage: qscheduler pool"), "{out:?}");
 }
