@@ -1,5 +1,6 @@
 //! The `qscheduler` command: server, administration and simulation tools.
 
+mod cli;
 mod replay;
 mod serve;
 
@@ -11,7 +12,9 @@ use clap::{Parser, Subcommand};
 /// A quota scheduler for fleets of bots: Swarming's external scheduler.
 ///
 /// `qscheduler serve` runs the server (gRPC and pRPC on one port) with an
-/// embedded store in ./qscheduler-data; no other setup is needed.
+/// embedded store in ./qscheduler-data; no other setup is needed. `pool`,
+/// `account`, `inspect` and `apply` administer a running server (see
+/// --server on each).
 #[derive(Parser)]
 #[command(name = "qscheduler", version, about, long_about)]
 struct Cli {
@@ -34,13 +37,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit with 1 like every other failure (clap's own
+    // convention is 2); --help and --version are not failures.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        Err(e) if e.use_stderr() => {
+            // clap's message starts with "error: "; the prefix gives it the
+            // same shape as every other error of the tool.
+            eprint!("qscheduler: {}", e.render());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Replay { trace, json } => replay::run(&trace, json),
+        Command::Client(command) => cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,13 @@ pub fn pool_id(id: &str, field: &str) -> Result<(), Status> {
             qscheduler_store::MAX_POOL_ID_BYTES
         )));
     }
+    // The store refuses it too, but its refusal surfaces as a storage
+    // failure (UNAVAILABLE), which tells clients to retry.
+    if id.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{field} contains a NUL byte"
+        )));
+    }
     Ok(())
 }
 
@@ -224,6 +231,20 @@ pub fn cancellations_response(list: Vec<Cancellation>) -> pb::GetCancellationsRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_ids() {
+        assert!(pool_id("pool-1", "pool_id").is_ok());
+        for bad in ["", "a\0b"] {
+            let e = pool_id(bad, "pool_id").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        let long = "x".repeat(qscheduler_store::MAX_POOL_ID_BYTES + 1);
+        assert_eq!(
+            pool_id(&long, "pool_id").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
 
     fn ts(s: i64) -> Option<prost_types::Timestamp> {
         Some(prost_types::Timestamp {

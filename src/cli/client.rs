@@ -1,0 +1,213 @@
+//! The admin and view calls over either transport, and their errors as a
+//! person should read them.
+//!
+//! pRPC is the default because it is what the original tool spoke and works
+//! through plain HTTP proxies; gRPC is there for deployments that only
+//! expose it. Both end in a [`tonic::Status`], so the commands handle one
+//! kind of error.
+
+use std::fmt;
+use std::time::Duration;
+
+use qscheduler_wire::prpc::PrpcClient;
+use qscheduler_wire::qscheduler as adm;
+use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
+use qscheduler_wire::qscheduler::q_scheduler_view_client::QSchedulerViewClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Which protocol to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// pRPC (HTTP/1.1 POST, binary protobuf).
+    Prpc,
+    /// gRPC (HTTP/2).
+    Grpc,
+}
+
+/// A failed call: what was being done, on which server, and the status.
+#[derive(Debug)]
+pub struct RpcError {
+    what: String,
+    server: String,
+    status: Status,
+    /// The call never reached the server (connection refused, DNS, ...).
+    unreachable: bool,
+}
+
+impl RpcError {
+    /// The status code.
+    pub fn code(&self) -> Code {
+        self.status.code()
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            self.what,
+            code_name(self.status.code()),
+            self.status.message()
+        )?;
+        if self.unreachable {
+            write!(
+                f,
+                "\nhint: is the server running at {}? Choose another with --server or \
+                 QSCHEDULER_SERVER.",
+                self.server
+            )?;
+        } else if self.status.code() == Code::DeadlineExceeded {
+            write!(
+                f,
+                "\nhint: the server at {} did not answer in time; try a longer --timeout.",
+                self.server
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// The canonical name of a status code, as gRPC tools print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+enum Inner {
+    Prpc(PrpcClient),
+    Grpc {
+        admin: QSchedulerAdminClient<Channel>,
+        view: QSchedulerViewClient<Channel>,
+    },
+}
+
+/// A client of one server's admin and view services.
+pub struct Client {
+    inner: Inner,
+    server: String,
+}
+
+const ADMIN: &str = "qscheduler.QSchedulerAdmin";
+const VIEW: &str = "qscheduler.QSchedulerView";
+
+/// One method per RPC, the same over both transports.
+macro_rules! rpcs {
+    ($($(#[$doc:meta])* $name:ident: $svc:ident / $method:literal, $field:ident,
+       $req:ty => $resp:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self, what: &str, req: $req) -> Result<$resp, RpcError> {
+                let result = match &self.inner {
+                    Inner::Prpc(c) => c.call($svc, $method, &req).await,
+                    Inner::Grpc { $field, .. } => {
+                        // tonic clients are cheap clones of one channel.
+                        $field.clone().$name(req).await.map(tonic::Response::into_inner)
+                    }
+                };
+                result.map_err(|status| self.error(what, status))
+            }
+        )*
+    };
+}
+
+impl Client {
+    /// A client for `server` (`http://host:port`). Nothing is sent yet: a
+    /// server that is down shows up at the first call, with a hint.
+    pub fn new(server: &str, transport: Transport, timeout: Duration) -> anyhow::Result<Client> {
+        let inner = match transport {
+            Transport::Prpc => {
+                let c = PrpcClient::new(server)
+                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
+                    .with_timeout(timeout);
+                Inner::Prpc(c)
+            }
+            Transport::Grpc => {
+                let endpoint = Endpoint::from_shared(server.to_string())
+                    .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
+                    .timeout(timeout)
+                    .connect_timeout(timeout);
+                let channel = endpoint.connect_lazy();
+                Inner::Grpc {
+                    admin: QSchedulerAdminClient::new(channel.clone()),
+                    view: QSchedulerViewClient::new(channel),
+                }
+            }
+        };
+        Ok(Client {
+            inner,
+            server: server.to_string(),
+        })
+    }
+
+    fn error(&self, what: &str, status: Status) -> RpcError {
+        let unreachable = match &self.inner {
+            // The pRPC client reports transport failures this way.
+            Inner::Prpc(_) => {
+                status.code() == Code::Unavailable
+                    && status.message().starts_with("pRPC request failed")
+            }
+            // tonic marks connection failures as UNAVAILABLE with a
+            // transport error as the source.
+            Inner::Grpc { .. } => {
+                status.code() == Code::Unavailable && std::error::Error::source(&status).is_some()
+            }
+        };
+        RpcError {
+            what: what.to_string(),
+            server: self.server.clone(),
+            status,
+            unreachable,
+        }
+    }
+
+    rpcs! {
+        /// `CreateSchedulerPool`.
+        create_scheduler_pool: ADMIN / "CreateSchedulerPool", admin,
+            adm::CreateSchedulerPoolRequest => adm::CreateSchedulerPoolResponse;
+        /// `ModSchedulerPool`.
+        mod_scheduler_pool: ADMIN / "ModSchedulerPool", admin,
+            adm::ModSchedulerPoolRequest => adm::ModSchedulerPoolResponse;
+        /// `DeleteSchedulerPool`.
+        delete_scheduler_pool: ADMIN / "DeleteSchedulerPool", admin,
+            adm::DeleteSchedulerPoolRequest => adm::DeleteSchedulerPoolResponse;
+        /// `Wipe`.
+        wipe: ADMIN / "Wipe", admin, adm::WipeRequest => adm::WipeResponse;
+        /// `CreateAccount` (replaces an existing account and zeroes its
+        /// balance).
+        create_account: ADMIN / "CreateAccount", admin,
+            adm::CreateAccountRequest => adm::CreateAccountResponse;
+        /// `ModAccount`.
+        mod_account: ADMIN / "ModAccount", admin,
+            adm::ModAccountRequest => adm::ModAccountResponse;
+        /// `DeleteAccount`.
+        delete_account: ADMIN / "DeleteAccount", admin,
+            adm::DeleteAccountRequest => adm::DeleteAccountResponse;
+        /// `ListAccounts`.
+        list_accounts: VIEW / "ListAccounts", view,
+            adm::ListAccountsRequest => adm::ListAccountsResponse;
+        /// `InspectPool`.
+        inspect_pool: VIEW / "InspectPool", view,
+            adm::InspectPoolRequest => adm::InspectPoolResponse;
+    }
+}
