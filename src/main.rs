@@ -1,7 +1,9 @@
 //! The `qscheduler` command: server, administration and simulation tools.
 
+mod config_cmd;
 mod replay;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the scheduler server.
     Serve(serve::ServeArgs),
+    /// Check a configuration file, or print the documented example.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Replay a workload trace (qsched-trace/1 JSON Lines) through the
     /// scheduling core and report timings, assignments, memory and
     /// snapshot size.
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Config(cmd) => config_cmd::run(cmd),
         Command::Replay { trace, json } => replay::run(&trace, json),
     };
     match result {
