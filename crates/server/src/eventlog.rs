@@ -940,6 +940,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_its_oldest_events() {
+        let stats = SinkStats::new("test");
+        let q = Queue::new(3, stats.clone());
+        let pool: Arc<str> = Arc::from("p");
+        let events: Vec<PoolEvent> = (0..5)
+            .map(|i| {
+                let mut e = event(EventKind::Unassigned);
+                e.event.task_id = Arc::from(format!("t{i}"));
+                e
+            })
+            .collect();
+        q.push(&pool, &events[..2]);
+        q.push(&pool, &events[2..]);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 3);
+        let ids: Vec<String> = q
+            .lock()
+            .iter()
+            .map(|(_, e)| e.event.task_id.to_string())
+            .collect();
+        assert_eq!(ids, ["t2", "t3", "t4"]);
+    }
+
+    #[test]
     fn stamps_are_utc_civil_times() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_005);
         assert_eq!(utc_stamp(t), "20300101T000005Z");

@@ -17,6 +17,12 @@
 //!   latency) and snapshots come from [`CommitInfo`] and [`SnapshotInfo`];
 //!   RPC latencies from [`crate::rpc_layer`].
 //!
+//! A scrape walks each pool's queued requests and bots under the pool's
+//! read lock (label sets are shared, so labels are counted once per
+//! distinct set): O(tasks + bots) per pool and scrape, during which that
+//! pool's writer waits to apply its next batch. `label_metrics = false`
+//! leaves only the bots walk.
+//!
 //! Deleted pools and accounts disappear from the output (the original kept
 //! their last values until a restart): a pool's series go when the
 //! registry reports its deletion, an account's counters when a commit shows
@@ -332,11 +338,6 @@ impl Default for PoolStats {
 
 impl PoolStats {
     fn account(&mut self, id: &Arc<str>) -> &mut AccountStats {
-        // Look up by &str first: most events are for known accounts, and
-        // the entry API would need an owned key each time.
-        if !self.accounts.contains_key(&**id) {
-            self.accounts.insert(id.clone(), AccountStats::default());
-        }
         self.accounts.entry(id.clone()).or_default()
     }
 
@@ -599,7 +600,10 @@ fn family<'a, S: EncodeLabelSet>(
     if rows.peek().is_none() {
         return Ok(());
     }
-    let mut m = enc.encode_descriptor(name, help, None, ty)?;
+    // Registered metrics get a full stop appended by the encoder; these get
+    // one too, so every help text reads the same.
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, None, ty)?;
     for (labels, v) in rows {
         v.encode(m.encode_family(&labels)?, ty)?;
     }

@@ -57,7 +57,7 @@ static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
 /// Records the pool of the current RPC on its span (called by the
 /// handlers once they have validated the pool id).
 pub fn record_pool(pool: &str) {
-    Span::current().record("pool", pool);
+    Span::current().record("pool", field::display(pool));
 }
 
 /// The layer. `histograms` is `None` when metrics are off: spans and logs
