@@ -84,6 +84,8 @@ async fn metrics_follow_the_scenario_and_forget_deleted_things() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path());
     opts.event_log.files = Some(FileSinkOptions::new(dir.path().join("events")));
+    // A snapshot after every batch, so snapshot figures exist.
+    opts.pool.snapshot_every_records = 1;
     let server = TestServer::start(opts).await;
     let addr = server.addr;
     scenario(addr, "p1").await;
@@ -285,6 +287,12 @@ async fn metrics_follow_the_scenario_and_forget_deleted_things() {
     assert!(m.value("qscheduler_store_append_seconds_count", &[p]) >= 1.0);
     assert!(m.value("qscheduler_store_append_bytes_sum", &[p]) > 0.0);
     assert_eq!(m.value("qscheduler_pools", &[]), 2.0);
+    // Snapshots are written in the background; the first ones finished
+    // long ago.
+    assert!(m.value("qscheduler_snapshot_bytes", &[p]) > 0.0);
+    assert!(m.value("qscheduler_snapshot_write_seconds_count", &[p]) >= 1.0);
+    assert!(m.value("qscheduler_snapshot_encode_seconds_count", &[p]) >= 1.0);
+    assert_eq!(m.value("qscheduler_snapshot_failures_total", &[p]), 0.0);
 
     let rpc = |service, method, code, transport| {
         m.get(
