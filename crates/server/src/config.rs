@@ -72,6 +72,7 @@ impl Default for ServerSection {
 pub struct StoreSection {
     /// Directory of the embedded store, and the default home of the event
     /// log files (also when the pools live in PostgreSQL).
+    #[serde(deserialize_with = "path")]
     pub data_dir: PathBuf,
     /// Keep the pools in this PostgreSQL database instead of `data_dir`.
     #[serde(deserialize_with = "postgres_url_opt")]
@@ -185,6 +186,7 @@ pub struct FilesSection {
     /// Write JSON-lines files.
     pub enabled: bool,
     /// Their directory. `None`: `events` under `store.data_dir`.
+    #[serde(deserialize_with = "path_opt")]
     pub dir: Option<PathBuf>,
     /// Start a new file once the current one reaches this size.
     #[serde(deserialize_with = "positive_byte_size")]
@@ -668,11 +670,39 @@ fn check_identifier(s: &str) -> Result<(), String> {
 
 // ---- serde adapters ----
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A number or a string, for settings that accept both (sizes) or that
+/// want to explain why a bare number is refused (durations).
 enum IntOrString {
     Int(i64),
+    Float(f64),
     String(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = IntOrString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string with a unit, or a number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrString, E> {
+                i64::try_from(v)
+                    .map(IntOrString::Int)
+                    .map_err(|_| E::custom(format!("invalid value {v}: too large")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrString, E> {
+                Ok(IntOrString::String(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
@@ -691,6 +721,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         IntOrString::Int(n) => Err(de::Error::custom(format!(
             "invalid duration {n}: give a unit, e.g. \"{n}ms\" or \"{n}s\""
         ))),
+        IntOrString::Float(n) => Err(de::Error::custom(format!(
+            "invalid duration {n}: give a unit, e.g. \"{n}s\""
+        ))),
     }
 }
 
@@ -707,6 +740,11 @@ fn positive_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> 
         IntOrString::String(s) => parse_byte_size(&s).map_err(de::Error::custom)?,
         IntOrString::Int(n) => u64::try_from(n)
             .map_err(|_| de::Error::custom(format!("invalid size {n}: must not be negative")))?,
+        IntOrString::Float(n) => {
+            return Err(de::Error::custom(format!(
+                "invalid size {n}: a whole number of bytes, or a string like \"1.5MiB\""
+            )));
+        }
     };
     if v == 0 {
         return Err(de::Error::custom("must be greater than zero"));
@@ -744,6 +782,14 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         return Err(de::Error::custom("must not be empty"));
     }
     Ok(s)
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    non_empty(d).map(PathBuf::from)
+}
+
+fn path_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    path(d).map(Some)
 }
 
 fn non_empty_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -914,6 +960,18 @@ mod tests {
         let (line, msg) = err("[event_log.postgres]\nenabled = true\n");
         assert_eq!(line, 2);
         assert!(msg.contains("needs a database"), "{msg}");
+
+        let (line, msg) = err("[batching]\nwindow = 1.5\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("give a unit"), "{msg}");
+
+        let (line, msg) = err("[batching]\nmax_request_size = true\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("a string with a unit, or a number"), "{msg}");
+
+        let (line, msg) = err("[event_log.files]\ndir = \"\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("must not be empty"), "{msg}");
 
         let (line, _) = err("[server\nlisten = 1\n");
         assert_eq!(line, 1);
