@@ -827,12 +827,20 @@ fn identifier_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 
 fn http_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    if !s.starts_with('/') || s.len() < 2 || s.contains(|c: char| c.is_whitespace() || c == '{') {
+    // Only plain characters: the router reads `{`, `*` and `:` as route
+    // syntax (and refuses some of it by panicking).
+    let plain = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if !s.starts_with('/') || s.len() < 2 || !plain || s.contains("//") {
         return Err(de::Error::custom(format!(
-            "invalid path {s:?}: expected an absolute path like \"/metrics\""
+            "invalid path {s:?}: expected an absolute path of letters, digits, '-', '_', \
+             '.' and '/', like \"/metrics\""
         )));
     }
-    if s == "/healthz" || s.starts_with("/prpc/") || s == "/prpc" {
+    // gRPC routes are `/<package.Service>/<Method>`.
+    let first = s[1..].split('/').next().unwrap_or_default();
+    if s == "/healthz" || first == "prpc" || first.contains('.') {
         return Err(de::Error::custom(format!(
             "invalid path {s:?}: it is taken by the server's own routes"
         )));
@@ -953,9 +961,15 @@ mod tests {
         assert_eq!(line, 2);
         assert!(msg.contains("scheme"), "{msg}");
 
-        let (line, msg) = err("[metrics]\npath = \"/healthz\"\n");
-        assert_eq!(line, 2);
-        assert!(msg.contains("taken"), "{msg}");
+        for taken in ["/healthz", "/prpc/x", "/qscheduler.QSchedulerAdmin/Wipe"] {
+            let (line, msg) = err(&format!("[metrics]\npath = \"{taken}\"\n"));
+            assert_eq!(line, 2);
+            assert!(msg.contains("taken"), "{msg}");
+        }
+        for bad in ["metrics", "/:id", "/{x}", "/a b", "//"] {
+            let (_, msg) = err(&format!("[metrics]\npath = \"{bad}\"\n"));
+            assert!(msg.contains("invalid path"), "{bad}: {msg}");
+        }
 
         let (line, msg) = err("[event_log.postgres]\nenabled = true\n");
         assert_eq!(line, 2);
