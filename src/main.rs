@@ -1,8 +1,10 @@
 //! The `qscheduler` command: server, administration and simulation tools.
 
 mod cli;
+mod config_cmd;
 mod replay;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,9 @@ struct Cli {
 enum Command {
     /// Run the scheduler server.
     Serve(serve::ServeArgs),
+    /// Check a configuration file, or print the documented example.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Replay a workload trace (qsched-trace/1 JSON Lines) through the
     /// scheduling core and report timings, assignments, memory and
     /// snapshot size.
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Config(cmd) => config_cmd::run(cmd),
         Command::Replay { trace, json } => replay::run(&trace, json),
         Command::Client(command) => cli::run(command),
     };

@@ -1,55 +1,101 @@
 //! `qscheduler serve`: runs the server until SIGINT or SIGTERM.
+//!
+//! Settings come from, in increasing precedence: built-in defaults, the
+//! configuration file (`--config`), and the command-line flags (and the
+//! environment variables that stand for them). `RUST_LOG` overrides the
+//! file's log filter.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use clap::Args;
-use qscheduler_server::{Server, ServerOptions};
-use tracing_subscriber::EnvFilter;
+use qscheduler_server::Server;
+use qscheduler_server::config::{Config, LogFormat, check_postgres_url};
 
-/// Options of `qscheduler serve`.
+use crate::telemetry;
+
+/// Options of `qscheduler serve`. Flags without a value keep the setting
+/// of the configuration file, or the default shown.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on for gRPC, pRPC and HTTP (/healthz).
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8082")]
-    listen: SocketAddr,
-    /// Directory of the embedded store (created if missing). Only one
-    /// server may use it at a time.
-    #[arg(long, value_name = "DIR", default_value = "qscheduler-data")]
-    data_dir: PathBuf,
+    /// Configuration file (TOML); see docs/qscheduler.example.toml. Flags
+    /// override it.
+    #[arg(long, value_name = "FILE", env = "QSCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on for gRPC, pRPC and HTTP (/healthz, /metrics)
+    /// [default: 127.0.0.1:8082].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// Directory of the embedded store (created if missing), also the home
+    /// of the event log files. Only one server may use it at a time
+    /// [default: qscheduler-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Use this PostgreSQL database instead of the data directory, e.g.
     /// postgres://user@host:5432/db (several replicas may share it).
     #[arg(long, value_name = "URL", env = "QSCHEDULER_STORE")]
     store: Option<String>,
     /// How long the first call of a batch waits for others, in
-    /// milliseconds (0 = take whatever is already queued).
-    #[arg(long, value_name = "MS", default_value_t = 2)]
-    batch_window_ms: u64,
-    /// Most calls per batch.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    max_batch: u64,
-    /// Most calls waiting per pool before new ones get RESOURCE_EXHAUSTED.
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    queue_capacity: u64,
-    /// Upper bound on every call's deadline, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    request_timeout: u64,
-    /// Log format: "text" for people, "json" for log collectors.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// milliseconds (0 = take whatever is already queued) [default: 2].
+    #[arg(long, value_name = "MS")]
+    batch_window_ms: Option<u64>,
+    /// Most calls per batch [default: 1000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_batch: Option<u64>,
+    /// Most calls waiting per pool before new ones get RESOURCE_EXHAUSTED
+    /// [default: 10000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    queue_capacity: Option<u64>,
+    /// Upper bound on every call's deadline, in seconds [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: Option<u64>,
+    /// Log format: "text" for people, "json" for log collectors
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
-fn init_logging(format: &str) {
-    // RUST_LOG overrides; the default keeps transport internals quiet.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+impl ServeArgs {
+    /// Applies the flags given on the command line to `config`.
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        if let Some(v) = self.listen {
+            config.server.listen = v;
+        }
+        if let Some(v) = &self.data_dir {
+            config.store.data_dir = v.clone();
+        }
+        if let Some(v) = &self.store {
+            if v.contains("://") {
+                check_postgres_url(v).map_err(|e| anyhow!("--store: {e}"))?;
+                config.store.postgres_url = Some(v.clone());
+            } else {
+                // A plain path names an embedded store, as it always did.
+                config.store.postgres_url = None;
+                config.store.data_dir = PathBuf::from(v);
+            }
+        }
+        if let Some(v) = self.batch_window_ms {
+            config.batching.window = Duration::from_millis(v);
+        }
+        if let Some(v) = self.max_batch {
+            config.batching.max_batch = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.queue_capacity {
+            config.batching.queue_capacity = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.request_timeout {
+            config.batching.request_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = &self.log_format {
+            config.logging.format = if v == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            };
+        }
+        Ok(())
     }
 }
 
@@ -77,36 +123,30 @@ async fn shutdown_signal() {
 
 /// Runs the server.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
-    let store = match &args.store {
-        Some(url) => url.clone(),
-        None => args
-            .data_dir
-            .to_str()
-            .context("--data-dir must be valid UTF-8")?
-            .to_owned(),
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| anyhow!("{}", e.report()))?,
+        None => Config::default(),
     };
-    let mut options = ServerOptions {
-        listen: args.listen,
-        store,
-        request_timeout: Duration::from_secs(args.request_timeout),
-        ..ServerOptions::default()
-    };
-    options.pool.batch_window = Duration::from_millis(args.batch_window_ms);
-    options.pool.max_batch = args.max_batch as usize;
-    options.pool.queue_capacity = args.queue_capacity as usize;
-    options.store_options.advertise_address = args.listen.to_string();
+    args.apply(&mut config)?;
+    let options = config.server_options()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
+    // The OTLP exporter spawns onto the runtime, so logging starts inside it.
+    let telemetry = rt.block_on(async { telemetry::init(&config.logging, &config.tracing) })?;
+    if let Some(path) = &args.config {
+        tracing::info!(config = %path.display(), "configuration loaded");
+    }
+    let result = rt.block_on(async {
         let server = Server::start(options)
             .await
             .context("starting the server")?;
         let addr = server.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, "ready");
         server.run(shutdown_signal()).await.context("serving")
-    })
+    });
+    rt.block_on(telemetry.shutdown());
+    result
 }

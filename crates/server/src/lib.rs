@@ -8,14 +8,22 @@
 //!   and deletion;
 //! * [`translate`]: Swarming's messages to core commands and back;
 //! * [`service`]: the gRPC/pRPC services;
-//! * [`server`]: startup, serving and graceful shutdown.
+//! * [`server`]: startup, serving and graceful shutdown;
+//! * [`config`]: the configuration file;
+//! * [`metrics`]: the Prometheus endpoint;
+//! * [`eventlog`]: the task event log (JSON-lines files, PostgreSQL);
+//! * [`rpc_layer`]: per-RPC spans, logs and latency histograms.
 //!
 //! It must not contain scheduling rules (those live in `qscheduler-core`),
 //! wire-format details (`qscheduler-wire`) or storage formats
 //! (`qscheduler-store`).
 
+pub mod config;
+pub mod eventlog;
+pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod rpc_layer;
 pub mod server;
 pub mod service;
 pub mod translate;

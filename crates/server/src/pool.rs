@@ -25,7 +25,7 @@ use qscheduler_core::{
 };
 use qscheduler_store as store;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 /// Batching and snapshot policy of a pool.
 #[derive(Clone, Debug)]
@@ -89,6 +89,27 @@ pub trait Observer: Send + Sync + 'static {
     fn committed(&self, pool: &str, commit: &CommitInfo<'_>) {
         let _ = (pool, commit);
     }
+
+    /// A background snapshot write finished (or failed).
+    fn snapshot(&self, pool: &str, snapshot: &SnapshotInfo) {
+        let _ = (pool, snapshot);
+    }
+
+    /// The pool was deleted: forget everything kept about it.
+    fn pool_deleted(&self, pool: &str) {
+        let _ = pool;
+    }
+}
+
+/// Facts about one snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    /// Size of the encoded state.
+    pub bytes: u64,
+    /// Time to encode it (on the writer, holding the read lock).
+    pub encode_latency: Duration,
+    /// Time to write it (in the background); `None` if the write failed.
+    pub write_latency: Option<Duration>,
 }
 
 /// An [`Observer`] that ignores everything.
@@ -328,7 +349,8 @@ impl Writer {
                     },
                 }
             }
-            if !self.execute(msgs).await {
+            let span = tracing::info_span!("batch", pool = %self.shared.id, calls = msgs.len());
+            if !self.execute(msgs).instrument(span).await {
                 break;
             }
         }
@@ -587,8 +609,19 @@ impl Writer {
         self.last_snapshot_bytes = bytes.len() as u64;
         let handle = self.handle.clone();
         let pool = self.shared.id.clone();
+        let observer = self.observer.clone();
+        let size = bytes.len() as u64;
         self.snapshot_in_flight = Some(tokio::spawn(async move {
-            match handle.write_snapshot(last_seq, bytes).await {
+            let res = handle.write_snapshot(last_seq, bytes).await;
+            observer.snapshot(
+                &pool,
+                &SnapshotInfo {
+                    bytes: size,
+                    encode_latency: encode,
+                    write_latency: res.as_ref().ok().map(|s| s.elapsed),
+                },
+            );
+            match res {
                 Ok(s) => info!(
                     pool = %pool,
                     seq = s.seq,

@@ -175,8 +175,18 @@ impl Registry {
             old.stop();
             old.closed().await;
         }
+        self.observer.pool_deleted(id);
         info!(pool = %id, "pool deleted");
         Ok(())
+    }
+
+    /// The pools open here, in id order (for gauges read at scrape time).
+    pub fn open_pools(&self) -> Vec<PoolRef> {
+        self.open_map()
+            .values()
+            .filter(|p| !p.is_closed())
+            .cloned()
+            .collect()
     }
 
     /// Ids of the pools open here.

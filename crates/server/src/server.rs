@@ -1,5 +1,7 @@
-//! Starting and stopping the server: open the store, recover the pools,
-//! serve gRPC, pRPC and plain HTTP on one port, and shut down gracefully.
+//! Starting and stopping the server: open the store, start the event log
+//! and metrics, recover the pools, serve gRPC, pRPC and plain HTTP
+//! (health, metrics) on one port, and shut down gracefully — the event log
+//! is flushed after the last batch.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,8 +14,11 @@ use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::pool::{NoObserver, Observer, PoolOptions};
+use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
+use crate::metrics::{Metrics, MetricsOptions};
+use crate::pool::{CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
 use crate::registry::Registry;
+use crate::rpc_layer::RpcLayer;
 use crate::service::Scheduler;
 
 /// Everything the server needs to start.
@@ -32,6 +37,10 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// Largest accepted request body.
     pub max_request_bytes: usize,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsOptions,
+    /// The task event log's sinks (none by default).
+    pub event_log: EventLogOptions,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +52,8 @@ impl Default for ServerOptions {
             pool: PoolOptions::default(),
             request_timeout: Duration::from_secs(60),
             max_request_bytes: 64 << 20,
+            metrics: MetricsOptions::default(),
+            event_log: EventLogOptions::default(),
         }
     }
 }
@@ -69,6 +80,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The event log could not start.
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
     /// Route assembly failed.
     #[error("routes: {0}")]
     Routes(#[from] qscheduler_wire::serve::WireError),
@@ -82,6 +96,34 @@ pub struct Server {
     registry: Arc<Registry>,
     listener: TcpListener,
     routes: tonic::service::Routes,
+    event_log: Arc<EventLog>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// How long shutdown waits for the event log to write what is queued.
+const EVENT_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Passes every observation to several observers, in order.
+struct Observers(Vec<Arc<dyn Observer>>);
+
+impl Observer for Observers {
+    fn committed(&self, pool: &str, commit: &CommitInfo<'_>) {
+        for o in &self.0 {
+            o.committed(pool, commit);
+        }
+    }
+
+    fn snapshot(&self, pool: &str, snapshot: &SnapshotInfo) {
+        for o in &self.0 {
+            o.snapshot(pool, snapshot);
+        }
+    }
+
+    fn pool_deleted(&self, pool: &str) {
+        for o in &self.0 {
+            o.pool_deleted(pool);
+        }
+    }
 }
 
 impl Server {
@@ -103,17 +145,34 @@ impl Server {
                 location: options.store.clone(),
                 source,
             })?;
-        let registry = Registry::new(store, options.pool.clone(), observer);
+        let event_log = EventLog::start(&options.event_log)?;
+        let metrics = options
+            .metrics
+            .enabled
+            .then(|| Metrics::new(options.metrics.clone(), event_log.stats()));
+        let mut observers: Vec<Arc<dyn Observer>> = vec![event_log.clone(), observer];
+        if let Some(m) = &metrics {
+            observers.push(m.clone());
+        }
+        let registry = Registry::new(store, options.pool.clone(), Arc::new(Observers(observers)));
+        if let Some(m) = &metrics {
+            m.attach(&registry);
+        }
         registry.recover_all().await?;
         let svc = Arc::new(Scheduler::new(registry.clone()));
-        let extra = extra.route("/healthz", get(|| async { "ok\n" }));
-        let routes = Services::new()
+        let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
+        if let Some(m) = &metrics {
+            extra = extra.merge(m.router(&options.metrics.path));
+        }
+        let router = Services::new()
             .external_scheduler(svc.clone())
             .admin(svc.clone())
             .view(svc)
             .request_timeout(Some(options.request_timeout))
             .max_request_size(options.max_request_bytes)
-            .into_routes(extra)?;
+            .into_router(extra)?
+            .layer(RpcLayer::new(metrics.as_ref().map(|m| m.rpc_histograms())));
+        let routes = tonic::service::Routes::from(router);
         let listener =
             TcpListener::bind(options.listen)
                 .await
@@ -125,6 +184,8 @@ impl Server {
             registry,
             listener,
             routes,
+            event_log,
+            metrics,
         })
     }
 
@@ -138,6 +199,11 @@ impl Server {
         &self.registry
     }
 
+    /// The metrics, when enabled.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting calls, lets
     /// calls in flight finish (their batches included), stops every pool
     /// writer and releases the store.
@@ -147,6 +213,8 @@ impl Server {
         let res = qscheduler_wire::serve::serve(self.listener, self.routes, shutdown).await;
         info!("no longer accepting calls; stopping pool writers");
         self.registry.shutdown().await;
+        // Every writer has stopped, so no event can follow.
+        self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
         info!("stopped");
         res.map_err(ServerError::from)
     }

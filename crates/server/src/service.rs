@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Registry, RegistryError};
+use crate::rpc_layer::record_pool;
 use crate::translate;
 
 /// The wall clock, read only at the edge: for pool creation and wipes, and
@@ -72,6 +73,7 @@ impl Scheduler {
 
     async fn pool(&self, id: &str, field: &str) -> Result<PoolRef, Status> {
         translate::pool_id(id, field)?;
+        record_pool(id);
         Ok(self.registry.get(id).await?)
     }
 }
@@ -181,6 +183,7 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::CreateSchedulerPoolResponse>, Status> {
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id")?;
+        record_pool(&req.pool_id);
         if req.config.is_some() {
             return Err(Status::invalid_argument(
                 "config: deprecated; create the pool, then set accounts and settings with \
@@ -288,6 +291,7 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::DeleteSchedulerPoolResponse>, Status> {
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id")?;
+        record_pool(&req.pool_id);
         self.registry.delete(&req.pool_id).await?;
         Ok(Response::new(adm::DeleteSchedulerPoolResponse {}))
     }

@@ -1,0 +1,1001 @@
+//! The server's configuration file (TOML).
+//!
+//! Every setting has a default, so an empty file (or none at all) gives the
+//! zero-configuration server; `docs/qscheduler.example.toml` lists every
+//! key with its default. Command-line flags of `qscheduler serve` override
+//! the file.
+//!
+//! Validation happens while the file is parsed: each value is checked by
+//! the deserializer of its field, so an error carries the position of the
+//! offending value (or key, for unknown keys) and `qscheduler config check`
+//! can point at the line. The few rules that relate two settings keep the
+//! position of the setting that has to change.
+//!
+//! Durations are strings with a unit (`"2ms"`, `"1.5s"`, `"1h"`) so a value
+//! can never be read in the wrong unit; byte sizes are integers (bytes) or
+//! strings with a unit (`"64MiB"`).
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::eventlog::{EventLogOptions, FileSinkOptions, PostgresSinkOptions};
+use crate::metrics::MetricsOptions;
+use crate::pool::PoolOptions;
+use crate::server::ServerOptions;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Network settings.
+    pub server: ServerSection,
+    /// Where pools are stored.
+    pub store: StoreSection,
+    /// Batching of calls per pool, deadlines, snapshots.
+    pub batching: BatchingSection,
+    /// The task event log.
+    pub event_log: EventLogSection,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
+    /// Log output.
+    pub logging: LoggingSection,
+    /// Trace export.
+    pub tracing: TracingSection,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address for gRPC, pRPC and HTTP.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Directory of the embedded store, and the default home of the event
+    /// log files (also when the pools live in PostgreSQL).
+    #[serde(deserialize_with = "path")]
+    pub data_dir: PathBuf,
+    /// Keep the pools in this PostgreSQL database instead of `data_dir`.
+    #[serde(deserialize_with = "postgres_url_opt")]
+    pub postgres_url: Option<String>,
+    /// This replica's id among the replicas sharing a PostgreSQL store.
+    /// `None`: `replica-<process id>`.
+    #[serde(deserialize_with = "non_empty_opt")]
+    pub replica_id: Option<String>,
+    /// Address other replicas use to reach this one. `None`: the listen
+    /// address.
+    #[serde(deserialize_with = "non_empty_opt")]
+    pub advertise_address: Option<String>,
+    /// How long a pool's writer lease lasts without renewal (PostgreSQL).
+    #[serde(deserialize_with = "positive_duration")]
+    pub lease_ttl: Duration,
+    /// Schema of the tables (PostgreSQL). `None`: the connection's
+    /// `search_path`.
+    #[serde(deserialize_with = "identifier_opt")]
+    pub pg_schema: Option<String>,
+    /// Connections to PostgreSQL.
+    #[serde(deserialize_with = "positive_u32")]
+    pub pg_max_connections: u32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let store = qscheduler_store::StoreOptions::default();
+        StoreSection {
+            data_dir: PathBuf::from("qscheduler-data"),
+            postgres_url: None,
+            replica_id: None,
+            advertise_address: None,
+            lease_ttl: store.lease_ttl,
+            pg_schema: None,
+            pg_max_connections: store.pg_max_connections,
+        }
+    }
+}
+
+/// `[batching]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingSection {
+    /// How long the first call of a batch waits for others.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Most calls in one batch.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_batch: usize,
+    /// Most calls waiting per pool before `RESOURCE_EXHAUSTED`.
+    #[serde(deserialize_with = "positive_usize")]
+    pub queue_capacity: usize,
+    /// Upper bound on every call's deadline.
+    #[serde(deserialize_with = "positive_duration")]
+    pub request_timeout: Duration,
+    /// Largest accepted request.
+    #[serde(deserialize_with = "positive_byte_size")]
+    pub max_request_size: u64,
+    /// Snapshot after this many log records...
+    #[serde(deserialize_with = "positive_u64")]
+    pub snapshot_every_records: u64,
+    /// ...or this many log bytes, whichever comes first.
+    #[serde(deserialize_with = "positive_byte_size")]
+    pub snapshot_every_bytes: u64,
+}
+
+impl Default for BatchingSection {
+    fn default() -> Self {
+        let pool = PoolOptions::default();
+        let server = ServerOptions::default();
+        BatchingSection {
+            window: pool.batch_window,
+            max_batch: pool.max_batch,
+            queue_capacity: pool.queue_capacity,
+            request_timeout: server.request_timeout,
+            max_request_size: server.max_request_bytes as u64,
+            snapshot_every_records: pool.snapshot_every_records,
+            snapshot_every_bytes: pool.snapshot_every_bytes,
+        }
+    }
+}
+
+/// `[event_log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventLogSection {
+    /// Events held in memory per sink while it catches up; beyond it the
+    /// oldest are dropped (and counted).
+    #[serde(deserialize_with = "positive_usize")]
+    pub buffer_events: usize,
+    /// `[event_log.files]`.
+    pub files: FilesSection,
+    /// `[event_log.postgres]`.
+    pub postgres: PostgresSection,
+}
+
+impl Default for EventLogSection {
+    fn default() -> Self {
+        EventLogSection {
+            buffer_events: EventLogOptions::default().buffer_events,
+            files: FilesSection::default(),
+            postgres: PostgresSection::default(),
+        }
+    }
+}
+
+/// `[event_log.files]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesSection {
+    /// Write JSON-lines files.
+    pub enabled: bool,
+    /// Their directory. `None`: `events` under `store.data_dir`.
+    #[serde(deserialize_with = "path_opt")]
+    pub dir: Option<PathBuf>,
+    /// Start a new file once the current one reaches this size.
+    #[serde(deserialize_with = "positive_byte_size")]
+    pub max_file_size: u64,
+    /// Start a new file once the current one is this old.
+    #[serde(deserialize_with = "positive_duration")]
+    pub max_file_age: Duration,
+    /// Files kept (the current one included); older ones are deleted.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_files: usize,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        let f = FileSinkOptions::new(PathBuf::new());
+        FilesSection {
+            enabled: true,
+            dir: None,
+            max_file_size: f.max_file_bytes,
+            max_file_age: f.max_file_age,
+            max_files: f.max_files,
+        }
+    }
+}
+
+/// `[event_log.postgres]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSection {
+    /// Also insert events into a PostgreSQL table.
+    pub enabled: Option<Spanned<bool>>,
+    /// The database. `None`: the store's, when the store is PostgreSQL.
+    #[serde(deserialize_with = "postgres_url_opt")]
+    pub url: Option<String>,
+    /// Schema of the table. `None`: the connection's `search_path`.
+    #[serde(deserialize_with = "identifier_opt")]
+    pub schema: Option<String>,
+    /// The table (created if missing).
+    #[serde(deserialize_with = "identifier")]
+    pub table: String,
+    /// Most rows per INSERT.
+    #[serde(deserialize_with = "positive_usize")]
+    pub batch_rows: usize,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        let p = PostgresSinkOptions::new(String::new());
+        PostgresSection {
+            enabled: None,
+            url: None,
+            schema: None,
+            table: p.table,
+            batch_rows: p.batch_rows,
+        }
+    }
+}
+
+impl PostgresSection {
+    /// Whether the PostgreSQL sink is on.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.as_ref().is_some_and(|e| *e.get_ref())
+    }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve Prometheus metrics.
+    pub enabled: bool,
+    /// On this HTTP path of the server's port.
+    #[serde(deserialize_with = "http_path")]
+    pub path: String,
+    /// Export the per-label series (label utilisation gauges, spend per
+    /// label).
+    pub label_metrics: bool,
+    /// At most this many labels per pool in the label utilisation gauges
+    /// (the most used ones).
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_labels_per_pool: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        let m = MetricsOptions::default();
+        MetricsSection {
+            enabled: m.enabled,
+            path: m.path,
+            label_metrics: m.label_metrics,
+            max_labels_per_pool: m.max_labels_per_pool,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `[logging]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// Which events to log, in `RUST_LOG` syntax (`RUST_LOG` overrides it).
+    #[serde(deserialize_with = "log_filter")]
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// The log filter when neither the file nor `RUST_LOG` sets one: transport
+/// internals are only interesting when something is wrong.
+pub const DEFAULT_LOG_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,sqlx=warn";
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            filter: DEFAULT_LOG_FILTER.to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[tracing]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// Export spans over OTLP/gRPC to this collector (`http://host:4317`).
+    /// `None`: no export.
+    #[serde(deserialize_with = "http_url_opt")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of exported spans.
+    #[serde(deserialize_with = "non_empty")]
+    pub service_name: String,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        TracingSection {
+            otlp_endpoint: None,
+            service_name: "qscheduler".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("{}:{}:{}: {}", path.display(), at.line, at.column, message)]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where (1-based).
+        at: Position,
+        /// The source line, for display.
+        source_line: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The settings (file and flags together) contradict each other.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// A position in the file, 1-based.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Line number.
+    pub line: usize,
+    /// Column, in characters.
+    pub column: usize,
+}
+
+impl ConfigError {
+    /// A human-readable report: the error, and the offending line with a
+    /// marker under the column.
+    pub fn report(&self) -> String {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Unusable(_) => self.to_string(),
+            ConfigError::Invalid {
+                at, source_line, ..
+            } => {
+                let gutter = at.line.to_string().len();
+                format!(
+                    "{self}\n{:gutter$} |\n{} | {source_line}\n{:gutter$} | {:>col$}",
+                    "",
+                    at.line,
+                    "",
+                    "^",
+                    col = at.column
+                )
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let offset = span.map(|s| s.start).unwrap_or(0);
+            let (at, source_line) = position(text, offset);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                at,
+                source_line,
+                message,
+            }
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.span(), clean_message(e.message())))?;
+        if let Some(enabled) = &config.event_log.postgres.enabled
+            && *enabled.get_ref()
+            && config.event_log.postgres.url.is_none()
+            && config.store.postgres_url.is_none()
+        {
+            return Err(invalid(
+                Some(enabled.span()),
+                "the PostgreSQL event log needs a database: set event_log.postgres.url, \
+                 or store.postgres_url to use the store's"
+                    .to_owned(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Where the store lives: the PostgreSQL URL, or the data directory.
+    pub fn store_location(&self) -> Result<String, ConfigError> {
+        match &self.store.postgres_url {
+            Some(url) => Ok(url.clone()),
+            None => self
+                .store
+                .data_dir
+                .to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ConfigError::Unusable("store.data_dir must be valid UTF-8".to_owned())
+                }),
+        }
+    }
+
+    /// The server options this configuration describes.
+    pub fn server_options(&self) -> Result<ServerOptions, ConfigError> {
+        let mut options = ServerOptions {
+            listen: self.server.listen,
+            store: self.store_location()?,
+            request_timeout: self.batching.request_timeout,
+            max_request_bytes: usize::try_from(self.batching.max_request_size)
+                .unwrap_or(usize::MAX),
+            ..ServerOptions::default()
+        };
+        let so = &mut options.store_options;
+        if let Some(id) = &self.store.replica_id {
+            so.replica_id = id.clone();
+        }
+        so.advertise_address = self
+            .store
+            .advertise_address
+            .clone()
+            .unwrap_or_else(|| self.server.listen.to_string());
+        so.lease_ttl = self.store.lease_ttl;
+        so.pg_schema = self.store.pg_schema.clone();
+        so.pg_max_connections = self.store.pg_max_connections;
+
+        let b = &self.batching;
+        options.pool = PoolOptions {
+            batch_window: b.window,
+            max_batch: b.max_batch,
+            queue_capacity: b.queue_capacity,
+            snapshot_every_records: b.snapshot_every_records,
+            snapshot_every_bytes: b.snapshot_every_bytes,
+        };
+
+        let m = &self.metrics;
+        options.metrics = MetricsOptions {
+            enabled: m.enabled,
+            path: m.path.clone(),
+            label_metrics: m.label_metrics,
+            max_labels_per_pool: m.max_labels_per_pool,
+        };
+
+        let e = &self.event_log;
+        let files = e.files.enabled.then(|| FileSinkOptions {
+            dir: e
+                .files
+                .dir
+                .clone()
+                .unwrap_or_else(|| self.store.data_dir.join("events")),
+            max_file_bytes: e.files.max_file_size,
+            max_file_age: e.files.max_file_age,
+            max_files: e.files.max_files,
+        });
+        let postgres = if e.postgres.is_enabled() {
+            let url = e
+                .postgres
+                .url
+                .clone()
+                .or_else(|| self.store.postgres_url.clone())
+                .ok_or_else(|| {
+                    ConfigError::Unusable(
+                        "the PostgreSQL event log needs event_log.postgres.url or \
+                         store.postgres_url"
+                            .to_owned(),
+                    )
+                })?;
+            Some(PostgresSinkOptions {
+                url,
+                schema: e.postgres.schema.clone(),
+                table: e.postgres.table.clone(),
+                batch_rows: e.postgres.batch_rows,
+            })
+        } else {
+            None
+        };
+        options.event_log = EventLogOptions {
+            buffer_events: e.buffer_events,
+            files,
+            postgres,
+        };
+        Ok(options)
+    }
+}
+
+/// The line and column of a byte offset, and the text of that line.
+fn position(text: &str, offset: usize) -> (Position, String) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = before.matches('\n').count() + 1;
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    let source_line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("")
+        .to_owned();
+    (Position { line, column }, source_line)
+}
+
+/// toml's messages end with a newline and sometimes repeat themselves; one
+/// line reads better after `file:line:col:`.
+fn clean_message(m: &str) -> String {
+    m.trim().replace('\n', "; ")
+}
+
+// ---- value parsers: each returns the reason a value is refused ----
+
+/// Parses `"<number><unit>"` with unit ns, us, ms, s, m or h; `"0"` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.starts_with('-') {
+        return Err(format!("invalid duration {s:?}: must not be negative"));
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| {
+            format!("invalid duration {s:?}: missing unit (ns, us, ms, s, m or h), e.g. \"2ms\"")
+        })?;
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a number followed by a unit"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {other:?} (use ns, us, ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("invalid duration {s:?}: out of range"))
+}
+
+/// Parses a byte size: a plain number of bytes, or a number with a unit
+/// (B, KB, MB, GB = powers of 1000; KiB, MiB, GiB = powers of 1024).
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("invalid size {s:?}: must not be negative"));
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes, e.g. \"64MiB\""))?;
+    let scale: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size {s:?}: too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Checks a `postgres://` or `postgresql://` URL.
+pub fn check_postgres_url(s: &str) -> Result<(), String> {
+    let scheme = s.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("postgres" | "postgresql") => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported URL scheme {other:?} in {s:?}: expected postgres:// or postgresql://"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "invalid URL {s:?}: expected postgres://user@host:port/database"
+            ));
+        }
+    }
+    // Parsing the rest is sqlx's job, but a syntax error is better caught
+    // here, with a line number, than at startup.
+    s.parse::<sqlx::postgres::PgConnectOptions>()
+        .map(|_| ())
+        .map_err(|e| format!("invalid PostgreSQL URL {s:?}: {e}"))
+}
+
+fn check_identifier(s: &str) -> Result<(), String> {
+    let mut chars = s.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid SQL name {s:?}: use lowercase letters, digits and '_', \
+             starting with a letter or '_', at most 63 characters"
+        ))
+    }
+}
+
+// ---- serde adapters ----
+
+/// A number or a string, for settings that accept both (sizes) or that
+/// want to explain why a bare number is refused (durations).
+enum IntOrString {
+    Int(i64),
+    Float(f64),
+    String(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = IntOrString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string with a unit, or a number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrString, E> {
+                i64::try_from(v)
+                    .map(IntOrString::Int)
+                    .map_err(|_| E::custom(format!("invalid value {v}: too large")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrString, E> {
+                Ok(IntOrString::String(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "invalid address {s:?}: expected IP:PORT, e.g. \"127.0.0.1:8082\" or \"[::]:8082\""
+        ))
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match IntOrString::deserialize(d)? {
+        IntOrString::String(s) => parse_duration(&s).map_err(de::Error::custom),
+        IntOrString::Int(0) => Ok(Duration::ZERO),
+        IntOrString::Int(n) => Err(de::Error::custom(format!(
+            "invalid duration {n}: give a unit, e.g. \"{n}ms\" or \"{n}s\""
+        ))),
+        IntOrString::Float(n) => Err(de::Error::custom(format!(
+            "invalid duration {n}: give a unit, e.g. \"{n}s\""
+        ))),
+    }
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = duration(d)?;
+    if v.is_zero() {
+        return Err(de::Error::custom("must be greater than zero"));
+    }
+    Ok(v)
+}
+
+fn positive_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = match IntOrString::deserialize(d)? {
+        IntOrString::String(s) => parse_byte_size(&s).map_err(de::Error::custom)?,
+        IntOrString::Int(n) => u64::try_from(n)
+            .map_err(|_| de::Error::custom(format!("invalid size {n}: must not be negative")))?,
+        IntOrString::Float(n) => {
+            return Err(de::Error::custom(format!(
+                "invalid size {n}: a whole number of bytes, or a string like \"1.5MiB\""
+            )));
+        }
+    };
+    if v == 0 {
+        return Err(de::Error::custom("must be greater than zero"));
+    }
+    Ok(v)
+}
+
+fn positive_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = i64::deserialize(d)?;
+    if n <= 0 {
+        return Err(de::Error::custom(format!(
+            "invalid value {n}: must be at least 1"
+        )));
+    }
+    Ok(n)
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    positive_i64(d).map(|n| n as u64)
+}
+
+fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = positive_i64(d)?;
+    usize::try_from(n).map_err(|_| de::Error::custom(format!("invalid value {n}: too large")))
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = positive_i64(d)?;
+    u32::try_from(n).map_err(|_| de::Error::custom(format!("invalid value {n}: too large")))
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(de::Error::custom("must not be empty"));
+    }
+    Ok(s)
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    non_empty(d).map(PathBuf::from)
+}
+
+fn path_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    path(d).map(Some)
+}
+
+fn non_empty_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    non_empty(d).map(Some)
+}
+
+fn postgres_url_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    check_postgres_url(&s).map_err(de::Error::custom)?;
+    Ok(Some(s))
+}
+
+fn http_url_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(Some(s)),
+        Some((scheme, _)) if scheme != "http" && scheme != "https" => Err(de::Error::custom(
+            format!("unsupported URL scheme {scheme:?} in {s:?}: expected http:// or https://"),
+        )),
+        _ => Err(de::Error::custom(format!(
+            "invalid URL {s:?}: expected http://host:port"
+        ))),
+    }
+}
+
+fn identifier<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_identifier(&s).map_err(de::Error::custom)?;
+    Ok(s)
+}
+
+fn identifier_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    identifier(d).map(Some)
+}
+
+fn http_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    // Only plain characters: the router reads `{`, `*` and `:` as route
+    // syntax (and refuses some of it by panicking).
+    let plain = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if !s.starts_with('/') || s.len() < 2 || !plain || s.contains("//") {
+        return Err(de::Error::custom(format!(
+            "invalid path {s:?}: expected an absolute path of letters, digits, '-', '_', \
+             '.' and '/', like \"/metrics\""
+        )));
+    }
+    // gRPC routes are `/<package.Service>/<Method>`.
+    let first = s[1..].split('/').next().unwrap_or_default();
+    if s == "/healthz" || first == "prpc" || first.contains('.') {
+        return Err(de::Error::custom(format!(
+            "invalid path {s:?}: it is taken by the server's own routes"
+        )));
+    }
+    Ok(s)
+}
+
+fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&s)
+        .map_err(|e| de::Error::custom(format!("invalid log filter {s:?}: {e}")))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> (usize, String) {
+        match Config::parse(text, Path::new("t.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(ConfigError::Invalid { at, message, .. }) => (at.line, message),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        let o = c.server_options().unwrap();
+        let d = ServerOptions::default();
+        assert_eq!(o.listen, d.listen);
+        assert_eq!(o.store, d.store);
+        assert_eq!(o.pool.batch_window, d.pool.batch_window);
+        assert_eq!(o.pool.max_batch, d.pool.max_batch);
+        assert_eq!(o.pool.queue_capacity, d.pool.queue_capacity);
+        assert_eq!(o.request_timeout, d.request_timeout);
+        assert_eq!(o.max_request_bytes, d.max_request_bytes);
+        assert_eq!(
+            o.event_log.files.unwrap().dir,
+            PathBuf::from("qscheduler-data/events")
+        );
+        assert!(o.event_log.postgres.is_none());
+        assert!(o.metrics.enabled);
+    }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let text = include_str!("../../../docs/qscheduler.example.toml");
+        let mut c = Config::parse(text, Path::new("example.toml")).unwrap();
+        assert!(!c.event_log.postgres.is_enabled());
+        c.event_log.postgres.enabled = None;
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+        // Every commented-out key is a real key too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Config::parse(&uncommented, Path::new("example.toml")).unwrap();
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("-2ms").unwrap_err().contains("negative"));
+        assert!(parse_duration("2").unwrap_err().contains("unit"));
+        assert!(parse_duration("2 fortnights").unwrap_err().contains("unit"));
+        assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("1KB"), Ok(1000));
+        assert_eq!(parse_byte_size("17"), Ok(17));
+        assert!(parse_byte_size("1 XB").is_err());
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        let (line, msg) = err("[batching]\nmax_batch = 10\nwindow = \"-2ms\"\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("negative"), "{msg}");
+
+        let (line, msg) = err("\n[server]\nlistne = \"127.0.0.1:1\"\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("unknown field `listne`"), "{msg}");
+
+        let (line, msg) = err("[server]\nlisten = \"localhost\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("invalid address"), "{msg}");
+
+        let (line, msg) = err("[store]\n\npostgres_url = \"mysql://x/y\"\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("scheme \"mysql\""), "{msg}");
+
+        let (line, msg) = err("[batching]\nmax_batch = \"ten\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("invalid type"), "{msg}");
+
+        let (line, msg) = err("[batching]\nqueue_capacity = 0\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("at least 1"), "{msg}");
+
+        let (line, msg) = err("[logging]\nformat = \"xml\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("xml"), "{msg}");
+
+        let (line, msg) = err("[logging]\nfilter = \"info,[[\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("log filter"), "{msg}");
+
+        let (line, msg) = err("[tracing]\notlp_endpoint = \"ftp://x\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("scheme"), "{msg}");
+
+        for taken in ["/healthz", "/prpc/x", "/qscheduler.QSchedulerAdmin/Wipe"] {
+            let (line, msg) = err(&format!("[metrics]\npath = \"{taken}\"\n"));
+            assert_eq!(line, 2);
+            assert!(msg.contains("taken"), "{msg}");
+        }
+        for bad in ["metrics", "/:id", "/{x}", "/a b", "//"] {
+            let (_, msg) = err(&format!("[metrics]\npath = \"{bad}\"\n"));
+            assert!(msg.contains("invalid path"), "{bad}: {msg}");
+        }
+
+        let (line, msg) = err("[event_log.postgres]\nenabled = true\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("needs a database"), "{msg}");
+
+        let (line, msg) = err("[batching]\nwindow = 1.5\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("give a unit"), "{msg}");
+
+        let (line, msg) = err("[batching]\nmax_request_size = true\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("a string with a unit, or a number"), "{msg}");
+
+        let (line, msg) = err("[event_log.files]\ndir = \"\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("must not be empty"), "{msg}");
+
+        let (line, _) = err("[server\nlisten = 1\n");
+        assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn report_shows_the_line() {
+        let e = Config::parse("[batching]\nwindow = \"-1s\"\n", Path::new("c.toml")).unwrap_err();
+        let r = e.report();
+        assert!(r.starts_with("c.toml:2:10: "), "{r}");
+        assert!(r.contains("2 | window = \"-1s\""), "{r}");
+    }
+}

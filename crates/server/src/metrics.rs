@@ -1,0 +1,990 @@
+//! Prometheus metrics, served on the server's own port (`/metrics` by
+//! default): every metric of the original's ts_mon set (reference §11.1)
+//! under Prometheus names, labelled by `pool` rather than `scheduler_id`,
+//! plus RPC latencies, batching, storage, snapshot and event-log figures.
+//!
+//! Three kinds of sources, each read the cheapest way:
+//!
+//! * **event counters** (tasks enqueued, assigned, completed, ...; account
+//!   spend) are added up from the events of each committed batch, in the
+//!   pool writer's [`Observer`] call — a few map updates per event;
+//! * **state gauges** (queue, running and idle by priority, balances, label
+//!   utilisation) are computed when Prometheus scrapes, from the committed
+//!   state under the pool's read lock, so batches pay nothing for them and
+//!   they can never be stale: a pool or account that no longer exists has
+//!   no series;
+//! * **histograms** of batches (calls, append latency and bytes, apply
+//!   latency) and snapshots come from [`CommitInfo`] and [`SnapshotInfo`];
+//!   RPC latencies from [`crate::rpc_layer`].
+//!
+//! A scrape walks each pool's queued requests and bots under the pool's
+//! read lock (label sets are shared, so labels are counted once per
+//! distinct set): O(tasks + bots) per pool and scrape, during which that
+//! pool's writer waits to apply its next batch. `label_metrics = false`
+//! leaves only the bots walk.
+//!
+//! Deleted pools and accounts disappear from the output (the original kept
+//! their last values until a restart): a pool's series go when the
+//! registry reports its deletion, an account's counters when a commit shows
+//! it is no longer configured.
+//!
+//! Library choice: `prometheus-client` rather than the `metrics` facade.
+//! The facade's recorder is process-global, so two servers in one process
+//! (the integration tests run several) would share and mix their series;
+//! and its exporter can neither compute series at scrape time nor remove
+//! one label value's series. `prometheus-client` has explicit registries
+//! and a [`Collector`] hook called on each scrape, which is exactly the
+//! shape needed here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry as PromRegistry;
+use qscheduler_core::{EventKind, FREE_PRIORITY, Labels, NUM_PRIORITIES, Pool, PoolEvent};
+
+use crate::eventlog::SinkStats;
+use crate::pool::{CommitInfo, Observer, SnapshotInfo};
+use crate::registry::Registry;
+
+/// What to export, and where.
+#[derive(Clone, Debug)]
+pub struct MetricsOptions {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// Its HTTP path.
+    pub path: String,
+    /// Export per-label series (label utilisation gauges, spend per label).
+    pub label_metrics: bool,
+    /// Most labels per pool in the label utilisation gauges; the ones with
+    /// the most tasks are kept.
+    pub max_labels_per_pool: usize,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        MetricsOptions {
+            enabled: true,
+            path: "/metrics".to_owned(),
+            label_metrics: true,
+            max_labels_per_pool: 1000,
+        }
+    }
+}
+
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Latency buckets, seconds: from half a millisecond (a batch's fsync) to a
+/// minute (the default request timeout).
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const CALLS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+const BYTES_BUCKETS: &[f64] = &[
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+];
+
+/// Labels of the RPC latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RpcLabels {
+    pub service: String,
+    pub method: String,
+    pub code: &'static str,
+    pub transport: &'static str,
+}
+
+pub(crate) type RpcHistograms = Family<RpcLabels, Histogram, fn() -> Histogram>;
+
+fn rpc_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+/// The server's metrics: a registry to render, and the observer that feeds
+/// it.
+pub struct Metrics {
+    registry: PromRegistry,
+    rpc: RpcHistograms,
+    pools: Arc<PoolsCollector>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics with these options, reporting the given event-log sinks.
+    pub fn new(options: MetricsOptions, sinks: Vec<Arc<SinkStats>>) -> Arc<Metrics> {
+        let mut registry = PromRegistry::default();
+        let rpc: RpcHistograms = Family::new_with_constructor(rpc_histogram);
+        registry.register(
+            "qscheduler_rpc_duration_seconds",
+            "Time to answer an RPC, by service, method, gRPC status code and transport (grpc or prpc)",
+            rpc.clone(),
+        );
+        let pools = Arc::new(PoolsCollector {
+            options,
+            registry: OnceLock::new(),
+            stats: Mutex::new(BTreeMap::new()),
+            sinks,
+        });
+        registry.register_collector(Box::new(pools.clone()));
+        Arc::new(Metrics {
+            registry,
+            rpc,
+            pools,
+        })
+    }
+
+    /// Lets scrapes read the pools' committed state.
+    pub fn attach(&self, registry: &Arc<Registry>) {
+        let _ = self.pools.registry.set(Arc::downgrade(registry));
+    }
+
+    pub(crate) fn rpc_histograms(&self) -> RpcHistograms {
+        self.rpc.clone()
+    }
+
+    /// The whole exposition, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail; a collector error would only
+        // truncate the output.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!(error = %e, "rendering metrics failed");
+        }
+        out
+    }
+
+    /// An axum router serving the metrics at `path`.
+    pub fn router(self: &Arc<Self>, path: &str) -> axum::Router {
+        let me = self.clone();
+        axum::Router::new().route(
+            path,
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move {
+                    // Gauges walk pool states: keep that off the async
+                    // workers.
+                    let body = tokio::task::spawn_blocking(move || me.render())
+                        .await
+                        .unwrap_or_default();
+                    ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
+                }
+            }),
+        )
+    }
+}
+
+impl Observer for Metrics {
+    fn committed(&self, pool: &str, commit: &CommitInfo<'_>) {
+        self.pools.committed(pool, commit);
+    }
+
+    fn snapshot(&self, pool: &str, snapshot: &SnapshotInfo) {
+        let stats = self.pools.pool_stats(pool);
+        let mut s = lock(&stats);
+        match snapshot.write_latency {
+            Some(w) => {
+                s.snapshot_bytes = Some(snapshot.bytes);
+                s.snapshot_encode
+                    .observe(snapshot.encode_latency.as_secs_f64());
+                s.snapshot_write.observe(w.as_secs_f64());
+            }
+            None => s.snapshot_failures += 1,
+        }
+    }
+
+    fn pool_deleted(&self, pool: &str) {
+        lock(&self.pools.stats).remove(pool);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// ---- per-pool state kept between scrapes ----
+
+/// A fixed-bucket histogram updated under its pool's lock.
+#[derive(Clone, Debug)]
+struct Hist {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Hist {
+    fn new(bounds: &'static [f64]) -> Hist {
+        Hist {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn encode(&self, mut e: MetricEncoder<'_>) -> fmt::Result {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().copied())
+            .collect();
+        e.encode_histogram::<NoLabelSet>(self.sum, self.count, &buckets, None)
+    }
+}
+
+/// Event counters of one account in one pool.
+#[derive(Debug)]
+struct AccountStats {
+    enqueued: u64,
+    /// By `CompletedReason` value (1..=5; 0 unused).
+    completed: [u64; 6],
+    /// By `preempting * 2 + provision_required`.
+    assigned: [u64; 4],
+    preempted: u64,
+    reprioritized: u64,
+    /// Seconds of quota spent per level, from completed tasks' costs.
+    spend: [f64; NUM_PRIORITIES],
+    /// The same per base label of the completed tasks.
+    label_spend: BTreeMap<Arc<str>, [f64; NUM_PRIORITIES]>,
+}
+
+impl Default for AccountStats {
+    fn default() -> Self {
+        AccountStats {
+            enqueued: 0,
+            completed: [0; 6],
+            assigned: [0; 4],
+            preempted: 0,
+            reprioritized: 0,
+            spend: [0.0; NUM_PRIORITIES],
+            label_spend: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolStats {
+    accounts: BTreeMap<Arc<str>, AccountStats>,
+    /// Accounts configured after the last commit, to notice deletions.
+    configured: BTreeSet<Box<str>>,
+    batch_calls: Hist,
+    append_seconds: Hist,
+    append_bytes: Hist,
+    apply_seconds: Hist,
+    snapshot_bytes: Option<u64>,
+    snapshot_encode: Hist,
+    snapshot_write: Hist,
+    snapshot_failures: u64,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        PoolStats {
+            accounts: BTreeMap::new(),
+            configured: BTreeSet::new(),
+            batch_calls: Hist::new(CALLS_BUCKETS),
+            append_seconds: Hist::new(LATENCY_BUCKETS),
+            append_bytes: Hist::new(BYTES_BUCKETS),
+            apply_seconds: Hist::new(LATENCY_BUCKETS),
+            snapshot_bytes: None,
+            snapshot_encode: Hist::new(LATENCY_BUCKETS),
+            snapshot_write: Hist::new(LATENCY_BUCKETS),
+            snapshot_failures: 0,
+        }
+    }
+}
+
+impl PoolStats {
+    fn account(&mut self, id: &Arc<str>) -> &mut AccountStats {
+        self.accounts.entry(id.clone()).or_default()
+    }
+
+    fn count(&mut self, pe: &PoolEvent, per_label: bool) {
+        let e = &pe.event;
+        let a = self.account(&e.account_id);
+        match &e.kind {
+            EventKind::Enqueued { .. } => a.enqueued += 1,
+            EventKind::Completed { reason, .. } => {
+                if let Some(c) = a.completed.get_mut(*reason as usize) {
+                    *c += 1;
+                }
+                // Spend is final only at completion (a preempted task's is
+                // refunded), and only a configured account spends.
+                if e.account_valid
+                    && let Some(cost) = &e.cost
+                {
+                    for (p, v) in cost.0.iter().enumerate() {
+                        a.spend[p] += f64::from(*v);
+                    }
+                    if per_label {
+                        for l in e.base_labels.iter() {
+                            let s = a
+                                .label_spend
+                                .entry(l.clone())
+                                .or_insert([0.0; NUM_PRIORITIES]);
+                            for (p, v) in cost.0.iter().enumerate() {
+                                s[p] += f64::from(*v);
+                            }
+                        }
+                    }
+                }
+            }
+            EventKind::Assigned {
+                preempting,
+                provision_required,
+                ..
+            } => a.assigned[usize::from(*preempting) * 2 + usize::from(*provision_required)] += 1,
+            EventKind::Preempted { .. } => a.preempted += 1,
+            EventKind::Reprioritized { .. } => a.reprioritized += 1,
+            EventKind::Unassigned => {}
+        }
+    }
+
+    /// Drops the counters of accounts that were configured at the last
+    /// commit and are not any more.
+    fn forget_deleted_accounts(&mut self, pool: &Pool) {
+        let mut n = 0;
+        let mut same = true;
+        for (id, _, _) in pool.scheduler().accounts() {
+            n += 1;
+            same = same && self.configured.contains(id);
+        }
+        if same && n == self.configured.len() {
+            return;
+        }
+        let now: BTreeSet<Box<str>> = pool
+            .scheduler()
+            .accounts()
+            .map(|(id, _, _)| Box::from(id))
+            .collect();
+        for gone in self.configured.difference(&now) {
+            self.accounts.remove(&**gone);
+        }
+        self.configured = now;
+    }
+}
+
+/// Everything per pool, and the scrape-time collector.
+struct PoolsCollector {
+    options: MetricsOptions,
+    registry: OnceLock<Weak<Registry>>,
+    stats: Mutex<BTreeMap<Arc<str>, Arc<Mutex<PoolStats>>>>,
+    sinks: Vec<Arc<SinkStats>>,
+}
+
+impl fmt::Debug for PoolsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolsCollector").finish_non_exhaustive()
+    }
+}
+
+impl PoolsCollector {
+    fn pool_stats(&self, pool: &str) -> Arc<Mutex<PoolStats>> {
+        let mut map = lock(&self.stats);
+        if let Some(s) = map.get(pool) {
+            return s.clone();
+        }
+        let s = Arc::new(Mutex::new(PoolStats::default()));
+        map.insert(Arc::from(pool), s.clone());
+        s
+    }
+
+    fn committed(&self, pool: &str, c: &CommitInfo<'_>) {
+        let stats = self.pool_stats(pool);
+        let mut s = lock(&stats);
+        s.batch_calls.observe(c.calls as f64);
+        s.append_seconds.observe(c.append_latency.as_secs_f64());
+        s.append_bytes.observe(c.bytes as f64);
+        s.apply_seconds.observe(c.apply_latency.as_secs_f64());
+        for e in c.events {
+            s.count(e, self.options.label_metrics);
+        }
+        s.forget_deleted_accounts(c.pool);
+    }
+}
+
+/// Gauges of one pool, computed from its committed state at scrape time.
+struct PoolGauges {
+    queued: u64,
+    /// Running tasks (= running bots) by priority 0..=5.
+    running: [u64; FREE_PRIORITY as usize + 1],
+    idle: u64,
+    balances: Vec<(String, [f32; NUM_PRIORITIES])>,
+    /// Per label: waiting tasks, running tasks, idle bots, running bots.
+    labels: Vec<(Arc<str>, [u64; 4])>,
+}
+
+impl PoolGauges {
+    fn of(pool: &Pool, options: &MetricsOptions) -> PoolGauges {
+        let s = pool.scheduler();
+        let workers = s.worker_views();
+        let mut running = [0u64; FREE_PRIORITY as usize + 1];
+        for w in &workers {
+            if let Some(r) = &w.running
+                && let Some(c) = running.get_mut(usize::from(r.priority))
+            {
+                *c += 1;
+            }
+        }
+        let balances = s
+            .accounts()
+            .map(|(id, _, b)| (id.to_owned(), b.0))
+            .collect();
+        let labels = if options.label_metrics {
+            label_counts(pool, &workers, options.max_labels_per_pool)
+        } else {
+            Vec::new()
+        };
+        PoolGauges {
+            queued: s.queued_len() as u64,
+            running,
+            idle: s.idle_len() as u64,
+            balances,
+            labels,
+        }
+    }
+}
+
+/// Label utilisation (reference §11.1): for every base label of a waiting
+/// or running task, how many waiting and running tasks have it, and how
+/// many idle and running bots. Label sets are shared between requests, so
+/// they are counted once per distinct set.
+fn label_counts(
+    pool: &Pool,
+    workers: &[qscheduler_core::scheduler::WorkerView<'_>],
+    max: usize,
+) -> Vec<(Arc<str>, [u64; 4])> {
+    fn add(sets: &mut HashMap<*const [Arc<str>], (Labels, u64)>, l: &Labels) {
+        sets.entry(Arc::as_ptr(l))
+            .or_insert_with(|| (l.clone(), 0))
+            .1 += 1;
+    }
+    let mut waiting = HashMap::new();
+    for q in pool.scheduler().queued_requests() {
+        add(&mut waiting, q.base_labels);
+    }
+    let mut running = HashMap::new();
+    let mut idle_bots = HashMap::new();
+    let mut running_bots = HashMap::new();
+    for w in workers {
+        match &w.running {
+            Some(r) => {
+                add(&mut running, r.request.base_labels);
+                add(&mut running_bots, w.labels);
+            }
+            None => add(&mut idle_bots, w.labels),
+        }
+    }
+    let mut counts: HashMap<Arc<str>, [u64; 4]> = HashMap::new();
+    for (i, sets) in [&waiting, &running].into_iter().enumerate() {
+        for (labels, n) in sets.values() {
+            for l in labels.iter() {
+                counts.entry(l.clone()).or_default()[i] += n;
+            }
+        }
+    }
+    // Bots count only towards labels that tasks use, as in the original:
+    // bots carry many labels nobody asks for.
+    for (i, sets) in [(2, &idle_bots), (3, &running_bots)] {
+        for (labels, n) in sets.values() {
+            for l in labels.iter() {
+                if let Some(c) = counts.get_mut(l) {
+                    c[i] += n;
+                }
+            }
+        }
+    }
+    let mut v: Vec<(Arc<str>, [u64; 4])> = counts.into_iter().collect();
+    if v.len() > max {
+        v.sort_unstable_by(|a, b| {
+            (b.1[0] + b.1[1])
+                .cmp(&(a.1[0] + a.1[1]))
+                .then(a.0.cmp(&b.0))
+        });
+        v.truncate(max);
+    }
+    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+// ---- encoding ----
+
+const PRIORITY: [&str; 6] = ["0", "1", "2", "3", "4", "5"];
+const REASONS: [&str; 6] = [
+    "UNSPECIFIED",
+    "BOT_IDLE",
+    "IDLE_TASK_ABSENT",
+    "RUNNING_TASK_ABSENT",
+    "INCONSISTENT_BOT_FOR_TASK",
+    "INCONSISTENT_TASK_FOR_BOT",
+];
+
+fn bool_str(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// A value of one series.
+enum V<'a> {
+    U(u64),
+    F(f64),
+    H(&'a Hist),
+}
+
+impl V<'_> {
+    fn encode(&self, mut e: MetricEncoder<'_>, ty: MetricType) -> fmt::Result {
+        match (self, ty) {
+            (V::U(v), MetricType::Counter) => {
+                e.encode_counter::<NoLabelSet, _, u64>(v, None::<&Exemplar<NoLabelSet, u64>>)
+            }
+            (V::F(v), MetricType::Counter) => {
+                e.encode_counter::<NoLabelSet, _, f64>(v, None::<&Exemplar<NoLabelSet, f64>>)
+            }
+            (V::U(v), _) => e.encode_gauge(&(*v as i64)),
+            (V::F(v), _) => e.encode_gauge(v),
+            (V::H(h), _) => h.encode(e),
+        }
+    }
+}
+
+/// Writes one metric family; nothing at all if it has no series.
+fn family<'a, S: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    rows: impl IntoIterator<Item = (S, V<'a>)>,
+) -> fmt::Result {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return Ok(());
+    }
+    // Registered metrics get a full stop appended by the encoder; these get
+    // one too, so every help text reads the same.
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, None, ty)?;
+    for (labels, v) in rows {
+        v.encode(m.encode_family(&labels)?, ty)?;
+    }
+    Ok(())
+}
+
+impl Collector for PoolsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge, Histogram as Hg};
+        let open = self
+            .registry
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|r| r.open_pools())
+            .unwrap_or_default();
+        // Gauges first, one pool lock at a time, none held while encoding.
+        let gauges: Vec<(String, PoolGauges)> = open
+            .iter()
+            .map(|p| (p.id().to_owned(), PoolGauges::of(&p.read(), &self.options)))
+            .collect();
+        // Counters of pools open here: a pool that moved to another replica
+        // is reported there.
+        let stats: Vec<(Arc<str>, Arc<Mutex<PoolStats>>)> = {
+            let map = lock(&self.stats);
+            gauges
+                .iter()
+                .filter_map(|(id, _)| map.get_key_value(id.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let guards: Vec<(&str, MutexGuard<'_, PoolStats>)> =
+            stats.iter().map(|(id, s)| (&**id, lock(s))).collect();
+        let acc = || {
+            guards
+                .iter()
+                .flat_map(|(p, s)| s.accounts.iter().map(move |(a, st)| (*p, &**a, st)))
+        };
+
+        family(
+            &mut enc,
+            "qscheduler_tasks_enqueued",
+            "Tasks Swarming reported queued (SWARMING_ENQUEUED events)",
+            Counter,
+            acc().map(|(p, a, s)| ([("pool", p), ("account", a)], V::U(s.enqueued))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_tasks_completed",
+            "Tasks the scheduler considers finished (SWARMING_COMPLETED events), by reason",
+            Counter,
+            acc().flat_map(|(p, a, s)| {
+                (1..REASONS.len())
+                    .filter(|r| s.completed[*r] > 0)
+                    .map(move |r| {
+                        (
+                            [("pool", p), ("account", a), ("reason", REASONS[r])],
+                            V::U(s.completed[r]),
+                        )
+                    })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_tasks_assigned",
+            "Tasks given a bot (QSCHEDULER_ASSIGNED events)",
+            Counter,
+            acc().flat_map(|(p, a, s)| {
+                (0..4).filter(|i| s.assigned[*i] > 0).map(move |i| {
+                    (
+                        [
+                            ("pool", p),
+                            ("account", a),
+                            ("preempting", bool_str(i >= 2)),
+                            ("provision_required", bool_str(i % 2 == 1)),
+                        ],
+                        V::U(s.assigned[i]),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_tasks_preempted",
+            "Running tasks that lost their bot (QSCHEDULER_PREEMPTED events)",
+            Counter,
+            acc()
+                .filter(|(_, _, s)| s.preempted > 0)
+                .map(|(p, a, s)| ([("pool", p), ("account", a)], V::U(s.preempted))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_tasks_reprioritized",
+            "Running tasks moved to another priority (QSCHEDULER_REPRIORITIZED events)",
+            Counter,
+            acc()
+                .filter(|(_, _, s)| s.reprioritized > 0)
+                .map(|(p, a, s)| ([("pool", p), ("account", a)], V::U(s.reprioritized))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_account_spend_seconds",
+            "Quota spent by completed tasks of configured accounts, per priority",
+            Counter,
+            acc()
+                .filter(|(_, _, s)| s.completed.iter().any(|c| *c > 0))
+                .flat_map(|(p, a, s)| {
+                    (0..NUM_PRIORITIES).map(move |i| {
+                        (
+                            [("pool", p), ("account", a), ("priority", PRIORITY[i])],
+                            V::F(s.spend[i]),
+                        )
+                    })
+                }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_account_label_spend_seconds",
+            "Quota spent by completed tasks, per base label of the task and priority",
+            Counter,
+            acc().flat_map(|(p, a, s)| {
+                s.label_spend.iter().flat_map(move |(l, v)| {
+                    (0..NUM_PRIORITIES).map(move |i| {
+                        (
+                            [
+                                ("pool", p),
+                                ("account", a),
+                                ("label", &**l),
+                                ("priority", PRIORITY[i]),
+                            ],
+                            V::F(v[i]),
+                        )
+                    })
+                })
+            }),
+        )?;
+
+        family(
+            &mut enc,
+            "qscheduler_account_balance_seconds",
+            "Quota balance of each configured account, per priority",
+            Gauge,
+            gauges.iter().flat_map(|(p, g)| {
+                g.balances.iter().flat_map(move |(a, b)| {
+                    (0..NUM_PRIORITIES).map(move |i| {
+                        (
+                            [
+                                ("pool", p.as_str()),
+                                ("account", a.as_str()),
+                                ("priority", PRIORITY[i]),
+                            ],
+                            V::F(f64::from(b[i])),
+                        )
+                    })
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_queue_size",
+            "Queued (waiting) tasks",
+            Gauge,
+            gauges
+                .iter()
+                .map(|(p, g)| ([("pool", p.as_str())], V::U(g.queued))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_tasks",
+            "Tasks by state; running ones by the priority they run at, waiting ones \
+             always under priority 5 (their priority is decided only when they are matched)",
+            Gauge,
+            gauges.iter().flat_map(|(p, g)| {
+                std::iter::once((
+                    [
+                        ("pool", p.as_str()),
+                        ("state", "waiting"),
+                        ("priority", PRIORITY[FREE_PRIORITY as usize]),
+                    ],
+                    V::U(g.queued),
+                ))
+                .chain(g.running.iter().enumerate().map(move |(i, n)| {
+                    (
+                        [
+                            ("pool", p.as_str()),
+                            ("state", "running"),
+                            ("priority", PRIORITY[i]),
+                        ],
+                        V::U(*n),
+                    )
+                }))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_bots",
+            "Bots by state; running ones by the priority of their task, idle ones under priority 5",
+            Gauge,
+            gauges.iter().flat_map(|(p, g)| {
+                std::iter::once((
+                    [
+                        ("pool", p.as_str()),
+                        ("state", "idle"),
+                        ("priority", PRIORITY[FREE_PRIORITY as usize]),
+                    ],
+                    V::U(g.idle),
+                ))
+                .chain(g.running.iter().enumerate().map(move |(i, n)| {
+                    (
+                        [
+                            ("pool", p.as_str()),
+                            ("state", "running"),
+                            ("priority", PRIORITY[i]),
+                        ],
+                        V::U(*n),
+                    )
+                }))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_task_labels",
+            "Tasks having each base label in use: waiting (running=false) and running (running=true)",
+            Gauge,
+            gauges.iter().flat_map(|(p, g)| {
+                g.labels.iter().flat_map(move |(l, c)| {
+                    [false, true].into_iter().map(move |r| {
+                        (
+                            [
+                                ("pool", p.as_str()),
+                                ("label", &**l),
+                                ("running", bool_str(r)),
+                            ],
+                            V::U(c[usize::from(r)]),
+                        )
+                    })
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_bot_labels",
+            "Bots having each base label in use by tasks: idle (running=false) and running (running=true)",
+            Gauge,
+            gauges.iter().flat_map(|(p, g)| {
+                g.labels.iter().flat_map(move |(l, c)| {
+                    [false, true].into_iter().map(move |r| {
+                        (
+                            [
+                                ("pool", p.as_str()),
+                                ("label", &**l),
+                                ("running", bool_str(r)),
+                            ],
+                            V::U(c[2 + usize::from(r)]),
+                        )
+                    })
+                })
+            }),
+        )?;
+
+        let per_pool = |f: fn(&PoolStats) -> &Hist| {
+            guards
+                .iter()
+                .map(move |(p, s)| ([("pool", *p)], V::H(f(s))))
+        };
+        family(
+            &mut enc,
+            "qscheduler_batch_calls",
+            "Calls (NotifyTasks, AssignTasks, admin) per committed batch",
+            Hg,
+            per_pool(|s| &s.batch_calls),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_batch_apply_seconds",
+            "Time to apply a committed batch to the pool (scheduling included)",
+            Hg,
+            per_pool(|s| &s.apply_seconds),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_store_append_seconds",
+            "Time until a batch's log write was durable",
+            Hg,
+            per_pool(|s| &s.append_seconds),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_store_append_bytes",
+            "Bytes written to the pool's log per batch",
+            Hg,
+            per_pool(|s| &s.append_bytes),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_snapshot_bytes",
+            "Size of the pool's latest snapshot (its serialized state)",
+            Gauge,
+            guards
+                .iter()
+                .filter_map(|(p, s)| Some(([("pool", *p)], V::U(s.snapshot_bytes?)))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_snapshot_encode_seconds",
+            "Time to encode a snapshot (the pool's writer waits for it)",
+            Hg,
+            per_pool(|s| &s.snapshot_encode).filter(|(_, v)| matches!(v, V::H(h) if h.count > 0)),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_snapshot_write_seconds",
+            "Time to write a snapshot (in the background)",
+            Hg,
+            per_pool(|s| &s.snapshot_write).filter(|(_, v)| matches!(v, V::H(h) if h.count > 0)),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_snapshot_failures",
+            "Snapshot writes that failed (retried later)",
+            Counter,
+            guards
+                .iter()
+                .map(|(p, s)| ([("pool", *p)], V::U(s.snapshot_failures))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_pools",
+            "Pools this server runs",
+            Gauge,
+            [([("", ""); 0], V::U(gauges.len() as u64))],
+        )?;
+
+        let sink = |f: fn(&SinkStats) -> u64| {
+            self.sinks
+                .iter()
+                .map(move |s| ([("sink", s.sink)], V::U(f(s))))
+        };
+        family(
+            &mut enc,
+            "qscheduler_event_log_written",
+            "Task events written, by sink (files, postgres)",
+            Counter,
+            sink(|s| s.written.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_event_log_dropped",
+            "Task events lost because the sink fell behind (oldest dropped) or failed",
+            Counter,
+            sink(|s| s.dropped.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_event_log_errors",
+            "Failed event log writes, by sink",
+            Counter,
+            sink(|s| s.errors.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_event_log_queued",
+            "Task events waiting to be written, by sink",
+            Gauge,
+            sink(|s| s.queued.load(Ordering::Relaxed)),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets() {
+        let mut h = Hist::new(&[1.0, 10.0]);
+        for v in [0.5, 1.0, 5.0, 50.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.counts, vec![2, 1, 1]);
+        assert_eq!(h.count, 4);
+        assert_eq!(h.sum, 56.5);
+    }
+}
