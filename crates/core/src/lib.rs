@@ -121,6 +121,8 @@ pub mod time;
 mod conformance;
 #[cfg(test)]
 mod differential;
+#[cfg(test)]
+mod replay_props;
 
 pub use account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES, PoolSettings};
 pub use codec::DecodeError;

@@ -23,7 +23,9 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::command::{read_config, write_config};
 use crate::pool::Pool;
 use crate::reconciler::{PendingAssignment, Reconciler};
-use crate::scheduler::{QueuedView, Scheduler};
+use rustc_hash::FxHashMap;
+
+use crate::scheduler::{Place, Scheduler};
 use crate::time::Time;
 
 const MAGIC: &[u8; 8] = b"QSCHEDP\0";
@@ -33,54 +35,85 @@ const VERSION: u32 = 1;
 pub fn encode(pool: &Pool) -> Vec<u8> {
     let s = &pool.scheduler;
     let now = s.now();
-    let queued = s.queued_requests();
-    let workers = s.worker_views();
 
-    // Tables of labels, label sets and account ids, sorted.
-    let mut label_set: BTreeSet<&str> = BTreeSet::new();
-    let mut sets: BTreeSet<Vec<&str>> = BTreeSet::new();
-    let mut account_ids: BTreeSet<&str> = BTreeSet::new();
-    let all_requests = queued.iter().chain(
-        workers
-            .iter()
-            .filter_map(|w| w.running.as_ref().map(|r| &r.request)),
-    );
-    for q in all_requests {
-        for set in [q.base_labels, q.provisionable_labels] {
-            let v: Vec<&str> = set.iter().map(|l| &**l).collect();
-            label_set.extend(v.iter().copied());
-            sets.insert(v);
-        }
-        account_ids.insert(q.account);
-    }
-    for w in &workers {
-        label_set.extend(w.labels.iter().map(|l| &**l));
-    }
-    let labels: Vec<&str> = label_set.into_iter().collect();
-    let label_index = |l: &str| labels.binary_search(&l).unwrap_or(0);
-    let sets: Vec<Vec<&str>> = sets.into_iter().collect();
-    let accounts: Vec<&str> = account_ids.into_iter().collect();
+    // What is written, in id order: queued requests, and workers (each
+    // with its running request).
+    let mut queued: Vec<u32> = s
+        .requests
+        .iter()
+        .filter(|(_, r)| matches!(r.place, Place::Queued(_)))
+        .map(|(i, _)| i)
+        .collect();
+    queued.sort_unstable_by(|&a, &b| s.requests[a].id.cmp(&s.requests[b].id));
+    let mut workers: Vec<u32> = s.workers.iter().map(|(i, _)| i).collect();
+    workers.sort_unstable_by(|&a, &b| s.workers[a].id.cmp(&s.workers[b].id));
+    let running = workers
+        .iter()
+        .filter_map(|&w| s.workers[w].running.as_ref().map(|run| run.req));
+    let all_requests: Vec<u32> = queued.iter().copied().chain(running).collect();
+
+    // Tables, in canonical order (by content, never by internal index).
+    let mut set_ids: Vec<u32> = all_requests
+        .iter()
+        .flat_map(|&r| [s.requests[r].base, s.requests[r].prov])
+        .collect();
+    set_ids.sort_unstable();
+    set_ids.dedup();
+    set_ids.sort_unstable_by(|&a, &b| s.sets[a].names.cmp(&s.sets[b].names));
+    let set_pos: FxHashMap<u32, usize> = set_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
+    let mut label_ids: Vec<u32> = set_ids
+        .iter()
+        .flat_map(|&x| s.sets[x].labels.iter().copied())
+        .chain(
+            workers
+                .iter()
+                .flat_map(|&w| s.workers[w].labels.iter().copied()),
+        )
+        .collect();
+    label_ids.sort_unstable();
+    label_ids.dedup();
+    label_ids.sort_unstable_by(|&a, &b| s.labels[a].name.cmp(&s.labels[b].name));
+    let label_pos: FxHashMap<u32, usize> =
+        label_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
+    let mut account_ids: Vec<u32> = all_requests
+        .iter()
+        .map(|&r| s.requests[r].account)
+        .collect();
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    account_ids.sort_unstable_by(|&a, &b| s.accounts[a].id.cmp(&s.accounts[b].id));
+    let account_pos: FxHashMap<u32, usize> = account_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x, i))
+        .collect();
 
     let mut w = Writer::default();
+    w.buf.reserve(64 + all_requests.len() * 48);
     w.bytes(MAGIC);
     w.u32_le(VERSION);
     w.time(now);
     w.bool(s.settings().disable_preemption);
     w.zigzag(s.settings().bot_expiration_nanos);
-    w.len(labels.len());
-    for l in &labels {
-        w.str(l);
+    w.len(label_ids.len());
+    for &l in &label_ids {
+        w.str(&s.labels[l].name);
     }
-    w.len(sets.len());
-    for set in &sets {
-        w.len(set.len());
-        for l in set {
-            w.len(label_index(l));
-        }
+    // A set's labels are written in name order, as its names are sorted.
+    let name_order = |ids: &[u32]| {
+        let mut v: Vec<usize> = ids.iter().map(|l| label_pos[l]).collect();
+        v.sort_unstable();
+        v
+    };
+    w.len(set_ids.len());
+    for &x in &set_ids {
+        let v = name_order(&s.sets[x].labels);
+        w.len(v.len());
+        v.iter().for_each(|&i| w.len(i));
     }
-    w.len(accounts.len());
-    for a in &accounts {
-        w.str(a);
+    w.len(account_ids.len());
+    for &a in &account_ids {
+        w.str(&s.accounts[a].id);
     }
     let configured: Vec<_> = s.accounts().collect();
     w.len(configured.len());
@@ -89,41 +122,36 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
         write_config(&mut w, cfg);
         bal.0.iter().for_each(|&v| w.f32(v));
     }
-
-    let set_index = |l: &crate::event::Labels| {
-        let v: Vec<&str> = l.iter().map(|l| &**l).collect();
-        sets.binary_search(&v).unwrap_or(0)
-    };
-    let account_index = |a: &str| accounts.binary_search(&a).unwrap_or(0);
-    let write_request = |w: &mut Writer, q: &QueuedView<'_>| {
-        w.str(q.id);
-        w.len(account_index(q.account));
-        w.len(set_index(q.base_labels));
-        w.len(set_index(q.provisionable_labels));
-        w.time_rel(q.enqueue_time, now);
-        w.time_rel(q.confirmed_time, now);
-        w.time_rel(q.examined_time, now);
+    let write_request = |w: &mut Writer, r: u32| {
+        let req = &s.requests[r];
+        w.str(&req.id);
+        w.len(account_pos[&req.account]);
+        w.len(set_pos[&req.base]);
+        w.len(set_pos[&req.prov]);
+        w.time_rel(req.enqueue, now);
+        w.time_rel(req.confirmed, now);
+        w.time_rel(s.examined(r), now);
     };
     w.len(queued.len());
-    for q in &queued {
-        write_request(&mut w, q);
+    for &r in &queued {
+        write_request(&mut w, r);
     }
     w.len(workers.len());
-    for wv in &workers {
-        w.str(wv.id);
-        w.len(wv.labels.len());
-        for l in wv.labels.iter() {
-            w.len(label_index(l));
-        }
-        w.time_rel(wv.confirmed_time, now);
-        w.time_rel(wv.modified_time, now);
-        match &wv.running {
+    for &wi in &workers {
+        let worker = &s.workers[wi];
+        w.str(&worker.id);
+        let v = name_order(&worker.labels);
+        w.len(v.len());
+        v.iter().for_each(|&i| w.len(i));
+        w.time_rel(worker.confirmed, now);
+        w.time_rel(worker.modified, now);
+        match &worker.running {
             None => w.bool(false),
-            Some(r) => {
+            Some(run) => {
                 w.bool(true);
-                write_request(&mut w, &r.request);
-                w.u8(r.priority);
-                r.cost.0.iter().for_each(|&v| w.f32(v));
+                write_request(&mut w, run.req);
+                w.u8(run.priority);
+                run.cost.0.iter().for_each(|&v| w.f32(v));
             }
         }
     }
@@ -191,13 +219,12 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         labels.push(l);
     }
     let n = r.len(1)?;
-    let mut sets: Vec<Vec<String>> = Vec::with_capacity(n);
+    let mut sets: Vec<Vec<usize>> = Vec::with_capacity(n);
     for _ in 0..n {
         let k = r.len(1)?;
         let mut set = Vec::with_capacity(k);
         for _ in 0..k {
-            let i = r.index(labels.len(), "label")?;
-            set.push(labels[i].clone());
+            set.push(r.index(labels.len(), "label")?);
         }
         sets.push(set);
     }
@@ -242,7 +269,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     }
     struct WorkerRec {
         id: String,
-        labels: Vec<String>,
+        labels: Vec<usize>,
         confirmed: Time,
         modified: Time,
         running: Option<(RequestRec, u8, Balance)>,
@@ -256,8 +283,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         let k = r.len(1)?;
         let mut wl = Vec::with_capacity(k);
         for _ in 0..k {
-            let i = r.index(labels.len(), "label")?;
-            wl.push(labels[i].clone());
+            wl.push(r.index(labels.len(), "label")?);
         }
         let confirmed = r.time_rel(now)?;
         let modified = r.time_rel(now)?;
@@ -338,18 +364,49 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     for (id, cfg, bal) in configured {
         s.add_account(&id, cfg, Some(bal));
     }
-    // Settled requests are those examined at the latest examined time.
-    s.last_pass = queued
+    // The tables hold one reference to each label and set while requests
+    // and workers are built from them, so that nothing is interned twice.
+    let label_ids: Vec<u32> = labels.iter().map(|l| s.intern_label(l)).collect();
+    let interned = |s: &mut Scheduler, idx: &[usize]| {
+        let mut ids: Vec<u32> = idx.iter().map(|&i| label_ids[i]).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for &l in &ids {
+            s.labels[l].refs += 1;
+        }
+        ids
+    };
+    let set_ids: Vec<u32> = sets
         .iter()
-        .map(|q| q.examined)
-        .max()
-        .unwrap_or(Time::EPOCH);
+        .map(|set| {
+            let ids = interned(&mut s, set);
+            s.intern_set_ids(ids)
+        })
+        .collect();
+    let account_ids: Vec<u32> = accounts
+        .iter()
+        .map(|a| s.account_get_or_create(a))
+        .collect();
+    // A placement's settled requests are those examined at its latest
+    // examined time; the last pass is the latest of all.
+    let mut stamps: FxHashMap<u32, Time> = FxHashMap::default();
+    for q in &queued {
+        let t = stamps.entry(account_ids[q.account]).or_insert(Time::EPOCH);
+        *t = (*t).max(q.examined);
+    }
+    s.last_pass = stamps.values().copied().max().unwrap_or(Time::EPOCH);
+    for (&a, &t) in &stamps {
+        s.accounts[a].virt[0].stamp = t;
+    }
     let create = |s: &mut Scheduler, q: &RequestRec| {
-        s.create_request(
+        let (base, prov) = (set_ids[q.base], set_ids[q.prov]);
+        s.sets[base].refs += 1;
+        s.sets[prov].refs += 1;
+        s.create_request_interned(
             &q.id,
-            &accounts[q.account],
-            &sets[q.base],
-            &sets[q.prov],
+            account_ids[q.account],
+            base,
+            prov,
             q.enqueue,
             q.confirmed,
             q.examined,
@@ -360,11 +417,21 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         s.enqueue(idx);
     }
     for w in &workers {
-        let widx = s.create_worker(&w.id, &w.labels, w.confirmed, w.modified);
+        let ids = interned(&mut s, &w.labels);
+        let widx = s.create_worker_interned(&w.id, ids, w.confirmed, w.modified);
         if let Some((q, priority, cost)) = &w.running {
             let ridx = create(&mut s, q);
             s.start_task(ridx, widx, *priority, *cost);
         }
+    }
+    for set in set_ids {
+        s.release_set(set);
+    }
+    for l in label_ids {
+        s.release_label(l);
+    }
+    for a in account_ids {
+        s.account_maybe_free(a);
     }
     Ok(Pool {
         scheduler: s,

@@ -43,7 +43,7 @@ pub(crate) fn is_subset(small: &[u32], big: &[u32]) -> bool {
 impl Scheduler {
     // ---------------------------------------------------------------- labels
 
-    fn intern_label(&mut self, name: &str) -> u32 {
+    pub(crate) fn intern_label(&mut self, name: &str) -> u32 {
         if let Some(&l) = self.label_ids.get(name) {
             self.labels[l].refs += 1;
             return l;
@@ -60,7 +60,7 @@ impl Scheduler {
         l
     }
 
-    fn release_label(&mut self, l: u32) {
+    pub(crate) fn release_label(&mut self, l: u32) {
         let e = &mut self.labels[l];
         e.refs -= 1;
         if e.refs == 0 {
@@ -270,6 +270,18 @@ impl Scheduler {
         modified: Time,
     ) -> u32 {
         let ids = self.intern_labels(labels);
+        self.create_worker_interned(id, ids, confirmed, modified)
+    }
+
+    /// Creates an idle worker from sorted, distinct label ids whose
+    /// references the caller hands over.
+    pub(crate) fn create_worker_interned(
+        &mut self,
+        id: &str,
+        ids: Vec<u32>,
+        confirmed: Time,
+        modified: Time,
+    ) -> u32 {
         let names = self.sorted_names(&ids);
         let id: Arc<str> = Arc::from(id);
         let w = self.workers.insert(Worker {
@@ -526,9 +538,25 @@ impl Scheduler {
         examined: Time,
     ) -> u32 {
         let a = self.account_get_or_create(account);
-        self.accounts[a].requests += 1;
         let base = self.intern_set(base_labels);
         let prov = self.intern_set(provisionable_labels);
+        self.create_request_interned(id, a, base, prov, enqueue, confirmed, examined)
+    }
+
+    /// Creates a detached request from interned parts; takes over one
+    /// reference to each of `base` and `prov`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create_request_interned(
+        &mut self,
+        id: &str,
+        a: u32,
+        base: u32,
+        prov: u32,
+        enqueue: Time,
+        confirmed: Time,
+        examined: Time,
+    ) -> u32 {
+        self.accounts[a].requests += 1;
         self.set_request_ref(base, true);
         self.set_request_ref(prov, true);
         let group = if self.max_fanout(a) > 0 {
