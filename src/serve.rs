@@ -36,6 +36,19 @@ pub struct ServeArgs {
     /// Upper bound on every call's deadline, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout: u64,
+    /// This replica's id in the PostgreSQL lease and replica tables; unique
+    /// per live process. Restarting with the same id takes the replica's
+    /// pools back at once instead of after the lease expires.
+    #[arg(long, value_name = "ID", env = "QSCHEDULER_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Address other replicas use to forward calls to this one
+    /// [default: the --listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Write a pool snapshot at least every N log records (smaller means
+    /// faster recovery and more snapshot writes).
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every_records: u64,
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -95,7 +108,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     options.pool.batch_window = Duration::from_millis(args.batch_window_ms);
     options.pool.max_batch = args.max_batch as usize;
     options.pool.queue_capacity = args.queue_capacity as usize;
-    options.store_options.advertise_address = args.listen.to_string();
+    options.pool.snapshot_every_records = args.snapshot_every_records;
+    if let Some(id) = args.replica_id {
+        options.store_options.replica_id = id;
+    }
+    // Empty: the address the server binds (which resolves --listen's port 0).
+    options.store_options.advertise_address = args.advertise.unwrap_or_default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

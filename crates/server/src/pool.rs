@@ -40,8 +40,14 @@ pub struct PoolOptions {
     /// last one...
     pub snapshot_every_records: u64,
     /// ...or once this many log bytes were (whichever comes first; at least
-    /// the size of the last snapshot, so snapshots never dominate writes).
+    /// the size of the last snapshot, so snapshots never dominate writes)...
     pub snapshot_every_bytes: u64,
+    /// ...or once applying the batches logged since the last snapshot took
+    /// this long. Recovery replays those batches through the same code, so
+    /// this bounds the replay part of a restart or a takeover. It is raised
+    /// to twice the cost of taking the last snapshot, so that snapshots never
+    /// take more than a third of the pool's CPU time.
+    pub snapshot_every_apply: Duration,
 }
 
 impl Default for PoolOptions {
@@ -52,6 +58,7 @@ impl Default for PoolOptions {
             queue_capacity: 10_000,
             snapshot_every_records: 100_000,
             snapshot_every_bytes: 64 << 20,
+            snapshot_every_apply: Duration::from_secs(2),
         }
     }
 }
@@ -142,6 +149,7 @@ struct Shared {
 pub struct PoolRef {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Msg>,
+    lease: watch::Receiver<store::LeaseState>,
 }
 
 impl PoolRef {
@@ -154,6 +162,7 @@ impl PoolRef {
         observer: Arc<dyn Observer>,
     ) -> PoolRef {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let lease = handle.lease();
         let (closed, _) = watch::channel(false);
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -170,11 +179,14 @@ impl PoolRef {
             observer,
             since_snapshot_records: 0,
             since_snapshot_bytes: 0,
+            since_snapshot_apply: Duration::ZERO,
             last_snapshot_bytes: 0,
+            last_snapshot_cost: Duration::ZERO,
             snapshot_in_flight: None,
+            snapshot_report: Arc::default(),
         };
         tokio::spawn(writer.run());
-        PoolRef { shared, tx }
+        PoolRef { shared, tx, lease }
     }
 
     /// The pool id.
@@ -184,8 +196,14 @@ impl PoolRef {
 
     /// True once the writer has stopped (deleted, shut down, lease lost or
     /// storage failed); the pool must be reopened to be used again.
+    ///
+    /// A lost lease counts at once, before the writer has noticed: another
+    /// replica may already be changing the pool, so this copy of the state
+    /// must not answer reads any more.
     pub fn is_closed(&self) -> bool {
-        *self.shared.closed.borrow() || self.tx.is_closed()
+        *self.shared.closed.borrow()
+            || self.tx.is_closed()
+            || *self.lease.borrow() == store::LeaseState::Lost
     }
 
     /// Asks the writer to stop after its current batch; calls still queued
@@ -299,8 +317,19 @@ struct Writer {
     observer: Arc<dyn Observer>,
     since_snapshot_records: u64,
     since_snapshot_bytes: u64,
+    since_snapshot_apply: Duration,
     last_snapshot_bytes: u64,
+    /// Writer stall plus encoding time of the last snapshot.
+    last_snapshot_cost: Duration,
     snapshot_in_flight: Option<tokio::task::JoinHandle<()>>,
+    /// Where the background snapshot reports its size and cost.
+    snapshot_report: Arc<std::sync::Mutex<Option<SnapshotDone>>>,
+}
+
+/// What a finished background snapshot reports back to the writer.
+struct SnapshotDone {
+    bytes: u64,
+    cost: Duration,
 }
 
 impl Writer {
@@ -347,10 +376,14 @@ impl Writer {
         if let Some(t) = self.snapshot_in_flight.take() {
             let _ = t.await;
         }
-        // Let go of the store handle before announcing the stop, so that
-        // whoever waits for it can reopen the pool at once.
+        // Give the pool back before announcing the stop, so that whoever
+        // waits for it can reopen it at once, here or (PostgreSQL) on another
+        // replica without waiting for the lease to expire. After a lost lease
+        // or a deletion this is a no-op.
         let Writer { shared, handle, .. } = self;
-        drop(handle);
+        if let Err(e) = handle.release().await {
+            warn!(pool = %shared.id, error = %e, "could not give the pool's lease back; it will expire");
+        }
         shared.closed.send_replace(true);
         debug!(pool = %shared.id, "pool writer stopped");
     }
@@ -558,41 +591,86 @@ impl Writer {
         }
         self.since_snapshot_records += n_records as u64;
         self.since_snapshot_bytes += stats.bytes;
+        self.since_snapshot_apply += apply_latency;
         self.maybe_snapshot(stats.last_seq);
         true
     }
 
-    /// Starts a background snapshot write when enough log has accumulated.
-    /// Encoding happens here (it needs a consistent state); writing does not.
+    /// Starts a background snapshot when enough log has accumulated.
+    ///
+    /// The snapshot needs a consistent state, and only the writer changes
+    /// the state, so the writer takes a copy (a deep clone, several times
+    /// cheaper than encoding) and a blocking thread encodes and writes it
+    /// while the writer goes on with the next batches. The price is the
+    /// memory of a second copy of the pool while the snapshot is in flight.
     fn maybe_snapshot(&mut self, last_seq: u64) {
+        if self
+            .snapshot_in_flight
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        if let Some(done) = self
+            .snapshot_report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            self.last_snapshot_bytes = done.bytes;
+            self.last_snapshot_cost = done.cost;
+        }
         let due = self.since_snapshot_records >= self.options.snapshot_every_records
             || self.since_snapshot_bytes
                 >= self
                     .options
                     .snapshot_every_bytes
-                    .max(self.last_snapshot_bytes);
-        if !due
-            || self
-                .snapshot_in_flight
-                .as_ref()
-                .is_some_and(|t| !t.is_finished())
-        {
+                    .max(self.last_snapshot_bytes)
+            || self.since_snapshot_apply
+                >= self
+                    .options
+                    .snapshot_every_apply
+                    .max(self.last_snapshot_cost * 2);
+        if !due {
             return;
         }
         let started = Instant::now();
-        let bytes = qscheduler_core::snapshot::encode(&self.read_state());
-        let encode = started.elapsed();
+        let copy = self.read_state().clone();
+        let stall = started.elapsed();
         self.since_snapshot_records = 0;
         self.since_snapshot_bytes = 0;
-        self.last_snapshot_bytes = bytes.len() as u64;
+        self.since_snapshot_apply = Duration::ZERO;
         let handle = self.handle.clone();
         let pool = self.shared.id.clone();
+        let report = self.snapshot_report.clone();
         self.snapshot_in_flight = Some(tokio::spawn(async move {
+            let encoded = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let bytes = qscheduler_core::snapshot::encode(&copy);
+                // Free the copy here, off the async threads.
+                drop(copy);
+                (bytes, started.elapsed())
+            })
+            .await;
+            let (bytes, encode) = match encoded {
+                Ok(v) => v,
+                Err(e) => {
+                    error!(pool = %pool, error = %e, "snapshot encoding failed");
+                    return;
+                }
+            };
+            *report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SnapshotDone {
+                bytes: bytes.len() as u64,
+                cost: stall + encode,
+            });
             match handle.write_snapshot(last_seq, bytes).await {
                 Ok(s) => info!(
                     pool = %pool,
                     seq = s.seq,
                     bytes = s.bytes,
+                    stall_ms = stall.as_millis() as u64,
                     encode_ms = encode.as_millis() as u64,
                     write_ms = s.elapsed.as_millis() as u64,
                     compacted = s.records_compacted,

@@ -32,6 +32,9 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// Largest accepted request body.
     pub max_request_bytes: usize,
+    /// How often the replica looks for pools to adopt or hand off (see
+    /// [`crate::registry`]).
+    pub adopt_every: Duration,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +46,7 @@ impl Default for ServerOptions {
             pool: PoolOptions::default(),
             request_timeout: Duration::from_secs(60),
             max_request_bytes: 64 << 20,
+            adopt_every: Duration::from_secs(1),
         }
     }
 }
@@ -97,7 +101,22 @@ impl Server {
         observer: Arc<dyn Observer>,
         extra: axum::Router,
     ) -> Result<Server, ServerError> {
-        let store = Store::open(&options.store, options.store_options.clone())
+        // Bind first, so that the address other replicas forward to can
+        // default to the one actually bound (port 0 included).
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
+        let mut store_options = options.store_options.clone();
+        if store_options.advertise_address.is_empty()
+            && let Ok(addr) = listener.local_addr()
+        {
+            store_options.advertise_address = addr.to_string();
+        }
+        let store = Store::open(&options.store, store_options)
             .await
             .map_err(|source| ServerError::Store {
                 location: options.store.clone(),
@@ -105,6 +124,7 @@ impl Server {
             })?;
         let registry = Registry::new(store, options.pool.clone(), observer);
         registry.recover_all().await?;
+        registry.spawn_adoption(options.adopt_every);
         let svc = Arc::new(Scheduler::new(registry.clone()));
         let extra = extra.route("/healthz", get(|| async { "ok\n" }));
         let routes = Services::new()
@@ -114,13 +134,6 @@ impl Server {
             .request_timeout(Some(options.request_timeout))
             .max_request_size(options.max_request_bytes)
             .into_routes(extra)?;
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: options.listen,
-                    source,
-                })?;
         Ok(Server {
             registry,
             listener,
