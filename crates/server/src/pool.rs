@@ -48,6 +48,11 @@ pub struct PoolOptions {
     /// to twice the cost of taking the last snapshot, so that snapshots never
     /// take more than a third of the pool's CPU time.
     pub snapshot_every_apply: Duration,
+    /// A pool whose copy for a snapshot took longer than this to make gets
+    /// a follower: a second copy kept up to date on a thread of its own,
+    /// from which later snapshots are taken without stopping the writer
+    /// (see [`Writer::maybe_snapshot`]). `Duration::MAX` turns followers off.
+    pub follower_above: Duration,
 }
 
 impl Default for PoolOptions {
@@ -59,6 +64,7 @@ impl Default for PoolOptions {
             snapshot_every_records: 100_000,
             snapshot_every_bytes: 64 << 20,
             snapshot_every_apply: Duration::from_secs(2),
+            follower_above: Duration::from_millis(100),
         }
     }
 }
@@ -184,6 +190,7 @@ impl PoolRef {
             last_snapshot_cost: Duration::ZERO,
             snapshot_in_flight: None,
             snapshot_report: Arc::default(),
+            follower: None,
         };
         tokio::spawn(writer.run());
         PoolRef { shared, tx, lease }
@@ -324,7 +331,29 @@ struct Writer {
     snapshot_in_flight: Option<tokio::task::JoinHandle<()>>,
     /// Where the background snapshot reports its size and cost.
     snapshot_report: Arc<std::sync::Mutex<Option<SnapshotDone>>>,
+    follower: Option<Follower>,
 }
+
+/// A second copy of a large pool, kept at the writer's committed state by
+/// applying every committed batch again on a blocking thread. Snapshots are
+/// encoded from it, so the writer never stops for them.
+struct Follower {
+    tx: mpsc::Sender<FollowerMsg>,
+    task: tokio::task::JoinHandle<()>,
+    /// A snapshot is being encoded or written.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+enum FollowerMsg {
+    /// The commands of a committed batch, in order.
+    Apply(Vec<Command>),
+    /// Take a snapshot: every batch up to this seq has been sent.
+    Snapshot(u64),
+}
+
+/// How many committed batches the follower may lag behind before the
+/// writer waits for it.
+const FOLLOWER_LAG: usize = 4096;
 
 /// What a finished background snapshot reports back to the writer.
 struct SnapshotDone {
@@ -375,6 +404,11 @@ impl Writer {
         }
         if let Some(t) = self.snapshot_in_flight.take() {
             let _ = t.await;
+        }
+        if let Some(f) = self.follower.take() {
+            // It finishes the snapshot it may be writing, then stops.
+            drop(f.tx);
+            let _ = f.task.await;
         }
         // Give the pool back before announcing the stop, so that whoever
         // waits for it can reopen it at once, here or (PostgreSQL) on another
@@ -532,6 +566,10 @@ impl Writer {
                 return !fatal;
             }
         };
+        let for_follower: Option<Vec<Command>> = self
+            .follower
+            .as_ref()
+            .map(|_| steps.iter().map(|s| s.cmd.clone()).collect());
         let apply_start = Instant::now();
         let mut events = Vec::new();
         let mut answers: Vec<(Vec<Responder>, Result<Outcome, CommandError>)> = Vec::new();
@@ -589,26 +627,46 @@ impl Writer {
                 },
             );
         }
+        if let (Some(f), Some(cmds)) = (&self.follower, for_follower)
+            && f.tx.send(FollowerMsg::Apply(cmds)).await.is_err()
+        {
+            warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
+            self.follower = None;
+        }
         self.since_snapshot_records += n_records as u64;
         self.since_snapshot_bytes += stats.bytes;
         self.since_snapshot_apply += apply_latency;
-        self.maybe_snapshot(stats.last_seq);
+        self.maybe_snapshot(stats.last_seq).await;
         true
     }
 
     /// Starts a background snapshot when enough log has accumulated.
     ///
-    /// The snapshot needs a consistent state, and only the writer changes
-    /// the state, so the writer takes a copy (a deep clone, several times
-    /// cheaper than encoding) and a blocking thread encodes and writes it
-    /// while the writer goes on with the next batches. The price is the
-    /// memory of a second copy of the pool while the snapshot is in flight.
-    fn maybe_snapshot(&mut self, last_seq: u64) {
-        if self
-            .snapshot_in_flight
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
-        {
+    /// A snapshot needs a consistent state, and only the writer changes the
+    /// state. Encoding on the writer would stop every call of the pool for
+    /// the whole encoding (seconds at a million queued tasks), so:
+    ///
+    /// * a small pool is copied (a deep clone, several times cheaper than
+    ///   encoding) and a blocking thread encodes and writes the copy while
+    ///   the writer goes on; the copy's memory is freed afterwards;
+    /// * once making that copy took longer than
+    ///   [`PoolOptions::follower_above`], the copy is kept as a *follower*:
+    ///   every committed batch is applied to it again on its own thread
+    ///   (the core is deterministic, so it stays identical), and later
+    ///   snapshots are encoded from it at the seq the writer names. The
+    ///   writer then never stops for a snapshot; the price is a second copy
+    ///   of the pool in memory and applying every batch twice (on another
+    ///   core). Incremental snapshots would avoid both, but the scheduler's
+    ///   index is not built for them.
+    async fn maybe_snapshot(&mut self, last_seq: u64) {
+        let busy = match &self.follower {
+            Some(f) => f.busy.load(std::sync::atomic::Ordering::Acquire),
+            None => self
+                .snapshot_in_flight
+                .as_ref()
+                .is_some_and(|t| !t.is_finished()),
+        };
+        if busy {
             return;
         }
         if let Some(done) = self
@@ -634,53 +692,122 @@ impl Writer {
         if !due {
             return;
         }
-        let started = Instant::now();
-        let copy = self.read_state().clone();
-        let stall = started.elapsed();
         self.since_snapshot_records = 0;
         self.since_snapshot_bytes = 0;
         self.since_snapshot_apply = Duration::ZERO;
-        let handle = self.handle.clone();
-        let pool = self.shared.id.clone();
-        let report = self.snapshot_report.clone();
-        self.snapshot_in_flight = Some(tokio::spawn(async move {
-            let encoded = tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                let bytes = qscheduler_core::snapshot::encode(&copy);
-                // Free the copy here, off the async threads.
-                drop(copy);
-                (bytes, started.elapsed())
-            })
-            .await;
-            let (bytes, encode) = match encoded {
-                Ok(v) => v,
-                Err(e) => {
-                    error!(pool = %pool, error = %e, "snapshot encoding failed");
-                    return;
-                }
-            };
-            *report
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SnapshotDone {
-                bytes: bytes.len() as u64,
-                cost: stall + encode,
+        if let Some(f) = &self.follower {
+            f.busy.store(true, std::sync::atomic::Ordering::Release);
+            if f.tx.send(FollowerMsg::Snapshot(last_seq)).await.is_err() {
+                warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
+                self.follower = None;
+            }
+            return;
+        }
+        let started = Instant::now();
+        let copy = self.read_state().clone();
+        let stall = started.elapsed();
+        let snapshotter = Snapshotter {
+            pool: self.shared.id.clone(),
+            handle: self.handle.clone(),
+            report: self.snapshot_report.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        if stall >= self.options.follower_above {
+            info!(
+                pool = %self.shared.id,
+                copy_ms = stall.as_millis() as u64,
+                "the pool is large: keeping a follower copy for snapshots"
+            );
+            let (tx, rx) = mpsc::channel(FOLLOWER_LAG);
+            let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let b = busy.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                snapshotter.follow(copy, last_seq, stall, rx, &b)
             });
-            match handle.write_snapshot(last_seq, bytes).await {
-                Ok(s) => info!(
-                    pool = %pool,
-                    seq = s.seq,
-                    bytes = s.bytes,
-                    stall_ms = stall.as_millis() as u64,
-                    encode_ms = encode.as_millis() as u64,
-                    write_ms = s.elapsed.as_millis() as u64,
-                    compacted = s.records_compacted,
-                    "snapshot written"
-                ),
-                Err(e) => {
-                    warn!(pool = %pool, error = %e, "snapshot write failed; will retry later")
+            self.follower = Some(Follower { tx, task, busy });
+            return;
+        }
+        self.snapshot_in_flight = Some(tokio::task::spawn_blocking(move || {
+            snapshotter.snapshot(&copy, last_seq, stall);
+            // Free the copy here, off the async threads.
+            drop(copy);
+        }));
+    }
+}
+
+/// Encodes and writes snapshots, on a blocking thread.
+struct Snapshotter {
+    pool: String,
+    handle: store::PoolHandle,
+    report: Arc<std::sync::Mutex<Option<SnapshotDone>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Snapshotter {
+    /// Encodes `state` (which includes every record up to `seq`) and writes
+    /// it. `stall` is what the writer spent on it.
+    fn snapshot(&self, state: &Pool, seq: u64, stall: Duration) {
+        let started = Instant::now();
+        let bytes = qscheduler_core::snapshot::encode(state);
+        let encode = started.elapsed();
+        *self
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SnapshotDone {
+            bytes: bytes.len() as u64,
+            cost: stall + encode,
+        });
+        match self
+            .runtime
+            .block_on(self.handle.write_snapshot(seq, bytes))
+        {
+            Ok(s) => info!(
+                pool = %self.pool,
+                seq = s.seq,
+                bytes = s.bytes,
+                stall_ms = stall.as_millis() as u64,
+                encode_ms = encode.as_millis() as u64,
+                write_ms = s.elapsed.as_millis() as u64,
+                compacted = s.records_compacted,
+                "snapshot written"
+            ),
+            Err(e) => {
+                warn!(pool = %self.pool, error = %e, "snapshot write failed; will retry later")
+            }
+        }
+    }
+
+    /// The follower's loop: snapshot the initial copy (at `seq`), then
+    /// apply committed batches and take snapshots as the writer asks, until
+    /// the writer goes away.
+    fn follow(
+        &self,
+        mut state: Pool,
+        seq: u64,
+        stall: Duration,
+        mut rx: mpsc::Receiver<FollowerMsg>,
+        busy: &std::sync::atomic::AtomicBool,
+    ) {
+        self.snapshot(&state, seq, stall);
+        busy.store(false, std::sync::atomic::Ordering::Release);
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                FollowerMsg::Apply(cmds) => {
+                    for cmd in &cmds {
+                        if let Err(e) = state.apply(cmd) {
+                            // The writer applied the same command to the
+                            // same state; this is a bug, not bad input.
+                            error!(pool = %self.pool, error = %e, "the follower copy diverged; dropping it");
+                            return;
+                        }
+                    }
+                }
+                FollowerMsg::Snapshot(seq) => {
+                    self.snapshot(&state, seq, Duration::ZERO);
+                    busy.store(false, std::sync::atomic::Ordering::Release);
                 }
             }
-        }));
+        }
     }
 }
 

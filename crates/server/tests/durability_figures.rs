@@ -22,19 +22,32 @@ use qscheduler_store::{Store, StoreOptions};
 
 const T0: i64 = 1_900_000_000;
 
-/// Remembers the bytes of every committed batch.
+/// Remembers the size and apply time of every committed batch.
 #[derive(Default)]
-struct Bytes(Mutex<Vec<(usize, u64)>>);
+struct Bytes(Mutex<Vec<(usize, u64)>>, Mutex<Vec<Duration>>);
 
 impl Observer for Bytes {
     fn committed(&self, _pool: &str, c: &CommitInfo<'_>) {
         self.0.lock().expect("lock").push((c.calls, c.bytes));
+        self.1.lock().expect("lock").push(c.apply_latency);
     }
 }
 
 impl Bytes {
+    /// The batches since the last call. The observer runs after the calls
+    /// are answered, so the first entry may belong to the previous phase:
+    /// it is dropped.
     fn take(&self) -> Vec<(usize, u64)> {
-        std::mem::take(&mut *self.0.lock().expect("lock"))
+        let mut v = std::mem::take(&mut *self.0.lock().expect("lock"));
+        if !v.is_empty() {
+            v.remove(0);
+        }
+        v
+    }
+
+    fn mean_apply(&self) -> Duration {
+        let v = std::mem::take(&mut *self.1.lock().expect("lock"));
+        v.iter().sum::<Duration>() / (v.len().max(1) as u32)
     }
 }
 
@@ -250,12 +263,14 @@ async fn snapshot_stall_and_recovery_at_1m_queued_tasks() {
     let decoded = qscheduler_core::snapshot::decode(&bytes).expect("decode");
     let decode_time = start.elapsed();
     drop(decoded);
+    drop(p);
     println!(
         "snapshot of 1M queued tasks: {} bytes; writer stall with encoding on the writer: {encode_time:?}; \
          with clone-then-encode: {clone_time:?} (clone), encode {encode_time:?} and free {free_time:?} off the writer; decode {decode_time:?}",
         bytes.len()
     );
     r.shutdown().await;
+    drop(r);
 
     // Recovery: snapshot + 1,000 logged batches after it.
     let snapshotting = PoolOptions {
@@ -268,7 +283,10 @@ async fn snapshot_stall_and_recovery_at_1m_queued_tasks() {
     p.notify(tasks(2_000_000, 1, 20), None)
         .await
         .expect("notify");
+    observer.mean_apply();
+    drop(p);
     r.shutdown().await;
+    drop(r);
     let r = open(dir.path(), quiet.clone(), observer.clone()).await;
     let p = r.get("big").await.expect("pool");
     for i in 0..1000 {
@@ -281,14 +299,178 @@ async fn snapshot_stall_and_recovery_at_1m_queued_tasks() {
                 .expect("assign");
         }
     }
-    r.shutdown().await;
-    let start = Instant::now();
-    let r = open(dir.path(), quiet, observer).await;
-    let recovery = start.elapsed();
-    let p = r.get("big").await.expect("pool");
     println!(
-        "recovery of the pool (snapshot + 1,100 log records): {recovery:?} (startup included); {} queued",
-        p.read().scheduler().queued_len()
+        "mean apply time of a batch at 1M queued tasks: {:?}",
+        observer.mean_apply()
     );
+    drop(p);
     r.shutdown().await;
+    drop(r);
+    // What a restart does, step by step.
+    let store = Store::open(dir.path().to_str().expect("utf-8"), StoreOptions::default())
+        .await
+        .expect("store");
+    let start = Instant::now();
+    let (handle, rec) = store.open_pool("big").await.expect("open");
+    let load = start.elapsed();
+    let (snapshot_seq, snapshot) = rec.snapshot.as_ref().expect("a snapshot");
+    let start = Instant::now();
+    let decoded = qscheduler_core::snapshot::decode(snapshot).expect("decode");
+    let decode = start.elapsed();
+    drop(decoded);
+    let start = Instant::now();
+    let pool = qscheduler_server::pool::recover("big", &rec).expect("recover");
+    let recover = start.elapsed();
+    println!(
+        "recovery of a pool with {} queued tasks from a {} byte snapshot (seq {snapshot_seq}) and {} log records: \
+         {:?} in total = read {load:?} + decode {decode:?} + replay {:?}",
+        pool.scheduler().queued_len(),
+        snapshot.len(),
+        rec.records.len(),
+        load + recover,
+        recover.saturating_sub(decode),
+    );
+    drop(handle);
+}
+
+/// Durable-ack throughput over gRPC: `clients` concurrent clients each
+/// loop on NotifyTasks (one new task) then AssignTasks (one bot), against
+/// an in-process server. Every OK answer is durable.
+async fn throughput(label: &str, store: String, store_options: StoreOptions, pools: usize) {
+    use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
+    use qscheduler_wire::swarming::v1 as pb;
+    use qscheduler_wire::swarming::v1::external_scheduler_client::ExternalSchedulerClient;
+
+    let options = qscheduler_server::ServerOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        store,
+        store_options,
+        ..Default::default()
+    };
+    let server = qscheduler_server::Server::start(options)
+        .await
+        .expect("start");
+    let addr = server.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut admin = QSchedulerAdminClient::new(channel.clone());
+    for p in 0..pools {
+        admin
+            .create_scheduler_pool(qscheduler_wire::qscheduler::CreateSchedulerPoolRequest {
+                pool_id: format!("tp-{p}"),
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+    }
+    let clients = 64;
+    let duration = Duration::from_secs(8);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut sched = ExternalSchedulerClient::new(channel.clone());
+        let pool = format!("tp-{}", c % pools);
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            let mut i = 0u64;
+            while start.elapsed() < duration {
+                let now =
+                    qscheduler_server::translate::timestamp(qscheduler_server::service::wall_now());
+                i += 1;
+                sched
+                    .notify_tasks(pb::NotifyTasksRequest {
+                        scheduler_id: pool.clone(),
+                        notifications: vec![pb::NotifyTasksItem {
+                            time: Some(now),
+                            task: Some(pb::TaskSpec {
+                                id: format!("c{c}-t{i}"),
+                                state: pb::task_spec::State::Pending as i32,
+                                slices: vec![pb::SliceSpec {
+                                    dimensions: vec!["pool:main".into()],
+                                }],
+                                enqueued_time: Some(now),
+                                ..Default::default()
+                            }),
+                        }],
+                        is_callback: false,
+                    })
+                    .await
+                    .expect("notify");
+                sched
+                    .assign_tasks(pb::AssignTasksRequest {
+                        scheduler_id: pool.clone(),
+                        idle_bots: vec![pb::IdleBot {
+                            bot_id: format!("c{c}-bot{}", i % 4),
+                            dimensions: vec!["pool:main".into()],
+                        }],
+                        time: Some(now),
+                    })
+                    .await
+                    .expect("assign");
+                calls += 2;
+            }
+            calls
+        }));
+    }
+    let mut calls = 0;
+    for t in tasks {
+        calls += t.await.expect("client");
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "{label}: {pools} pool(s), {clients} clients: {:.0} durable calls/s ({calls} calls in {elapsed:?})",
+        calls as f64 / elapsed.as_secs_f64()
+    );
+    let _ = stop_tx.send(());
+    serving.await.expect("join").expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run in release"]
+async fn durable_ack_throughput_embedded() {
+    for pools in [1, 4] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        throughput(
+            "embedded",
+            dir.path().join("data").to_str().expect("utf-8").into(),
+            StoreOptions::default(),
+            pools,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run in release"]
+async fn durable_ack_throughput_postgres() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    for pools in [1, 4] {
+        let schema = format!("qs_figures_{}_{pools}", std::process::id());
+        throughput(
+            "postgres",
+            url.clone(),
+            StoreOptions {
+                replica_id: "figures".into(),
+                pg_schema: Some(schema.clone()),
+                ..StoreOptions::default()
+            },
+            pools,
+        )
+        .await;
+        let db = sqlx::PgPool::connect(&url).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&db)
+        .await
+        .expect("drop schema");
+    }
 }

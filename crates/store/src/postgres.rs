@@ -49,8 +49,8 @@
 //!   each acquisition or renewal is known to last at least until the instant its statement was
 //!   *sent* plus the TTL, since the database computes the expiry later than that. Writes are
 //!   fenced by the database either way; this is what stops a cut-off replica from serving reads
-//!   of a pool that another replica may already have taken over. A round that hangs is abandoned
-//!   after one renewal period, so the check runs at least every two periods.
+//!   of a pool that another replica may already have taken over. The check runs every renewal
+//!   period even while a renewal round hangs.
 //! * **Release** (handle release, pool delete, [`PgStore::shutdown`]): clears the holder, so other
 //!   replicas can take the pool at once. Deleting the pool row fences its writer too.
 //! * **Registry**: `qs_replica` rows with a heartbeat expiry. [`PgStore::owner_of`] reads the
@@ -307,12 +307,21 @@ impl PgStore {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut round: Option<JoinHandle<()>> = None;
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                // A failed round is retried at the next tick; fencing keeps writes safe meanwhile.
-                let _ = tokio::time::timeout(every, inner.renew_round()).await;
+                // Fencing runs on its own schedule, whatever the database does.
                 inner.fence_expired();
+                // A round still in progress (slow or unreachable database) is left to finish,
+                // not cancelled: its renewals may have been applied. A failed round is retried
+                // at the next tick; fencing keeps writes safe meanwhile.
+                if round.as_ref().is_none_or(|r| r.is_finished()) {
+                    round = Some(tokio::spawn(async move {
+                        let _ = inner.renew_round().await;
+                        inner.fence_expired();
+                    }));
+                }
             }
         });
         *lock(&inner.keeper)? = Some(keeper);
