@@ -11,6 +11,7 @@
 //! recovery goes through snapshot + log.
 //!
 //! Rounds are driven by a seeded generator; the seed is printed.
+//! `QSCHEDULER_CRASH_ROUNDS` multiplies the number of rounds (for soak runs).
 
 mod durable_support;
 
@@ -21,6 +22,12 @@ use durable_support::*;
 const POOLS: [&str; 2] = ["crash-a", "crash-b"];
 
 async fn crash_rounds(label: &str, rounds: usize, store_args: Vec<String>) {
+    let rounds = rounds
+        * std::env::var("QSCHEDULER_CRASH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
     let seed = seed(label);
     let mut rng = Rng::new(seed);
     let args: Vec<&str> = store_args.iter().map(String::as_str).collect();

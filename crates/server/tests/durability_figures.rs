@@ -160,6 +160,7 @@ async fn bytes_per_batch_at_100k_queued_tasks() {
         p.assign(bots(i, 100, 2), None).await.expect("assign");
     }
     observer.take();
+    observer.mean_apply();
     println!(
         "pool: {} queued, {} running",
         p.read().scheduler().queued_len(),
@@ -211,9 +212,13 @@ async fn bytes_per_batch_at_100k_queued_tasks() {
         "100 concurrent calls (50 NotifyTasks + 50 AssignTasks)",
         &observer.take(),
     );
+    println!(
+        "mean apply time of these batches: {:?}",
+        observer.mean_apply()
+    );
     let snap = qscheduler_core::snapshot::encode(&p.read());
     println!(
-        "a full snapshot of this pool is {} bytes (the original rewrote about that much state on every batch)",
+        "a full snapshot of this pool is {} bytes, written once per snapshot interval (the original rewrote its whole state, 7.6 MB at this size, on every batch)",
         snap.len()
     );
     r.shutdown().await;
