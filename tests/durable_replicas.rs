@@ -139,6 +139,25 @@ async fn forwarding_between_replicas_lands_in_one_log() {
         let e = c.inspect("no-such-pool").await.expect_err("no such pool");
         assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     }
+    // Calls already forwarded are not sent to another lease holder, so
+    // forwarding cannot loop: b refuses them rather than passing them on.
+    for hops in [1, 2] {
+        let mut request = tonic::Request::new(adm::ListAccountsRequest {
+            pool_id: pool.into(),
+        });
+        for h in 0..hops {
+            request.metadata_mut().append(
+                "x-qscheduler-forwarded-by",
+                format!("r{h}").parse().expect("ascii"),
+            );
+        }
+        let e = cb
+            .view
+            .list_accounts(request)
+            .await
+            .expect_err("not forwarded again");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    }
     // pRPC reaches the same pool through the non-owner too.
     let prpc = PrpcClient::new(&b.url()).expect("pRPC client");
     let accounts: adm::ListAccountsResponse = prpc

@@ -30,10 +30,11 @@
 //!   standing.
 //! * **Routing** ([`Registry::locate`]). A request for a pool open here is
 //!   served here. Otherwise the pool's lease holder, or for an unowned pool
-//!   its home, is where the service layer forwards the request. A request
-//!   that was already forwarded is never forwarded again (at most one hop,
-//!   no loops): it is served here, opening the pool if nobody holds it, or
-//!   refused with `UNAVAILABLE`.
+//!   its home, is where the service layer forwards the request. A forwarded
+//!   request is never sent to another lease holder; it may go on once more,
+//!   to the home of a pool that was handed off while it travelled, and is
+//!   then served there or refused with `UNAVAILABLE` (at most two hops, no
+//!   loops).
 //!
 //! The lease, not this placement logic, is what keeps a pool safe: two
 //! replicas that briefly disagree about a pool's home can only race for the
@@ -56,6 +57,10 @@ use qscheduler_store::{self as store, Owner, Replica, Store};
 use tracing::{error, info, warn};
 
 use crate::pool::{Observer, PoolOptions, PoolRef, RecoverError, recover};
+
+/// Most times a call is forwarded between replicas (see
+/// [`Registry::locate`]).
+pub const MAX_HOPS: usize = 2;
 
 /// How long a pool that failed to recover is left alone before it is tried
 /// again.
@@ -373,10 +378,19 @@ impl Registry {
         info!(pool = %id, to = %to.replica_id, "pool handed off to its home replica");
     }
 
-    /// Where a request for `id` should be served. `forwarded` says the
-    /// request was already forwarded by another replica: it is then served
-    /// here or refused, never sent on.
-    pub async fn locate(&self, id: &str, forwarded: bool) -> Result<Location, RegistryError> {
+    /// Where a request for `id` should be served. `hops` is how many
+    /// replicas already forwarded it:
+    ///
+    /// * 0 (it reached this replica directly): here if the pool is open here
+    ///   or this is its home, else at its lease holder, or at its home if
+    ///   nobody holds it;
+    /// * 1 (sent here as the pool's owner or home): here if possible; if the
+    ///   pool was handed off meanwhile and is unowned, on to its home (a
+    ///   call racing a hand-off then still succeeds, and this replica does
+    ///   not take back the pool it just gave away); never to another lease
+    ///   holder;
+    /// * [`MAX_HOPS`]: here, or refused.
+    pub async fn locate(&self, id: &str, hops: usize) -> Result<Location, RegistryError> {
         if let Some(p) = self.running(id) {
             return Ok(Location::Local(p));
         }
@@ -386,7 +400,7 @@ impl Registry {
         if self.store.is_shared() {
             match self.store.owner_of(id).await? {
                 Some(o) if o.replica_id != self.me => {
-                    if forwarded || o.address.is_empty() {
+                    if hops > 0 || o.address.is_empty() {
                         return Err(RegistryError::NotOwner {
                             pool: id.to_owned(),
                             owner: Some(o),
@@ -395,7 +409,7 @@ impl Registry {
                     return Ok(Location::Remote(o));
                 }
                 Some(_) => {}
-                None if forwarded => {}
+                None if hops >= MAX_HOPS => {}
                 None => {
                     let live = self.candidates().await?;
                     if let Some(o) = self.other_home(id, &live) {
@@ -413,7 +427,7 @@ impl Registry {
                 owner: Some(o),
                 pool,
             }) => {
-                if forwarded || o.replica_id == self.me || o.address.is_empty() {
+                if hops > 0 || o.replica_id == self.me || o.address.is_empty() {
                     Err(RegistryError::NotOwner {
                         pool,
                         owner: Some(o),
@@ -432,9 +446,9 @@ impl Registry {
     pub async fn remote_owner(
         &self,
         id: &str,
-        forwarded: bool,
+        hops: usize,
     ) -> Result<Option<Owner>, RegistryError> {
-        if forwarded || !self.store.is_shared() || self.running(id).is_some() {
+        if hops > 0 || !self.store.is_shared() || self.running(id).is_some() {
             return Ok(None);
         }
         Ok(self

@@ -16,8 +16,9 @@
 //! lease holder, or the home of an unowned pool; see [`crate::registry`]),
 //! and returns that replica's answer, errors included, as its own. The
 //! forwarded call carries the caller's remaining deadline and its
-//! `authorization` metadata, and is marked so that it is never forwarded a
-//! second time. Channels to other replicas are created lazily and kept.
+//! `authorization` metadata, and the ids of the replicas it passed through,
+//! which bounds how far it can travel (two hops). Channels to other replicas
+//! are created lazily and kept.
 //!
 //! A call answered "pool closed" (the pool was handed to another replica
 //! or lost its lease while the call waited in its queue, so it was not
@@ -48,8 +49,8 @@ use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Location, Registry, RegistryError};
 use crate::translate;
 
-/// Metadata key marking a call forwarded by another replica (its value is
-/// that replica's id). Such a call is served where it lands or refused.
+/// Metadata key marking a call forwarded by other replicas, one value per
+/// replica it passed through (their ids).
 pub const FORWARDED_BY: &str = "x-qscheduler-forwarded-by";
 
 /// Largest message a forwarded call may carry either way (InspectPool of a
@@ -94,10 +95,10 @@ impl From<RegistryError> for Status {
     }
 }
 
-/// What a call needs to be forwarded: whether it already was, and the
-/// caller's credentials.
+/// What a call needs to be forwarded: the replicas it already passed
+/// through, the caller's credentials and its deadline.
 struct Origin {
-    forwarded: bool,
+    forwarded_by: Vec<MetadataValue<tonic::metadata::Ascii>>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     deadline: Option<Instant>,
 }
@@ -106,10 +107,14 @@ impl Origin {
     fn of<T>(request: &Request<T>) -> Origin {
         let md: &MetadataMap = request.metadata();
         Origin {
-            forwarded: md.contains_key(FORWARDED_BY),
+            forwarded_by: md.get_all(FORWARDED_BY).iter().cloned().collect(),
             authorization: md.get("authorization").cloned(),
             deadline: request_deadline(request),
         }
+    }
+
+    fn hops(&self) -> usize {
+        self.forwarded_by.len()
     }
 }
 
@@ -196,9 +201,15 @@ impl Forwarder {
             request.set_timeout(left);
         }
         let md = request.metadata_mut();
-        if let Ok(v) = MetadataValue::try_from(self.me.as_str()) {
-            md.insert(FORWARDED_BY, v);
+        for v in &origin.forwarded_by {
+            md.append(FORWARDED_BY, v.clone());
         }
+        // An id that is not valid metadata still counts as a hop.
+        md.append(
+            FORWARDED_BY,
+            MetadataValue::try_from(self.me.as_str())
+                .unwrap_or_else(|_| MetadataValue::from_static("replica")),
+        );
         if let Some(a) = &origin.authorization {
             md.insert("authorization", a.clone());
         }
@@ -275,7 +286,7 @@ impl Scheduler {
         translate::pool_id(id, field)?;
         let mut retried = false;
         loop {
-            match self.registry.locate(id, origin.forwarded).await? {
+            match self.registry.locate(id, origin.hops()).await? {
                 Location::Local(pool) => match local(pool).await {
                     Ok(r) => return Ok(Response::new(r)),
                     Err(Fail::Retry(s)) if retried => return Err(s),
@@ -634,7 +645,7 @@ impl QSchedulerAdmin for Scheduler {
         // rather than when its next write or lease renewal finds it gone.
         if let Some(owner) = self
             .registry
-            .remote_owner(&req.pool_id, origin.forwarded)
+            .remote_owner(&req.pool_id, origin.hops())
             .await?
         {
             return self
