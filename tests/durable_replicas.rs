@@ -333,4 +333,35 @@ async fn takeover_after_kill_within_10s_without_loss_or_double_assignment() {
         served < Duration::from_secs(10),
         "b took {served:?} to serve the pool after its owner was killed (limit 10 s)"
     );
+
+    // a comes back: its pools are handed back to it while traffic goes on
+    // through both replicas, still without loss or double assignment.
+    let a2 = ServerProc::start(&["--store", &db.url, "--replica-id", "a"]);
+    let ca2 = a2.clients().await;
+    w.set_targets(vec![ca2.clone(), cb.clone()]);
+    let drivers = w.start(rng.next_u64());
+    let homes = wait_for_owners(&pg, &expected, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop_drivers(&w, drivers).await;
+    w.model.lock().expect("model").settle_in_doubt();
+    assert_eq!(
+        homes.get(&victim).cloned().flatten().as_deref(),
+        Some("a"),
+        "the pool went back to its home: {homes:?}"
+    );
+    for c in [ca2, cb] {
+        let mut c = c;
+        let violations = w.check(&mut c).await;
+        assert!(
+            violations.is_empty(),
+            "after the hand-back (seed {seed}): {} violations:\n  {}\n{}",
+            violations.len(),
+            violations.join("\n  "),
+            w.model.lock().expect("model").summary()
+        );
+    }
+    println!(
+        "takeover: after the hand-back to a: {}",
+        w.model.lock().expect("model").summary()
+    );
 }
