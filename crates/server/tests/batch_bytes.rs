@@ -51,22 +51,29 @@ fn assign(bot: usize) -> AssignCall {
     }
 }
 
+/// Waits until the observer has seen `n` batches. It runs right after a
+/// batch's calls are answered, so it may lag behind them a little.
+async fn seen(observer: &Bytes, n: usize) -> Vec<u64> {
+    loop {
+        let v = observer.0.lock().expect("lock").clone();
+        if v.len() >= n {
+            return v;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Bytes written by one NotifyTasks of one new task and by one AssignTasks
-/// of one bot.
-async fn one_of_each(p: &PoolRef, observer: &Bytes, n: usize) -> (u64, u64) {
-    observer.0.lock().expect("lock").clear();
+/// of one bot (sequential calls: one batch each). `batches` counts the
+/// batches committed so far.
+async fn one_of_each(p: &PoolRef, observer: &Bytes, batches: &mut usize, n: usize) -> (u64, u64) {
     p.notify(notify(90_000_000 + n, 1), None)
         .await
         .expect("notify");
     p.assign(assign(900_000 + n), None).await.expect("assign");
-    // The observer runs right after the answers: wait for both entries.
-    loop {
-        let v = observer.0.lock().expect("lock").clone();
-        if v.len() >= 2 {
-            return (v[0], v[1]);
-        }
-        tokio::task::yield_now().await;
-    }
+    *batches += 2;
+    let v = seen(observer, *batches).await;
+    (v[*batches - 2], v[*batches - 1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,12 +86,15 @@ async fn batch_bytes_do_not_grow_with_the_queue() {
     let r = Registry::new(store, PoolOptions::default(), observer.clone());
     r.create("p", t(0)).await.expect("create");
     let p = r.get("p").await.expect("pool");
-    let small = one_of_each(&p, &observer, 0).await;
+    // The pool's first record is written at creation, not by its writer.
+    let mut batches = 0;
+    let small = one_of_each(&p, &observer, &mut batches, 0).await;
     for i in (0..20_000).step_by(2000) {
         p.notify(notify(i, 2000), None).await.expect("fill");
+        batches += 1;
     }
     assert!(p.read().scheduler().queued_len() >= 20_000);
-    let large = one_of_each(&p, &observer, 1).await;
+    let large = one_of_each(&p, &observer, &mut batches, 1).await;
     assert_eq!(
         small, large,
         "bytes written by (NotifyTasks, AssignTasks) with an empty pool vs 20,000 queued tasks"
