@@ -51,6 +51,19 @@ pub struct ServeArgs {
     /// Upper bound on every call's deadline, in seconds [default: 60].
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout: Option<u64>,
+    /// This replica's id in the PostgreSQL lease and replica tables; unique
+    /// per live process. Restarting with the same id takes the replica's
+    /// pools back at once instead of after the lease expires.
+    #[arg(long, value_name = "ID", env = "QSCHEDULER_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Address other replicas use to forward calls to this one
+    /// [default: the address the server binds].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Write a pool snapshot at least every N log records (smaller means
+    /// faster recovery and more snapshot writes) [default: 100000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every_records: Option<u64>,
     /// Log format: "text" for people, "json" for log collectors
     /// [default: text].
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
@@ -87,6 +100,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.request_timeout {
             config.batching.request_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = &self.replica_id {
+            config.store.replica_id = Some(v.clone());
+        }
+        if let Some(v) = &self.advertise {
+            config.store.advertise_address = Some(v.clone());
+        }
+        if let Some(v) = self.snapshot_every_records {
+            config.batching.snapshot_every_records = v;
         }
         if let Some(v) = &self.log_format {
             config.logging.format = if v == "json" {

@@ -467,11 +467,9 @@ impl Config {
         if let Some(id) = &self.store.replica_id {
             so.replica_id = id.clone();
         }
-        so.advertise_address = self
-            .store
-            .advertise_address
-            .clone()
-            .unwrap_or_else(|| self.server.listen.to_string());
+        // Empty means the address the server actually binds (so port 0
+        // works for replicas too).
+        so.advertise_address = self.store.advertise_address.clone().unwrap_or_default();
         so.lease_ttl = self.store.lease_ttl;
         so.pg_schema = self.store.pg_schema.clone();
         so.pg_max_connections = self.store.pg_max_connections;
@@ -483,6 +481,7 @@ impl Config {
             queue_capacity: b.queue_capacity,
             snapshot_every_records: b.snapshot_every_records,
             snapshot_every_bytes: b.snapshot_every_bytes,
+            ..PoolOptions::default()
         };
 
         let m = &self.metrics;

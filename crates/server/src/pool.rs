@@ -40,8 +40,19 @@ pub struct PoolOptions {
     /// last one...
     pub snapshot_every_records: u64,
     /// ...or once this many log bytes were (whichever comes first; at least
-    /// the size of the last snapshot, so snapshots never dominate writes).
+    /// the size of the last snapshot, so snapshots never dominate writes)...
     pub snapshot_every_bytes: u64,
+    /// ...or once applying the batches logged since the last snapshot took
+    /// this long. Recovery replays those batches through the same code, so
+    /// this bounds the replay part of a restart or a takeover. It is raised
+    /// to twice the cost of taking the last snapshot, so that snapshots never
+    /// take more than a third of the pool's CPU time.
+    pub snapshot_every_apply: Duration,
+    /// A pool whose copy for a snapshot took longer than this to make gets
+    /// a follower: a second copy kept up to date on a thread of its own,
+    /// from which later snapshots are taken without stopping the writer
+    /// (see [`Writer::maybe_snapshot`]). `Duration::MAX` turns followers off.
+    pub follower_above: Duration,
 }
 
 impl Default for PoolOptions {
@@ -52,6 +63,8 @@ impl Default for PoolOptions {
             queue_capacity: 10_000,
             snapshot_every_records: 100_000,
             snapshot_every_bytes: 64 << 20,
+            snapshot_every_apply: Duration::from_secs(2),
+            follower_above: Duration::from_millis(100),
         }
     }
 }
@@ -106,9 +119,9 @@ pub trait Observer: Send + Sync + 'static {
 pub struct SnapshotInfo {
     /// Size of the encoded state.
     pub bytes: u64,
-    /// Time to encode it (on the writer, holding the read lock).
+    /// Time to encode it (off the writer, from a copy of the state).
     pub encode_latency: Duration,
-    /// Time to write it (in the background); `None` if the write failed.
+    /// Time to write it; `None` if the write failed.
     pub write_latency: Option<Duration>,
 }
 
@@ -163,6 +176,7 @@ struct Shared {
 pub struct PoolRef {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Msg>,
+    lease: watch::Receiver<store::LeaseState>,
 }
 
 impl PoolRef {
@@ -175,6 +189,7 @@ impl PoolRef {
         observer: Arc<dyn Observer>,
     ) -> PoolRef {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let lease = handle.lease();
         let (closed, _) = watch::channel(false);
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -191,11 +206,15 @@ impl PoolRef {
             observer,
             since_snapshot_records: 0,
             since_snapshot_bytes: 0,
+            since_snapshot_apply: Duration::ZERO,
             last_snapshot_bytes: 0,
+            last_snapshot_cost: Duration::ZERO,
             snapshot_in_flight: None,
+            snapshot_report: Arc::default(),
+            follower: None,
         };
         tokio::spawn(writer.run());
-        PoolRef { shared, tx }
+        PoolRef { shared, tx, lease }
     }
 
     /// The pool id.
@@ -205,8 +224,14 @@ impl PoolRef {
 
     /// True once the writer has stopped (deleted, shut down, lease lost or
     /// storage failed); the pool must be reopened to be used again.
+    ///
+    /// A lost lease counts at once, before the writer has noticed: another
+    /// replica may already be changing the pool, so this copy of the state
+    /// must not answer reads any more.
     pub fn is_closed(&self) -> bool {
-        *self.shared.closed.borrow() || self.tx.is_closed()
+        *self.shared.closed.borrow()
+            || self.tx.is_closed()
+            || *self.lease.borrow() == store::LeaseState::Lost
     }
 
     /// Asks the writer to stop after its current batch; calls still queued
@@ -320,8 +345,41 @@ struct Writer {
     observer: Arc<dyn Observer>,
     since_snapshot_records: u64,
     since_snapshot_bytes: u64,
+    since_snapshot_apply: Duration,
     last_snapshot_bytes: u64,
+    /// Writer stall plus encoding time of the last snapshot.
+    last_snapshot_cost: Duration,
     snapshot_in_flight: Option<tokio::task::JoinHandle<()>>,
+    /// Where the background snapshot reports its size and cost.
+    snapshot_report: Arc<std::sync::Mutex<Option<SnapshotDone>>>,
+    follower: Option<Follower>,
+}
+
+/// A second copy of a large pool, kept at the writer's committed state by
+/// applying every committed batch again on a blocking thread. Snapshots are
+/// encoded from it, so the writer never stops for them.
+struct Follower {
+    tx: mpsc::Sender<FollowerMsg>,
+    task: tokio::task::JoinHandle<()>,
+    /// A snapshot is being encoded or written.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+enum FollowerMsg {
+    /// The commands of a committed batch, in order.
+    Apply(Vec<Command>),
+    /// Take a snapshot: every batch up to this seq has been sent.
+    Snapshot(u64),
+}
+
+/// How many committed batches the follower may lag behind before the
+/// writer waits for it.
+const FOLLOWER_LAG: usize = 4096;
+
+/// What a finished background snapshot reports back to the writer.
+struct SnapshotDone {
+    bytes: u64,
+    cost: Duration,
 }
 
 impl Writer {
@@ -369,10 +427,19 @@ impl Writer {
         if let Some(t) = self.snapshot_in_flight.take() {
             let _ = t.await;
         }
-        // Let go of the store handle before announcing the stop, so that
-        // whoever waits for it can reopen the pool at once.
+        if let Some(f) = self.follower.take() {
+            // It finishes the snapshot it may be writing, then stops.
+            drop(f.tx);
+            let _ = f.task.await;
+        }
+        // Give the pool back before announcing the stop, so that whoever
+        // waits for it can reopen it at once, here or (PostgreSQL) on another
+        // replica without waiting for the lease to expire. After a lost lease
+        // or a deletion this is a no-op.
         let Writer { shared, handle, .. } = self;
-        drop(handle);
+        if let Err(e) = handle.release().await {
+            warn!(pool = %shared.id, error = %e, "could not give the pool's lease back; it will expire");
+        }
         shared.closed.send_replace(true);
         debug!(pool = %shared.id, "pool writer stopped");
     }
@@ -521,6 +588,10 @@ impl Writer {
                 return !fatal;
             }
         };
+        let for_follower: Option<Vec<Command>> = self
+            .follower
+            .as_ref()
+            .map(|_| steps.iter().map(|s| s.cmd.clone()).collect());
         let apply_start = Instant::now();
         let mut events = Vec::new();
         let mut answers: Vec<(Vec<Responder>, Result<Outcome, CommandError>)> = Vec::new();
@@ -578,64 +649,198 @@ impl Writer {
                 },
             );
         }
+        if let (Some(f), Some(cmds)) = (&self.follower, for_follower)
+            && f.tx.send(FollowerMsg::Apply(cmds)).await.is_err()
+        {
+            warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
+            self.follower = None;
+        }
         self.since_snapshot_records += n_records as u64;
         self.since_snapshot_bytes += stats.bytes;
-        self.maybe_snapshot(stats.last_seq);
+        self.since_snapshot_apply += apply_latency;
+        self.maybe_snapshot(stats.last_seq).await;
         true
     }
 
-    /// Starts a background snapshot write when enough log has accumulated.
-    /// Encoding happens here (it needs a consistent state); writing does not.
-    fn maybe_snapshot(&mut self, last_seq: u64) {
+    /// Starts a background snapshot when enough log has accumulated.
+    ///
+    /// A snapshot needs a consistent state, and only the writer changes the
+    /// state. Encoding on the writer would stop every call of the pool for
+    /// the whole encoding (seconds at a million queued tasks), so:
+    ///
+    /// * a small pool is copied (a deep clone, several times cheaper than
+    ///   encoding) and a blocking thread encodes and writes the copy while
+    ///   the writer goes on; the copy's memory is freed afterwards;
+    /// * once making that copy took longer than
+    ///   [`PoolOptions::follower_above`], the copy is kept as a *follower*:
+    ///   every committed batch is applied to it again on its own thread
+    ///   (the core is deterministic, so it stays identical), and later
+    ///   snapshots are encoded from it at the seq the writer names. The
+    ///   writer then never stops for a snapshot; the price is a second copy
+    ///   of the pool in memory and applying every batch twice (on another
+    ///   core). Incremental snapshots would avoid both, but the scheduler's
+    ///   index is not built for them.
+    async fn maybe_snapshot(&mut self, last_seq: u64) {
+        let busy = match &self.follower {
+            Some(f) => f.busy.load(std::sync::atomic::Ordering::Acquire),
+            None => self
+                .snapshot_in_flight
+                .as_ref()
+                .is_some_and(|t| !t.is_finished()),
+        };
+        if busy {
+            return;
+        }
+        if let Some(done) = self
+            .snapshot_report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            self.last_snapshot_bytes = done.bytes;
+            self.last_snapshot_cost = done.cost;
+        }
         let due = self.since_snapshot_records >= self.options.snapshot_every_records
             || self.since_snapshot_bytes
                 >= self
                     .options
                     .snapshot_every_bytes
-                    .max(self.last_snapshot_bytes);
-        if !due
-            || self
-                .snapshot_in_flight
-                .as_ref()
-                .is_some_and(|t| !t.is_finished())
-        {
+                    .max(self.last_snapshot_bytes)
+            || self.since_snapshot_apply
+                >= self
+                    .options
+                    .snapshot_every_apply
+                    .max(self.last_snapshot_cost * 2);
+        if !due {
+            return;
+        }
+        self.since_snapshot_records = 0;
+        self.since_snapshot_bytes = 0;
+        self.since_snapshot_apply = Duration::ZERO;
+        if let Some(f) = &self.follower {
+            f.busy.store(true, std::sync::atomic::Ordering::Release);
+            if f.tx.send(FollowerMsg::Snapshot(last_seq)).await.is_err() {
+                warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
+                self.follower = None;
+            }
             return;
         }
         let started = Instant::now();
-        let bytes = qscheduler_core::snapshot::encode(&self.read_state());
-        let encode = started.elapsed();
-        self.since_snapshot_records = 0;
-        self.since_snapshot_bytes = 0;
-        self.last_snapshot_bytes = bytes.len() as u64;
-        let handle = self.handle.clone();
-        let pool = self.shared.id.clone();
-        let observer = self.observer.clone();
-        let size = bytes.len() as u64;
-        self.snapshot_in_flight = Some(tokio::spawn(async move {
-            let res = handle.write_snapshot(last_seq, bytes).await;
-            observer.snapshot(
-                &pool,
-                &SnapshotInfo {
-                    bytes: size,
-                    encode_latency: encode,
-                    write_latency: res.as_ref().ok().map(|s| s.elapsed),
-                },
+        let copy = self.read_state().clone();
+        let stall = started.elapsed();
+        let snapshotter = Snapshotter {
+            pool: self.shared.id.clone(),
+            handle: self.handle.clone(),
+            report: self.snapshot_report.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            observer: self.observer.clone(),
+        };
+        if stall >= self.options.follower_above {
+            info!(
+                pool = %self.shared.id,
+                copy_ms = stall.as_millis() as u64,
+                "the pool is large: keeping a follower copy for snapshots"
             );
-            match res {
-                Ok(s) => info!(
-                    pool = %pool,
-                    seq = s.seq,
-                    bytes = s.bytes,
-                    encode_ms = encode.as_millis() as u64,
-                    write_ms = s.elapsed.as_millis() as u64,
-                    compacted = s.records_compacted,
-                    "snapshot written"
-                ),
-                Err(e) => {
-                    warn!(pool = %pool, error = %e, "snapshot write failed; will retry later")
+            let (tx, rx) = mpsc::channel(FOLLOWER_LAG);
+            let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let b = busy.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                snapshotter.follow(copy, last_seq, stall, rx, &b)
+            });
+            self.follower = Some(Follower { tx, task, busy });
+            return;
+        }
+        self.snapshot_in_flight = Some(tokio::task::spawn_blocking(move || {
+            snapshotter.snapshot(&copy, last_seq, stall);
+            // Free the copy here, off the async threads.
+            drop(copy);
+        }));
+    }
+}
+
+/// Encodes and writes snapshots, on a blocking thread.
+struct Snapshotter {
+    pool: String,
+    handle: store::PoolHandle,
+    report: Arc<std::sync::Mutex<Option<SnapshotDone>>>,
+    runtime: tokio::runtime::Handle,
+    observer: Arc<dyn Observer>,
+}
+
+impl Snapshotter {
+    /// Encodes `state` (which includes every record up to `seq`) and writes
+    /// it. `stall` is what the writer spent on it.
+    fn snapshot(&self, state: &Pool, seq: u64, stall: Duration) {
+        let started = Instant::now();
+        let bytes = qscheduler_core::snapshot::encode(state);
+        let encode = started.elapsed();
+        *self
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SnapshotDone {
+            bytes: bytes.len() as u64,
+            cost: stall + encode,
+        });
+        let size = bytes.len() as u64;
+        let res = self
+            .runtime
+            .block_on(self.handle.write_snapshot(seq, bytes));
+        self.observer.snapshot(
+            &self.pool,
+            &SnapshotInfo {
+                bytes: size,
+                encode_latency: encode,
+                write_latency: res.as_ref().ok().map(|s| s.elapsed),
+            },
+        );
+        match res {
+            Ok(s) => info!(
+                pool = %self.pool,
+                seq = s.seq,
+                bytes = s.bytes,
+                stall_ms = stall.as_millis() as u64,
+                encode_ms = encode.as_millis() as u64,
+                write_ms = s.elapsed.as_millis() as u64,
+                compacted = s.records_compacted,
+                "snapshot written"
+            ),
+            Err(e) => {
+                warn!(pool = %self.pool, error = %e, "snapshot write failed; will retry later")
+            }
+        }
+    }
+
+    /// The follower's loop: snapshot the initial copy (at `seq`), then
+    /// apply committed batches and take snapshots as the writer asks, until
+    /// the writer goes away.
+    fn follow(
+        &self,
+        mut state: Pool,
+        seq: u64,
+        stall: Duration,
+        mut rx: mpsc::Receiver<FollowerMsg>,
+        busy: &std::sync::atomic::AtomicBool,
+    ) {
+        self.snapshot(&state, seq, stall);
+        busy.store(false, std::sync::atomic::Ordering::Release);
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                FollowerMsg::Apply(cmds) => {
+                    for cmd in &cmds {
+                        if let Err(e) = state.apply(cmd) {
+                            // The writer applied the same command to the
+                            // same state; this is a bug, not bad input.
+                            error!(pool = %self.pool, error = %e, "the follower copy diverged; dropping it");
+                            return;
+                        }
+                    }
+                }
+                FollowerMsg::Snapshot(seq) => {
+                    self.snapshot(&state, seq, Duration::ZERO);
+                    busy.store(false, std::sync::atomic::Ordering::Release);
                 }
             }
-        }));
+        }
     }
 }
 

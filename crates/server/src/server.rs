@@ -41,6 +41,9 @@ pub struct ServerOptions {
     pub metrics: MetricsOptions,
     /// The task event log's sinks (none by default).
     pub event_log: EventLogOptions,
+    /// How often the replica looks for pools to adopt or hand off (see
+    /// [`crate::registry`]).
+    pub adopt_every: Duration,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +57,7 @@ impl Default for ServerOptions {
             max_request_bytes: 64 << 20,
             metrics: MetricsOptions::default(),
             event_log: EventLogOptions::default(),
+            adopt_every: Duration::from_secs(1),
         }
     }
 }
@@ -139,7 +143,22 @@ impl Server {
         observer: Arc<dyn Observer>,
         extra: axum::Router,
     ) -> Result<Server, ServerError> {
-        let store = Store::open(&options.store, options.store_options.clone())
+        // Bind first, so that the address other replicas forward to can
+        // default to the one actually bound (port 0 included).
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
+        let mut store_options = options.store_options.clone();
+        if store_options.advertise_address.is_empty()
+            && let Ok(addr) = listener.local_addr()
+        {
+            store_options.advertise_address = addr.to_string();
+        }
+        let store = Store::open(&options.store, store_options)
             .await
             .map_err(|source| ServerError::Store {
                 location: options.store.clone(),
@@ -159,6 +178,7 @@ impl Server {
             m.attach(&registry);
         }
         registry.recover_all().await?;
+        registry.spawn_adoption(options.adopt_every);
         let svc = Arc::new(Scheduler::new(registry.clone()));
         let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
         if let Some(m) = &metrics {
@@ -173,13 +193,6 @@ impl Server {
             .into_router(extra)?
             .layer(RpcLayer::new(metrics.as_ref().map(|m| m.rpc_histograms())));
         let routes = tonic::service::Routes::from(router);
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: options.listen,
-                    source,
-                })?;
         Ok(Server {
             registry,
             listener,

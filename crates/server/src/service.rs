@@ -5,24 +5,58 @@
 //! writer (changes) or reads the pool's committed state (views), and maps
 //! errors to the gRPC status a client can act on: `INVALID_ARGUMENT` names
 //! the field, a missing pool is `NOT_FOUND`, an overloaded pool
-//! `RESOURCE_EXHAUSTED`, a storage failure `UNAVAILABLE` (retry).
+//! `RESOURCE_EXHAUSTED`, a storage failure `UNAVAILABLE` (retry), damaged
+//! stored data `DATA_LOSS`.
+//!
+//! # Forwarding
+//!
+//! Swarming knows one address (a load balancer in front of the replicas), so
+//! a call may reach a replica that does not own its pool. The service then
+//! forwards the call, over gRPC, to the replica the registry names (the
+//! lease holder, or the home of an unowned pool; see [`crate::registry`]),
+//! and returns that replica's answer, errors included, as its own. The
+//! forwarded call carries the caller's remaining deadline and its
+//! `authorization` metadata, and the ids of the replicas it passed through,
+//! which bounds how far it can travel (two hops). Channels to other replicas
+//! are created lazily and kept.
+//!
+//! A call answered "pool closed" (the pool was handed to another replica
+//! or lost its lease while the call waited in its queue, so it was not
+//! logged) is located and tried once more.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use qscheduler_core::{AccountChanges, AccountConfig, Command, CommandError, Time};
+use qscheduler_store::Owner;
 use qscheduler_wire::protos;
 use qscheduler_wire::qscheduler as adm;
+use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
 use qscheduler_wire::qscheduler::q_scheduler_admin_server::QSchedulerAdmin;
+use qscheduler_wire::qscheduler::q_scheduler_view_client::QSchedulerViewClient;
 use qscheduler_wire::qscheduler::q_scheduler_view_server::QSchedulerView;
 use qscheduler_wire::request_deadline;
 use qscheduler_wire::swarming::v1 as pb;
+use qscheduler_wire::swarming::v1::external_scheduler_client::ExternalSchedulerClient;
 use qscheduler_wire::swarming::v1::external_scheduler_server::ExternalScheduler;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::pool::{PoolError, PoolRef};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Location, Registry, RegistryError};
 use crate::rpc_layer::record_pool;
 use crate::translate;
+
+/// Metadata key marking a call forwarded by other replicas, one value per
+/// replica it passed through (their ids).
+pub const FORWARDED_BY: &str = "x-qscheduler-forwarded-by";
+
+/// Largest message a forwarded call may carry either way (InspectPool of a
+/// million-task pool is tens of MB).
+const MAX_FORWARDED_MESSAGE: usize = 1 << 30;
 
 /// The wall clock, read only at the edge: for pool creation and wipes, and
 /// for the ages shown by InspectPool.
@@ -52,9 +86,145 @@ impl From<RegistryError> for Status {
         match e {
             RegistryError::NotFound(_) => Status::not_found(msg),
             RegistryError::AlreadyExists(_) => Status::already_exists(msg),
-            RegistryError::NotOwner { .. } => Status::unavailable(msg),
-            RegistryError::Recover(_) => Status::data_loss(msg),
-            RegistryError::Store(_) => Status::unavailable(msg),
+            e if e.is_data_loss() => Status::data_loss(msg),
+            RegistryError::NotOwner { .. }
+            | RegistryError::ShuttingDown
+            | RegistryError::Recover(_)
+            | RegistryError::Unrecoverable { .. }
+            | RegistryError::Store(_) => Status::unavailable(msg),
+        }
+    }
+}
+
+/// What a call needs to be forwarded: the replicas it already passed
+/// through, the caller's credentials and its deadline.
+struct Origin {
+    forwarded_by: Vec<MetadataValue<tonic::metadata::Ascii>>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    deadline: Option<Instant>,
+}
+
+impl Origin {
+    fn of<T>(request: &Request<T>) -> Origin {
+        let md: &MetadataMap = request.metadata();
+        Origin {
+            forwarded_by: md.get_all(FORWARDED_BY).iter().cloned().collect(),
+            authorization: md.get("authorization").cloned(),
+            deadline: request_deadline(request),
+        }
+    }
+
+    fn hops(&self) -> usize {
+        self.forwarded_by.len()
+    }
+}
+
+/// Why a local attempt did not produce an answer.
+enum Fail {
+    /// The pool closed before the call was logged; locate it again.
+    Retry(Status),
+    /// The answer.
+    Status(Status),
+}
+
+impl From<Status> for Fail {
+    fn from(s: Status) -> Fail {
+        Fail::Status(s)
+    }
+}
+
+impl From<PoolError> for Fail {
+    fn from(e: PoolError) -> Fail {
+        match e {
+            PoolError::Closed(_) => Fail::Retry(e.into()),
+            e => Fail::Status(e.into()),
+        }
+    }
+}
+
+/// gRPC channels to the other replicas, by advertised address.
+struct Forwarder {
+    me: String,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Forwarder {
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let uri = if address.contains("://") {
+            address.to_owned()
+        } else {
+            format!("http://{address}")
+        };
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+            Status::unavailable(format!(
+                "cannot forward to the pool's owner: bad address {address:?}: {e}"
+            ))
+        })?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        // Replicas restarting on new ports leave stale entries; a handful of
+        // replicas never need many.
+        if channels.len() >= 64 {
+            channels.clear();
+        }
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends `msg` to `owner` with `call` and returns its answer as ours.
+    async fn forward<Req, Resp, F, Fut>(
+        &self,
+        owner: &Owner,
+        origin: &Origin,
+        msg: Req,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let channel = self.channel(&owner.address)?;
+        let mut request = Request::new(msg);
+        if let Some(d) = origin.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PoolError::DeadlineExceeded.into());
+            }
+            request.set_timeout(left);
+        }
+        let md = request.metadata_mut();
+        for v in &origin.forwarded_by {
+            md.append(FORWARDED_BY, v.clone());
+        }
+        // An id that is not valid metadata still counts as a hop.
+        md.append(
+            FORWARDED_BY,
+            MetadataValue::try_from(self.me.as_str())
+                .unwrap_or_else(|_| MetadataValue::from_static("replica")),
+        );
+        if let Some(a) = &origin.authorization {
+            md.insert("authorization", a.clone());
+        }
+        match call(channel, request).await {
+            Ok(r) => Ok(Response::new(r.into_inner())),
+            // A status of our own transport (the owner did not answer), not
+            // the owner's answer: say where it was going.
+            Err(s) if std::error::Error::source(&s).is_some() => Err(Status::unavailable(format!(
+                "the pool's owner, replica {} at {}, did not answer: {}; retry",
+                owner.replica_id,
+                owner.address,
+                s.message()
+            ))),
+            Err(s) => Err(s),
         }
     }
 }
@@ -63,18 +233,73 @@ impl From<RegistryError> for Status {
 #[derive(Clone)]
 pub struct Scheduler {
     registry: Arc<Registry>,
+    forwarder: Arc<Forwarder>,
+}
+
+fn scheduler_client(c: Channel) -> ExternalSchedulerClient<Channel> {
+    ExternalSchedulerClient::new(c)
+        .max_decoding_message_size(MAX_FORWARDED_MESSAGE)
+        .max_encoding_message_size(MAX_FORWARDED_MESSAGE)
+}
+
+fn admin_client(c: Channel) -> QSchedulerAdminClient<Channel> {
+    QSchedulerAdminClient::new(c)
+        .max_decoding_message_size(MAX_FORWARDED_MESSAGE)
+        .max_encoding_message_size(MAX_FORWARDED_MESSAGE)
+}
+
+fn view_client(c: Channel) -> QSchedulerViewClient<Channel> {
+    QSchedulerViewClient::new(c)
+        .max_decoding_message_size(MAX_FORWARDED_MESSAGE)
+        .max_encoding_message_size(MAX_FORWARDED_MESSAGE)
 }
 
 impl Scheduler {
     /// Services over `registry`.
     pub fn new(registry: Arc<Registry>) -> Self {
-        Scheduler { registry }
+        let forwarder = Arc::new(Forwarder {
+            me: registry.replica_id().to_owned(),
+            channels: Mutex::new(HashMap::new()),
+        });
+        Scheduler {
+            registry,
+            forwarder,
+        }
     }
 
-    async fn pool(&self, id: &str, field: &str) -> Result<PoolRef, Status> {
+    /// Serves a call for pool `id`: with `local` if the pool is (or can be
+    /// opened) here, else by forwarding `msg` with `remote`.
+    async fn route<Req, Resp, L, LF, R, RF>(
+        &self,
+        id: &str,
+        field: &str,
+        origin: &Origin,
+        msg: Req,
+        local: L,
+        remote: R,
+    ) -> Result<Response<Resp>, Status>
+    where
+        L: Fn(PoolRef) -> LF,
+        LF: Future<Output = Result<Resp, Fail>>,
+        R: FnOnce(Channel, Request<Req>) -> RF,
+        RF: Future<Output = Result<Response<Resp>, Status>>,
+    {
         translate::pool_id(id, field)?;
         record_pool(id);
-        Ok(self.registry.get(id).await?)
+        let mut retried = false;
+        loop {
+            match self.registry.locate(id, origin.hops()).await? {
+                Location::Local(pool) => match local(pool).await {
+                    Ok(r) => return Ok(Response::new(r)),
+                    Err(Fail::Retry(s)) if retried => return Err(s),
+                    Err(Fail::Retry(_)) => retried = true,
+                    Err(Fail::Status(s)) => return Err(s),
+                },
+                Location::Remote(owner) => {
+                    return self.forwarder.forward(&owner, origin, msg, remote).await;
+                }
+            }
+        }
     }
 }
 
@@ -84,46 +309,94 @@ impl ExternalScheduler for Scheduler {
         &self,
         request: Request<pb::AssignTasksRequest>,
     ) -> Result<Response<pb::AssignTasksResponse>, Status> {
-        let deadline = request_deadline(&request);
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         let call = translate::assign_call(&req)?;
-        let pool = self.pool(&req.scheduler_id, "scheduler_id").await?;
-        let assignments = pool.assign(call, deadline).await?;
-        Ok(Response::new(translate::assign_response(assignments)))
+        let id = req.scheduler_id.clone();
+        self.route(
+            &id,
+            "scheduler_id",
+            &origin,
+            req,
+            |pool| {
+                let call = call.clone();
+                async move {
+                    let assignments = pool.assign(call, origin.deadline).await?;
+                    Ok(translate::assign_response(assignments))
+                }
+            },
+            |c, r| async move { scheduler_client(c).assign_tasks(r).await },
+        )
+        .await
     }
 
     async fn get_cancellations(
         &self,
         request: Request<pb::GetCancellationsRequest>,
     ) -> Result<Response<pb::GetCancellationsResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
-        let pool = self.pool(&req.scheduler_id, "scheduler_id").await?;
-        let list = pool.read().cancellations();
-        Ok(Response::new(translate::cancellations_response(list)))
+        let id = req.scheduler_id.clone();
+        self.route(
+            &id,
+            "scheduler_id",
+            &origin,
+            req,
+            |pool| async move {
+                let list = pool.read().cancellations();
+                Ok(translate::cancellations_response(list))
+            },
+            |c, r| async move { scheduler_client(c).get_cancellations(r).await },
+        )
+        .await
     }
 
     async fn notify_tasks(
         &self,
         request: Request<pb::NotifyTasksRequest>,
     ) -> Result<Response<pb::NotifyTasksResponse>, Status> {
-        let deadline = request_deadline(&request);
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         let call = translate::notify_call(&req)?;
-        let pool = self.pool(&req.scheduler_id, "scheduler_id").await?;
-        pool.notify(call, deadline).await?;
-        Ok(Response::new(pb::NotifyTasksResponse {}))
+        let id = req.scheduler_id.clone();
+        self.route(
+            &id,
+            "scheduler_id",
+            &origin,
+            req,
+            |pool| {
+                let call = call.clone();
+                async move {
+                    pool.notify(call, origin.deadline).await?;
+                    Ok(pb::NotifyTasksResponse {})
+                }
+            },
+            |c, r| async move { scheduler_client(c).notify_tasks(r).await },
+        )
+        .await
     }
 
     async fn get_callbacks(
         &self,
         request: Request<pb::GetCallbacksRequest>,
     ) -> Result<Response<pb::GetCallbacksResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
-        let pool = self.pool(&req.scheduler_id, "scheduler_id").await?;
-        let ids = pool.read().callbacks();
-        Ok(Response::new(pb::GetCallbacksResponse {
-            task_ids: ids.iter().map(|s| s.to_string()).collect(),
-        }))
+        let id = req.scheduler_id.clone();
+        self.route(
+            &id,
+            "scheduler_id",
+            &origin,
+            req,
+            |pool| async move {
+                let ids = pool.read().callbacks();
+                Ok(pb::GetCallbacksResponse {
+                    task_ids: ids.iter().map(|s| s.to_string()).collect(),
+                })
+            },
+            |c, r| async move { scheduler_client(c).get_callbacks(r).await },
+        )
+        .await
     }
 }
 
@@ -175,6 +448,41 @@ fn account_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+impl Scheduler {
+    /// Runs an administrative command on pool `id`, wherever it lives.
+    async fn admin<Req, Resp, R, RF>(
+        &self,
+        id: &str,
+        origin: &Origin,
+        msg: Req,
+        cmd: Command,
+        answer: Resp,
+        remote: R,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Resp: Clone,
+        R: FnOnce(Channel, Request<Req>) -> RF,
+        RF: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        self.route(
+            id,
+            "pool_id",
+            origin,
+            msg,
+            |pool| {
+                let cmd = cmd.clone();
+                let answer = answer.clone();
+                async move {
+                    pool.admin(cmd).await?;
+                    Ok(answer)
+                }
+            },
+            remote,
+        )
+        .await
+    }
+}
+
 #[tonic::async_trait]
 impl QSchedulerAdmin for Scheduler {
     async fn create_scheduler_pool(
@@ -190,6 +498,8 @@ impl QSchedulerAdmin for Scheduler {
                  CreateAccount and ModSchedulerPool",
             ));
         }
+        // Any replica can create a pool in the shared store; its home
+        // replica adopts it.
         self.registry.create(&req.pool_id, wall_now()).await?;
         Ok(Response::new(adm::CreateSchedulerPoolResponse {}))
     }
@@ -198,33 +508,52 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::CreateAccountRequest>,
     ) -> Result<Response<adm::CreateAccountResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id")?;
         account_id(&req.account_id)?;
         let config = account_config(req.config.as_ref(), "config")?;
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        pool.admin(Command::CreateAccount {
-            account_id: req.account_id,
+        let id = req.pool_id.clone();
+        let cmd = Command::CreateAccount {
+            account_id: req.account_id.clone(),
             config,
-        })
-        .await?;
-        Ok(Response::new(adm::CreateAccountResponse {}))
+        };
+        self.admin(
+            &id,
+            &origin,
+            req,
+            cmd,
+            adm::CreateAccountResponse {},
+            |c, r| async move { admin_client(c).create_account(r).await },
+        )
+        .await
     }
 
     async fn wipe(
         &self,
         request: Request<adm::WipeRequest>,
     ) -> Result<Response<adm::WipeResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        pool.admin(Command::Wipe { time: wall_now() }).await?;
-        Ok(Response::new(adm::WipeResponse {}))
+        let id = req.pool_id.clone();
+        // The owner stamps the time when the call is forwarded.
+        let cmd = Command::Wipe { time: wall_now() };
+        self.admin(
+            &id,
+            &origin,
+            req,
+            cmd,
+            adm::WipeResponse {},
+            |c, r| async move { admin_client(c).wipe(r).await },
+        )
+        .await
     }
 
     async fn mod_account(
         &self,
         request: Request<adm::ModAccountRequest>,
     ) -> Result<Response<adm::ModAccountResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id")?;
         account_id(&req.account_id)?;
@@ -247,51 +576,89 @@ impl QSchedulerAdmin for Scheduler {
         changes
             .apply_to(&AccountConfig::default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        pool.admin(Command::ModAccount {
-            account_id: req.account_id,
+        let id = req.pool_id.clone();
+        let cmd = Command::ModAccount {
+            account_id: req.account_id.clone(),
             changes,
-        })
-        .await?;
-        Ok(Response::new(adm::ModAccountResponse {}))
+        };
+        self.admin(
+            &id,
+            &origin,
+            req,
+            cmd,
+            adm::ModAccountResponse {},
+            |c, r| async move { admin_client(c).mod_account(r).await },
+        )
+        .await
     }
 
     async fn mod_scheduler_pool(
         &self,
         request: Request<adm::ModSchedulerPoolRequest>,
     ) -> Result<Response<adm::ModSchedulerPoolResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        pool.admin(Command::ModPool {
+        let id = req.pool_id.clone();
+        let cmd = Command::ModPool {
             disable_preemption: req.disable_preemption,
             bot_expiration_secs: req.bot_expiration_seconds,
-        })
-        .await?;
-        Ok(Response::new(adm::ModSchedulerPoolResponse {}))
+        };
+        self.admin(
+            &id,
+            &origin,
+            req,
+            cmd,
+            adm::ModSchedulerPoolResponse {},
+            |c, r| async move { admin_client(c).mod_scheduler_pool(r).await },
+        )
+        .await
     }
 
     async fn delete_account(
         &self,
         request: Request<adm::DeleteAccountRequest>,
     ) -> Result<Response<adm::DeleteAccountResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id")?;
         account_id(&req.account_id)?;
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        pool.admin(Command::DeleteAccount {
-            account_id: req.account_id,
-        })
-        .await?;
-        Ok(Response::new(adm::DeleteAccountResponse {}))
+        let id = req.pool_id.clone();
+        let cmd = Command::DeleteAccount {
+            account_id: req.account_id.clone(),
+        };
+        self.admin(
+            &id,
+            &origin,
+            req,
+            cmd,
+            adm::DeleteAccountResponse {},
+            |c, r| async move { admin_client(c).delete_account(r).await },
+        )
+        .await
     }
 
     async fn delete_scheduler_pool(
         &self,
         request: Request<adm::DeleteSchedulerPoolRequest>,
     ) -> Result<Response<adm::DeleteSchedulerPoolResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id")?;
         record_pool(&req.pool_id);
+        // The owner deletes, so that it stops serving the pool at once
+        // rather than when its next write or lease renewal finds it gone.
+        if let Some(owner) = self
+            .registry
+            .remote_owner(&req.pool_id, origin.hops())
+            .await?
+        {
+            return self
+                .forwarder
+                .forward(&owner, &origin, req, |c, r| async move {
+                    admin_client(c).delete_scheduler_pool(r).await
+                })
+                .await;
+        }
         self.registry.delete(&req.pool_id).await?;
         Ok(Response::new(adm::DeleteSchedulerPoolResponse {}))
     }
@@ -309,92 +676,117 @@ impl QSchedulerView for Scheduler {
         &self,
         request: Request<adm::ListAccountsRequest>,
     ) -> Result<Response<adm::ListAccountsResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        let state = pool.read();
-        let accounts = state
-            .scheduler()
-            .accounts()
-            .map(|(id, c, _)| (id.to_owned(), account_config_pb(c)))
-            .collect();
-        Ok(Response::new(adm::ListAccountsResponse { accounts }))
+        let id = req.pool_id.clone();
+        self.route(
+            &id,
+            "pool_id",
+            &origin,
+            req,
+            |pool| async move {
+                let state = pool.read();
+                let accounts = state
+                    .scheduler()
+                    .accounts()
+                    .map(|(id, c, _)| (id.to_owned(), account_config_pb(c)))
+                    .collect();
+                Ok(adm::ListAccountsResponse { accounts })
+            },
+            |c, r| async move { view_client(c).list_accounts(r).await },
+        )
+        .await
     }
 
     async fn inspect_pool(
         &self,
         request: Request<adm::InspectPoolRequest>,
     ) -> Result<Response<adm::InspectPoolResponse>, Status> {
+        let origin = Origin::of(&request);
         let req = request.into_inner();
-        let pool = self.pool(&req.pool_id, "pool_id").await?;
-        let now = wall_now();
-        let state = pool.read();
-        let s = state.scheduler();
-        let mut resp = adm::InspectPoolResponse {
-            num_waiting_tasks: s.queued_len().try_into().unwrap_or(i32::MAX),
-            num_running_tasks: s.running_len().try_into().unwrap_or(i32::MAX),
-            num_idle_bots: s.idle_len().try_into().unwrap_or(i32::MAX),
-            disable_preemption: s.settings().disable_preemption,
-            ..Default::default()
-        };
-        for (id, c, b) in s.accounts() {
-            resp.account_balances.insert(
-                id.to_owned(),
-                protos::scheduler_state::Balance {
-                    value: b.0.to_vec(),
-                },
-            );
-            resp.account_configs
-                .insert(id.to_owned(), account_config_pb(c));
-        }
-        // Oldest first (largest age), then by id: ascending confirmed time.
-        let mut running = Vec::new();
-        let mut idle = Vec::new();
-        for w in s.worker_views() {
-            match &w.running {
-                Some(r) => {
-                    let confirmed = w.confirmed_time.max(r.request.confirmed_time);
-                    running.push((
-                        confirmed,
-                        adm::inspect_pool_response::RunningTask {
-                            id: r.request.id.to_owned(),
-                            bot_id: w.id.to_owned(),
-                            priority: i32::from(r.priority),
-                            account_id: r.request.account.to_owned(),
-                            age_seconds: age_seconds(now, confirmed),
-                        },
-                    ));
-                }
-                None => idle.push((
-                    w.confirmed_time,
-                    adm::inspect_pool_response::IdleBot {
-                        id: w.id.to_owned(),
-                        dimensions: w.labels.iter().map(|l| l.to_string()).collect(),
-                        age_seconds: age_seconds(now, w.confirmed_time),
-                    },
-                )),
-            }
-        }
-        let mut waiting: Vec<_> = s
-            .queued_requests()
-            .into_iter()
-            .map(|q| {
-                (
-                    q.confirmed_time,
-                    adm::inspect_pool_response::WaitingTask {
-                        id: q.id.to_owned(),
-                        account_id: q.account.to_owned(),
-                        age_seconds: age_seconds(now, q.confirmed_time),
-                    },
-                )
-            })
-            .collect();
-        drop(state);
-        running.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        waiting.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        idle.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        resp.running_tasks = running.into_iter().map(|(_, t)| t).collect();
-        resp.waiting_tasks = waiting.into_iter().map(|(_, t)| t).collect();
-        resp.idle_bots = idle.into_iter().map(|(_, t)| t).collect();
-        Ok(Response::new(resp))
+        let id = req.pool_id.clone();
+        self.route(
+            &id,
+            "pool_id",
+            &origin,
+            req,
+            |pool| async move { Ok(inspect(&pool)) },
+            |c, r| async move { view_client(c).inspect_pool(r).await },
+        )
+        .await
     }
+}
+
+/// InspectPool's answer from the committed state.
+fn inspect(pool: &PoolRef) -> adm::InspectPoolResponse {
+    let now = wall_now();
+    let state = pool.read();
+    let s = state.scheduler();
+    let mut resp = adm::InspectPoolResponse {
+        num_waiting_tasks: s.queued_len().try_into().unwrap_or(i32::MAX),
+        num_running_tasks: s.running_len().try_into().unwrap_or(i32::MAX),
+        num_idle_bots: s.idle_len().try_into().unwrap_or(i32::MAX),
+        disable_preemption: s.settings().disable_preemption,
+        ..Default::default()
+    };
+    for (id, c, b) in s.accounts() {
+        resp.account_balances.insert(
+            id.to_owned(),
+            protos::scheduler_state::Balance {
+                value: b.0.to_vec(),
+            },
+        );
+        resp.account_configs
+            .insert(id.to_owned(), account_config_pb(c));
+    }
+    // Oldest first (largest age), then by id: ascending confirmed time.
+    let mut running = Vec::new();
+    let mut idle = Vec::new();
+    for w in s.worker_views() {
+        match &w.running {
+            Some(r) => {
+                let confirmed = w.confirmed_time.max(r.request.confirmed_time);
+                running.push((
+                    confirmed,
+                    adm::inspect_pool_response::RunningTask {
+                        id: r.request.id.to_owned(),
+                        bot_id: w.id.to_owned(),
+                        priority: i32::from(r.priority),
+                        account_id: r.request.account.to_owned(),
+                        age_seconds: age_seconds(now, confirmed),
+                    },
+                ));
+            }
+            None => idle.push((
+                w.confirmed_time,
+                adm::inspect_pool_response::IdleBot {
+                    id: w.id.to_owned(),
+                    dimensions: w.labels.iter().map(|l| l.to_string()).collect(),
+                    age_seconds: age_seconds(now, w.confirmed_time),
+                },
+            )),
+        }
+    }
+    let mut waiting: Vec<_> = s
+        .queued_requests()
+        .into_iter()
+        .map(|q| {
+            (
+                q.confirmed_time,
+                adm::inspect_pool_response::WaitingTask {
+                    id: q.id.to_owned(),
+                    account_id: q.account.to_owned(),
+                    age_seconds: age_seconds(now, q.confirmed_time),
+                },
+            )
+        })
+        .collect();
+    drop(state);
+    running.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    waiting.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    idle.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    resp.running_tasks = running.into_iter().map(|(_, t)| t).collect();
+    resp.waiting_tasks = waiting.into_iter().map(|(_, t)| t).collect();
+    resp.idle_bots = idle.into_iter().map(|(_, t)| t).collect();
+    resp
 }

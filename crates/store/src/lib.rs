@@ -200,6 +200,19 @@ impl Store {
         }
     }
 
+    /// This replica's id, as recorded in leases and the registry.
+    pub fn replica_id(&self) -> &str {
+        match self {
+            Store::Embedded(s) => s.replica_id(),
+            Store::Postgres(s) => s.replica_id(),
+        }
+    }
+
+    /// True if several processes may share the store's pools (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
     /// Creates a pool whose log starts with `first_record` (seq 1), atomically and durably.
     /// Fails with [`Error::AlreadyExists`] if the pool exists.
     pub async fn create_pool(&self, pool: &str, first_record: Vec<u8>) -> Result<()> {

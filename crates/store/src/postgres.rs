@@ -44,6 +44,13 @@
 //!   refreshes its registry row. A held pool missing from the result has lost its lease: its
 //!   handle switches to [`LeaseState::Lost`]. A lease that expired but was not taken over is
 //!   renewed (the generation still matches, so nobody else can have written).
+//! * **Self-fencing**: a handle also switches to [`LeaseState::Lost`] on its own once the lease
+//!   may have expired without a successful renewal (database unreachable, replica partitioned):
+//!   each acquisition or renewal is known to last at least until the instant its statement was
+//!   *sent* plus the TTL, since the database computes the expiry later than that. Writes are
+//!   fenced by the database either way; this is what stops a cut-off replica from serving reads
+//!   of a pool that another replica may already have taken over. The check runs every renewal
+//!   period even while a renewal round hangs.
 //! * **Release** (handle release, pool delete, [`PgStore::shutdown`]): clears the holder, so other
 //!   replicas can take the pool at once. Deleting the pool row fences its writer too.
 //! * **Registry**: `qs_replica` rows with a heartbeat expiry. [`PgStore::owner_of`] reads the
@@ -300,15 +307,30 @@ impl PgStore {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut round: Option<JoinHandle<()>> = None;
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                // A failed round is retried at the next tick; fencing keeps writes safe meanwhile.
-                let _ = inner.renew_round().await;
+                // Fencing runs on its own schedule, whatever the database does.
+                inner.fence_expired();
+                // A round still in progress (slow or unreachable database) is left to finish,
+                // not cancelled: its renewals may have been applied. A failed round is retried
+                // at the next tick; fencing keeps writes safe meanwhile.
+                if round.as_ref().is_none_or(|r| r.is_finished()) {
+                    round = Some(tokio::spawn(async move {
+                        let _ = inner.renew_round().await;
+                        inner.fence_expired();
+                    }));
+                }
             }
         });
         *lock(&inner.keeper)? = Some(keeper);
         Ok(PgStore { inner })
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.options.replica_id
     }
 
     /// The connection pool, for the server's own tables (for example an event log).
@@ -456,6 +478,7 @@ impl PgStore {
             return Err(Error::AlreadyOpen { pool: pool.into() });
         }
         let me = &inner.options.replica_id;
+        let sent = Instant::now();
         let generation: Option<i64> = sqlx::query_scalar(ACQUIRE)
             .bind(pool)
             .bind(me)
@@ -490,6 +513,7 @@ impl PgStore {
             generation,
             lease,
             lost: AtomicBool::new(false),
+            valid_until: Mutex::new(sent + inner.options.lease_ttl),
             poisoned: AtomicBool::new(false),
             append_lock: tokio::sync::Mutex::new(()),
             newest_snapshot: tokio::sync::Mutex::new(0),
@@ -536,6 +560,7 @@ impl PgInner {
         }
         let (ids, gens): (Vec<String>, Vec<i64>) =
             held.iter().map(|h| (h.pool.clone(), h.generation)).unzip();
+        let sent = Instant::now();
         let renewed: Vec<String> = sqlx::query_scalar(RENEW)
             .bind(ids)
             .bind(gens)
@@ -544,12 +569,34 @@ impl PgInner {
             .fetch_all(&self.db)
             .await
             .map_err(db_err("renew leases"))?;
+        let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
+        let until = sent + self.options.lease_ttl;
         for h in held {
-            if !renewed.contains(&h.pool) {
+            if renewed.contains(&h.pool) {
+                if let Ok(mut v) = h.valid_until.lock() {
+                    *v = (*v).max(until);
+                }
+            } else {
                 h.mark_lost();
             }
         }
         Ok(())
+    }
+
+    /// Marks lost every held lease that may have expired: its last successful acquisition or
+    /// renewal was sent more than a TTL ago.
+    fn fence_expired(&self) {
+        let held: Vec<Arc<PgShared>> = match self.held.lock() {
+            Ok(h) => h.values().filter_map(|w| w.upgrade()).collect(),
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        for h in held {
+            let expired = h.valid_until.lock().map_or(true, |v| *v <= now);
+            if expired && !h.lost.load(Ordering::Acquire) {
+                h.mark_lost();
+            }
+        }
     }
 }
 
@@ -566,6 +613,8 @@ struct PgShared {
     generation: i64,
     lease: watch::Sender<LeaseState>,
     lost: AtomicBool,
+    /// The lease certainly lasts until then (see "Self-fencing" above).
+    valid_until: Mutex<Instant>,
     /// Set when an append's outcome is unknown (database error): the next seq might be taken.
     poisoned: AtomicBool,
     /// Serialises appends so seqs are assigned in commit order.

@@ -452,3 +452,50 @@ async fn snapshot_upload_does_not_block_appends() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_renewals_hang_fences_itself() {
+    with_schema("selffence", |schema| async move {
+        let opts = qscheduler_store::StoreOptions {
+            lease_ttl: Duration::from_millis(1500),
+            lease_renew_every: Some(Duration::from_millis(300)),
+            ..pg_options(&schema, "a")
+        };
+        let a = Store::open(&database_url(), opts).await.expect("open a");
+        a.create_pool("p", rec(1, 10)).await.expect("create");
+        let (h, _) = a.open_pool("p").await.expect("open");
+        let mut lease = h.lease();
+        // Renewals that find the database slow (here: the pool's row locked) must not keep the
+        // handle believing it holds a lease that may have expired.
+        let Store::Postgres(pg) = &a else {
+            panic!("not postgres")
+        };
+        let mut blocker = pg.db().begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM qs_pool WHERE pool_id = 'p' FOR UPDATE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock the row");
+        let started = std::time::Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            lease.wait_for(|s| *s == LeaseState::Lost),
+        )
+        .await
+        .expect("the handle fenced itself while renewals hung")
+        .expect("watch");
+        let took = started.elapsed();
+        blocker.rollback().await.expect("unlock");
+        assert!(took < Duration::from_secs(4), "fenced after {took:?}");
+        assert!(matches!(
+            h.append(vec![rec(2, 1)]).await,
+            Err(Error::Fenced { .. })
+        ));
+        // Nothing else happened: the replica can take the pool back.
+        drop(h);
+        let (h, r) = a.open_pool("p").await.expect("reopen");
+        assert_eq!(r.last_seq(), 1);
+        h.release().await.expect("release");
+        a.shutdown().await.expect("shutdown");
+    })
+    .await;
+}

@@ -239,6 +239,11 @@ impl EmbeddedStore {
         })
     }
 
+    /// This store's replica id (from [`StoreOptions::replica_id`]).
+    pub fn replica_id(&self) -> &str {
+        &self.inner.options.replica_id
+    }
+
     pub(crate) fn this_replica(&self) -> Replica {
         Replica {
             replica_id: self.inner.options.replica_id.clone(),
