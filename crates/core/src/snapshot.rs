@@ -412,10 +412,8 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
             q.examined,
         )
     };
-    for q in &queued {
-        let idx = create(&mut s, q);
-        s.enqueue(idx);
-    }
+    let created: Vec<u32> = queued.iter().map(|q| create(&mut s, q)).collect();
+    s.enqueue_many(&created);
     for w in &workers {
         let ids = interned(&mut s, &w.labels);
         let widx = s.create_worker_interned(&w.id, ids, w.confirmed, w.modified);

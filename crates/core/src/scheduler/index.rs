@@ -1205,22 +1205,40 @@ impl Scheduler {
     /// placement's stamp). With `propagate`, heads are updated in the cells
     /// too; without, the caller has taken the placement's entries out.
     pub(crate) fn settle_bucket(&mut self, b: u32, propagate: bool) {
-        let mut explicit = Vec::new();
-        self.buckets[b].members.for_each_while(|k| {
-            if k.ex == SETTLED {
-                false
-            } else {
-                explicit.push(k.clone());
-                true
-            }
-        });
+        let n = u64::from(self.buckets[b].explicit);
+        if n == 0 {
+            self.buckets[b].dirty = false;
+            return;
+        }
         let old_head = self.buckets[b].members.first().cloned();
-        let n = explicit.len() as u64;
-        for mut k in explicit {
-            self.buckets[b].members.remove(&k);
-            self.requests[k.req].settled = true;
-            k.ex = SETTLED;
-            self.buckets[b].members.insert(k);
+        if n * 4 >= self.buckets[b].members.len() as u64 {
+            // Mostly new members (a burst, a restored snapshot): rebuild in
+            // O(k log k) rather than re-key k entries of a vector one by one.
+            let mut members = std::mem::take(&mut self.buckets[b].members).to_vec();
+            for k in members.iter_mut() {
+                if k.ex != SETTLED {
+                    k.ex = SETTLED;
+                    self.requests[k.req].settled = true;
+                }
+            }
+            members.sort_unstable();
+            self.buckets[b].members = super::ordset::OrdSet::from_sorted(members);
+        } else {
+            let mut explicit = Vec::new();
+            self.buckets[b].members.for_each_while(|k| {
+                if k.ex == SETTLED {
+                    false
+                } else {
+                    explicit.push(k.clone());
+                    true
+                }
+            });
+            for mut k in explicit {
+                self.buckets[b].members.remove(&k);
+                self.requests[k.req].settled = true;
+                k.ex = SETTLED;
+                self.buckets[b].members.insert(k);
+            }
         }
         let bucket = &mut self.buckets[b];
         bucket.explicit = 0;
@@ -1240,6 +1258,59 @@ impl Scheduler {
                     self.containers[c].heads.insert(n);
                 }
             }
+        }
+    }
+
+    /// Queues many detached requests at once (loading a snapshot): each
+    /// bucket's members are built in one go and its head placed once.
+    pub(crate) fn enqueue_many(&mut self, reqs: &[u32]) {
+        let mut by_bucket: Vec<(u32, u32)> = Vec::with_capacity(reqs.len());
+        for &r in reqs {
+            let (a, base, prov, g, examined) = {
+                let req = &self.requests[r];
+                (req.account, req.base, req.prov, req.group, req.examined)
+            };
+            self.set_queued(base, true, true);
+            self.set_queued(prov, false, true);
+            let b = self.bucket_for(a, base, prov, g);
+            let v = self.buckets[b].virt;
+            if examined > self.virt(v).stamp {
+                self.raise_stamp(v, examined);
+            }
+            by_bucket.push((b, r));
+        }
+        by_bucket.sort_unstable();
+        let mut i = 0;
+        while i < by_bucket.len() {
+            let b = by_bucket[i].0;
+            let j = i + by_bucket[i..].partition_point(|&(x, _)| x == b);
+            let v = self.buckets[b].virt;
+            let stamp = self.virt(v).stamp;
+            let old_head = self.buckets[b].members.first().cloned();
+            let mut members = std::mem::take(&mut self.buckets[b].members).to_vec();
+            let (mut settled, mut explicit) = (0u64, 0u32);
+            for &(_, r) in &by_bucket[i..j] {
+                let req = &mut self.requests[r];
+                req.settled = req.examined == stamp;
+                req.place = Place::Queued(b);
+                if req.settled {
+                    settled += 1;
+                } else {
+                    explicit += 1;
+                }
+                members.push(self.qkey(r));
+            }
+            members.sort_unstable();
+            let bucket = &mut self.buckets[b];
+            bucket.members = super::ordset::OrdSet::from_sorted(members);
+            bucket.explicit += explicit;
+            self.virt_mut(v).settled += settled;
+            if explicit > 0 {
+                self.mark_bucket_dirty(b);
+            }
+            self.bucket_members_changed(b, old_head);
+            self.queued += j - i;
+            i = j;
         }
     }
 

@@ -112,6 +112,16 @@ impl<K: Ord + Clone> OrdSet<K> {
         }
     }
 
+    /// A set of the elements of `v`, which must be sorted and distinct.
+    pub(crate) fn from_sorted(v: Vec<K>) -> Self {
+        debug_assert!(v.windows(2).all(|w| w[0] < w[1]));
+        if v.len() > SPILL {
+            OrdSet::Large(v.into_iter().collect())
+        } else {
+            OrdSet::Small(v)
+        }
+    }
+
     /// All elements in ascending order.
     pub(crate) fn to_vec(&self) -> Vec<K> {
         match self {
