@@ -150,7 +150,10 @@ impl Client {
                 let channel = endpoint.connect_lazy();
                 Inner::Grpc {
                     admin: QSchedulerAdminClient::new(channel.clone()),
-                    view: QSchedulerViewClient::new(channel),
+                    // The view of a pool with 100k queued tasks is far
+                    // larger than tonic's 4 MiB default; pRPC has no limit
+                    // either unless asked for one.
+                    view: QSchedulerViewClient::new(channel).max_decoding_message_size(usize::MAX),
                 }
             }
         };

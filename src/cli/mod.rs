@@ -48,7 +48,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use client::{Client, Transport};
+use client::Client;
+pub use client::{Transport, code_name};
 
 /// How to reach the server; accepted by every administration command.
 #[derive(Args, Debug, Clone)]
