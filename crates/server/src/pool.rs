@@ -160,6 +160,7 @@ enum Msg {
     },
     Admin {
         cmd: Command,
+        deadline: Option<Instant>,
         reply: oneshot::Sender<Result<(), PoolError>>,
     },
 }
@@ -291,11 +292,17 @@ impl PoolRef {
         self.wait(rx).await
     }
 
-    /// An administrative command; returns once durable.
-    pub async fn admin(&self, cmd: Command) -> Result<(), PoolError> {
+    /// An administrative command; returns once durable. Like the calls
+    /// of Swarming, it is left out (and answered `DEADLINE_EXCEEDED`) if
+    /// its deadline passes before its batch is committed.
+    pub async fn admin(&self, cmd: Command, deadline: Option<Instant>) -> Result<(), PoolError> {
         cmd.validate()?;
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Admin { cmd, reply })?;
+        self.send(Msg::Admin {
+            cmd,
+            deadline,
+            reply,
+        })?;
         self.wait(rx).await
     }
 
@@ -486,7 +493,15 @@ impl Writer {
                     batch.assigns.push(call);
                     batch_responders.push(Responder::Assign(reply));
                 }
-                Msg::Admin { cmd, reply } => {
+                Msg::Admin {
+                    cmd,
+                    deadline,
+                    reply,
+                } => {
+                    if expired(&deadline) {
+                        let _ = reply.send(Err(PoolError::DeadlineExceeded));
+                        continue;
+                    }
                     flush(&mut steps, &mut batch, &mut batch_responders);
                     steps.push(Step {
                         cmd,
@@ -882,4 +897,73 @@ pub struct RecoverError {
     pub seq: u64,
     /// What is wrong.
     pub what: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use qscheduler_core::{AccountConfig, Time};
+
+    /// An administrative call whose deadline passes while it waits for its
+    /// batch is refused and never logged, like a Swarming call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_admin_commands_are_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_str().expect("utf-8").to_owned();
+        let options = PoolOptions {
+            batch_window: Duration::from_millis(200),
+            ..PoolOptions::default()
+        };
+        let store = store::Store::open(&path, store::StoreOptions::default())
+            .await
+            .expect("store");
+        let r = Registry::new(store, options, Arc::new(NoObserver));
+        r.create("p", Time::from_secs(1)).await.expect("create");
+        let p = r.get("p").await.expect("pool");
+        let account = |id: &str| Command::CreateAccount {
+            account_id: id.into(),
+            config: AccountConfig::default(),
+        };
+        let soon = Instant::now() + Duration::from_millis(1);
+        let late = p.admin(account("late"), Some(soon)).await;
+        assert!(matches!(late, Err(PoolError::DeadlineExceeded)), "{late:?}");
+        let later = Instant::now() + Duration::from_secs(60);
+        p.admin(account("patient"), Some(later))
+            .await
+            .expect("in time");
+        p.admin(account("unhurried"), None)
+            .await
+            .expect("no deadline");
+        let ids: Vec<String> = p
+            .read()
+            .scheduler()
+            .accounts()
+            .map(|(id, _, _)| id.to_owned())
+            .collect();
+        assert_eq!(ids, ["patient", "unhurried"]);
+        drop(p);
+        r.shutdown().await;
+        drop(r);
+
+        let store = store::Store::open(&path, store::StoreOptions::default())
+            .await
+            .expect("reopen");
+        let (_, rec) = store.open_pool("p").await.expect("open");
+        let logged: Vec<Command> = rec
+            .records
+            .iter()
+            .map(|(_, b)| Command::decode(b).expect("decodes"))
+            .collect();
+        assert_eq!(
+            logged,
+            [
+                Command::Create {
+                    time: Time::from_secs(1)
+                },
+                account("patient"),
+                account("unhurried")
+            ]
+        );
+    }
 }

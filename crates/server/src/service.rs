@@ -473,7 +473,7 @@ impl Scheduler {
                 let cmd = cmd.clone();
                 let answer = answer.clone();
                 async move {
-                    pool.admin(cmd).await?;
+                    pool.admin(cmd, origin.deadline).await?;
                     Ok(answer)
                 }
             },

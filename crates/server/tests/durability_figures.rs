@@ -115,14 +115,17 @@ async fn open(dir: &std::path::Path, options: PoolOptions, observer: Arc<Bytes>)
 /// behind the bots).
 async fn fill(p: &PoolRef, n: usize) {
     for a in 0..20 {
-        p.admin(Command::CreateAccount {
-            account_id: format!("account-{a}"),
-            config: AccountConfig {
-                charge_rate: [1.0, 0.5, 0.0, 0.0, 0.0],
-                max_charge_seconds: 600.0,
-                ..AccountConfig::default()
+        p.admin(
+            Command::CreateAccount {
+                account_id: format!("account-{a}"),
+                config: AccountConfig {
+                    charge_rate: [1.0, 0.5, 0.0, 0.0, 0.0],
+                    max_charge_seconds: 600.0,
+                    ..AccountConfig::default()
+                },
             },
-        })
+            None,
+        )
         .await
         .expect("account");
     }

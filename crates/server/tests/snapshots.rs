@@ -44,14 +44,17 @@ async fn run(follower_above: Duration) {
     let r = Registry::new(store, options, Arc::new(NoObserver));
     r.create("p", t(0)).await.expect("create");
     let p = r.get("p").await.expect("pool");
-    p.admin(Command::CreateAccount {
-        account_id: "a".into(),
-        config: AccountConfig {
-            charge_rate: [1.0, 0.0, 0.0, 0.0, 0.0],
-            max_charge_seconds: 100.0,
-            ..AccountConfig::default()
+    p.admin(
+        Command::CreateAccount {
+            account_id: "a".into(),
+            config: AccountConfig {
+                charge_rate: [1.0, 0.0, 0.0, 0.0, 0.0],
+                max_charge_seconds: 100.0,
+                ..AccountConfig::default()
+            },
         },
-    })
+        None,
+    )
     .await
     .expect("account");
     for i in 0..60i64 {

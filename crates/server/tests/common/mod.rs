@@ -1,10 +1,19 @@
 //! Helpers of the server's integration tests: a server on a real socket,
-//! pRPC JSON calls and plain HTTP GETs over it, and the scripted scenario
-//! the metrics and event log tests check.
+//! raw HTTP (pRPC JSON calls, plain GETs, any bytes and headers a test
+//! wants) over it, typed calls of every RPC over gRPC, pRPC binary and pRPC
+//! JSON ([`rpc`]), an observer that records events and can hold a pool's
+//! writer ([`observe`]), and the scripted scenario the metrics and event
+//! log tests check.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+pub mod observe;
+pub mod rpc;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use qscheduler_server::pool::{NoObserver, Observer};
+use qscheduler_server::registry::Registry;
 use qscheduler_server::{Server, ServerOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,15 +21,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A running server and the means to stop it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The server's pools, for comparing what the RPCs say with the state
+    /// itself.
+    pub registry: Arc<Registry>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
-    pub async fn start(mut options: ServerOptions) -> TestServer {
+    pub async fn start(options: ServerOptions) -> TestServer {
+        TestServer::start_with(options, Arc::new(NoObserver)).await
+    }
+
+    /// A server whose pool writers also report to `observer`.
+    pub async fn start_with(mut options: ServerOptions, observer: Arc<dyn Observer>) -> TestServer {
         options.listen = "127.0.0.1:0".parse().unwrap();
-        let server = Server::start(options).await.expect("server starts");
+        let server = Server::start_with(options, observer, axum::Router::new())
+            .await
+            .expect("server starts");
         let addr = server.local_addr().unwrap();
+        let registry = server.registry().clone();
         let (stop, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -32,6 +52,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            registry,
             stop: Some(stop),
             task: Some(task),
         }
@@ -48,60 +69,128 @@ impl TestServer {
     }
 }
 
-async fn http(addr: SocketAddr, request: String) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
+/// An HTTP response as received.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
+impl HttpResponse {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request with exactly these extra headers and body
+/// (`Host`, `Connection: close` and, unless the body is chunked,
+/// `Content-Length` are added) and reads the whole response.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let chunked = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
+    if method != "GET" && !chunked {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and close) before reading a body it refuses.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8(out[..split].to_vec()).unwrap();
+    let rest = &out[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
     loop {
-        let (len, rest) = s.split_once("\r\n").unwrap();
+        let eol = s.windows(2).position(|w| w == b"\r\n").unwrap();
+        let len = std::str::from_utf8(&s[..eol]).unwrap();
+        let len = len.split(';').next().unwrap();
         let n = usize::from_str_radix(len.trim(), 16).unwrap();
         if n == 0 {
             return out;
         }
-        out.push_str(&rest[..n]);
+        let rest = &s[eol + 2..];
+        out.extend_from_slice(&rest[..n]);
         s = &rest[n + 2..];
     }
 }
 
 /// GET `path`; returns status and body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
-    )
-    .await
+    let r = http_raw(addr, "GET", path, &[], b"").await;
+    (r.status, r.text())
 }
 
 /// A pRPC call with JSON; panics unless it succeeds.
 pub async fn prpc(addr: SocketAddr, method: &str, body: Value) -> Value {
-    let body = body.to_string();
-    let (status, text) = http(
+    let r = http_raw(
         addr,
-        format!(
-            "POST /prpc/{method} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-             Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
+        "POST",
+        &format!("/prpc/{method}"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ],
+        body.to_string().as_bytes(),
     )
     .await;
-    assert_eq!(status, 200, "{method} failed: {text}");
+    let text = r.text();
+    assert_eq!(r.status, 200, "{method} failed: {text}");
     let json = text.trim_start_matches(")]}'").trim();
     serde_json::from_str(json).unwrap()
 }
