@@ -69,7 +69,53 @@ pub struct NotifyCall {
     pub is_callback: bool,
 }
 
+/// Upper bound of the bytes of an encoded [`Command::Batch`] beyond those
+/// of its calls (see [`NotifyCall::size_bound`]).
+pub const BATCH_SIZE_BOUND: usize = 64;
+
+/// Upper bound of the encoded size of a string.
+fn str_bound(s: &str) -> usize {
+    s.len() + 10
+}
+
+/// Upper bound of the encoded size of a list of strings.
+fn strs_bound(v: &[String]) -> usize {
+    10 + v.iter().map(|s| str_bound(s)).sum::<usize>()
+}
+
 impl NotifyCall {
+    /// An upper bound of the bytes this call adds to an encoded
+    /// [`Command::Batch`], cheap to compute: lets a writer keep batches
+    /// under a record size limit without encoding twice.
+    pub fn size_bound(&self) -> usize {
+        16 + self
+            .notifications
+            .iter()
+            .map(|n| {
+                // Time, kind tag, enqueue time, lengths and flags: at most
+                // a 10-byte varint each.
+                96 + str_bound(&n.task_id)
+                    + match &n.kind {
+                        NotifyKind::Waiting {
+                            account,
+                            base_labels,
+                            provisionable_labels,
+                            tags,
+                            ..
+                        } => {
+                            str_bound(account)
+                                + strs_bound(base_labels)
+                                + strs_bound(provisionable_labels)
+                                + strs_bound(tags)
+                        }
+                        NotifyKind::Running { bot_id } => str_bound(bot_id),
+                        NotifyKind::Absent => 0,
+                        NotifyKind::Error { message } => str_bound(message),
+                    }
+            })
+            .sum::<usize>()
+    }
+
     /// Checks every item: ids present.
     pub fn validate(&self) -> Result<(), CommandError> {
         for (i, n) in self.notifications.iter().enumerate() {
@@ -91,6 +137,16 @@ impl NotifyCall {
 }
 
 impl AssignCall {
+    /// An upper bound of the bytes this call adds to an encoded
+    /// [`Command::Batch`] (see [`NotifyCall::size_bound`]).
+    pub fn size_bound(&self) -> usize {
+        32 + self
+            .bots
+            .iter()
+            .map(|b| str_bound(&b.id) + strs_bound(&b.labels))
+            .sum::<usize>()
+    }
+
     /// Checks every bot: ids present.
     pub fn validate(&self) -> Result<(), CommandError> {
         for (i, bot) in self.bots.iter().enumerate() {
@@ -683,6 +739,68 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("charge_rate[0]"), "{err}");
+    }
+
+    fn arb_label() -> impl Strategy<Value = String> {
+        // Lengths around the varint boundaries of 128 and 16384.
+        prop_oneof![
+            "[a-z:]{0,8}",
+            (120usize..140).prop_map(|n| "x".repeat(n)),
+            (16_380usize..16_390).prop_map(|n| "y".repeat(n)),
+        ]
+    }
+
+    fn arb_notification() -> impl Strategy<Value = Notification> {
+        let labels = || proptest::collection::vec(arb_label(), 0..4);
+        let kind = prop_oneof![
+            (arb_label(), labels(), labels(), any::<u32>(), labels()).prop_map(
+                |(account, base_labels, provisionable_labels, t, tags)| NotifyKind::Waiting {
+                    account,
+                    base_labels,
+                    provisionable_labels,
+                    enqueue_time: Time::from_secs(i64::from(t)),
+                    tags,
+                }
+            ),
+            arb_label().prop_map(|bot_id| NotifyKind::Running { bot_id }),
+            Just(NotifyKind::Absent),
+            arb_label().prop_map(|message| NotifyKind::Error { message }),
+        ];
+        (any::<u32>(), arb_label(), kind).prop_map(|(t, task_id, kind)| Notification {
+            time: Time::from_secs(i64::from(t)),
+            task_id,
+            kind,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn size_bounds_bound_the_encoding(
+            notifies in proptest::collection::vec(
+                (proptest::collection::vec(arb_notification(), 0..5), any::<bool>()), 0..4),
+            assigns in proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec(
+                    (arb_label(), proptest::collection::vec(arb_label(), 0..4)), 0..4)), 0..4),
+        ) {
+            let batch = Batch {
+                notifies: notifies
+                    .into_iter()
+                    .map(|(notifications, is_callback)| NotifyCall { notifications, is_callback })
+                    .collect(),
+                assigns: assigns
+                    .into_iter()
+                    .map(|(t, bots)| AssignCall {
+                        time: Time::from_secs(i64::from(t)),
+                        bots: bots.into_iter().map(|(id, labels)| IdleBot { id, labels }).collect(),
+                    })
+                    .collect(),
+            };
+            let bound = BATCH_SIZE_BOUND
+                + batch.notifies.iter().map(NotifyCall::size_bound).sum::<usize>()
+                + batch.assigns.iter().map(AssignCall::size_bound).sum::<usize>();
+            let encoded = Command::Batch(batch).encode().len();
+            prop_assert!(encoded <= bound, "{encoded} > {bound}");
+        }
     }
 
     proptest! {

@@ -127,7 +127,8 @@ mod replay_props;
 pub use account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES, PoolSettings};
 pub use codec::DecodeError;
 pub use command::{
-    AccountChanges, AssignCall, Batch, Command, CommandError, Notification, NotifyCall, NotifyKind,
+    AccountChanges, AssignCall, BATCH_SIZE_BOUND, Batch, Command, CommandError, Notification,
+    NotifyCall, NotifyKind,
 };
 pub use event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
 pub use pool::{Outcome, Pool, PoolEvent};

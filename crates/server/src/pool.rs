@@ -34,6 +34,11 @@ pub struct PoolOptions {
     pub batch_window: Duration,
     /// Most calls in one batch.
     pub max_batch: usize,
+    /// Most bytes of one batch's log record (an upper bound computed from
+    /// the calls): a batch is one record, and several large calls together
+    /// must not exceed the store's record limit, or they would fail on
+    /// every retry. A call bigger than this still goes, alone.
+    pub max_batch_bytes: usize,
     /// Most calls waiting for a pool; beyond it calls get `RESOURCE_EXHAUSTED`.
     pub queue_capacity: usize,
     /// Take a snapshot once this many log records were written since the
@@ -60,6 +65,7 @@ impl Default for PoolOptions {
         PoolOptions {
             batch_window: Duration::from_millis(2),
             max_batch: 1000,
+            max_batch_bytes: qscheduler_store::MAX_RECORD_BYTES / 2,
             queue_capacity: 10_000,
             snapshot_every_records: 100_000,
             snapshot_every_bytes: 64 << 20,
@@ -459,6 +465,10 @@ impl Writer {
         let mut steps: Vec<Step> = Vec::new();
         let mut batch = Batch::default();
         let mut batch_responders: Vec<Responder> = Vec::new();
+        // A batch is cut before a call that would take its record past
+        // the bound (see PoolOptions::max_batch_bytes).
+        let max_bytes = self.options.max_batch_bytes;
+        let mut batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
         let flush = |steps: &mut Vec<Step>, batch: &mut Batch, rs: &mut Vec<Responder>| {
             if !rs.is_empty() {
                 steps.push(Step {
@@ -478,6 +488,12 @@ impl Writer {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
                     }
+                    let size = call.size_bound();
+                    if batch_bytes + size > max_bytes && !batch_responders.is_empty() {
+                        flush(&mut steps, &mut batch, &mut batch_responders);
+                        batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
+                    }
+                    batch_bytes += size;
                     batch.notifies.push(call);
                     batch_responders.push(Responder::Notify(reply));
                 }
@@ -490,6 +506,12 @@ impl Writer {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
                     }
+                    let size = call.size_bound();
+                    if batch_bytes + size > max_bytes && !batch_responders.is_empty() {
+                        flush(&mut steps, &mut batch, &mut batch_responders);
+                        batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
+                    }
+                    batch_bytes += size;
                     batch.assigns.push(call);
                     batch_responders.push(Responder::Assign(reply));
                 }
@@ -503,6 +525,7 @@ impl Writer {
                         continue;
                     }
                     flush(&mut steps, &mut batch, &mut batch_responders);
+                    batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
                     steps.push(Step {
                         cmd,
                         responders: vec![Responder::Admin(reply)],
@@ -965,5 +988,82 @@ mod tests {
                 account("unhurried")
             ]
         );
+    }
+
+    /// Calls that would make one oversized log record together are split
+    /// over several records, in arrival order, and all succeed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_calls_are_split_over_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_str().expect("utf-8").to_owned();
+        let options = PoolOptions {
+            batch_window: Duration::from_millis(300),
+            max_batch_bytes: 4000,
+            ..PoolOptions::default()
+        };
+        let store = store::Store::open(&path, store::StoreOptions::default())
+            .await
+            .expect("store");
+        let r = Registry::new(store, options, Arc::new(NoObserver));
+        r.create("p", Time::from_secs(1)).await.expect("create");
+        let p = r.get("p").await.expect("pool");
+        let call = |i: u32| NotifyCall {
+            notifications: vec![qscheduler_core::Notification {
+                time: Time::from_secs(2),
+                task_id: format!("t{i}"),
+                kind: qscheduler_core::NotifyKind::Waiting {
+                    account: String::new(),
+                    base_labels: vec!["x".repeat(1500)],
+                    provisionable_labels: vec![],
+                    enqueue_time: Time::from_secs(2),
+                    tags: vec![],
+                },
+            }],
+            is_callback: false,
+        };
+        // Sent together, in this order, into one batch window.
+        let calls: Vec<_> = (0..5)
+            .map(|i| {
+                let p = p.clone();
+                let c = call(i);
+                async move { p.notify(c, None).await }
+            })
+            .collect();
+        let mut joined = Vec::new();
+        for c in calls {
+            joined.push(tokio::spawn(c));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for j in joined {
+            j.await.expect("join").expect("notify");
+        }
+        assert_eq!(p.read().scheduler().queued_len(), 5);
+        drop(p);
+        r.shutdown().await;
+        drop(r);
+
+        let store = store::Store::open(&path, store::StoreOptions::default())
+            .await
+            .expect("reopen");
+        let (_, rec) = store.open_pool("p").await.expect("open");
+        let mut ids = Vec::new();
+        for (_, bytes) in &rec.records[1..] {
+            assert!(bytes.len() <= 4000, "a record of {} bytes", bytes.len());
+            let Command::Batch(b) = Command::decode(bytes).expect("decodes") else {
+                panic!("not a batch");
+            };
+            assert!(
+                b.notifies.len() <= 2,
+                "{} calls in one record",
+                b.notifies.len()
+            );
+            ids.extend(
+                b.notifies
+                    .iter()
+                    .flat_map(|n| n.notifications.iter().map(|x| x.task_id.clone())),
+            );
+        }
+        assert_eq!(ids, ["t0", "t1", "t2", "t3", "t4"]);
+        assert!(rec.records.len() >= 4, "{} records", rec.records.len());
     }
 }
