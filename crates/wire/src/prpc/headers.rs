@@ -75,7 +75,24 @@ pub struct MediaType {
 
 /// RFC 2045 token characters: visible ASCII except the tspecials.
 fn is_token_char(c: char) -> bool {
-    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c)
+    c.is_ascii_graphic()
+        && !matches!(
+            c,
+            '(' | ')'
+                | '<'
+                | '>'
+                | '@'
+                | ','
+                | ';'
+                | ':'
+                | '\\'
+                | '"'
+                | '/'
+                | '['
+                | ']'
+                | '?'
+                | '='
+        )
 }
 
 fn take_token(s: &str) -> (&str, &str) {
