@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand};
 /// Under load the server allocates many small, short-lived buffers per RPC
 /// on one thread and frees them on another; glibc's allocator spent about a
 /// fifth of the server's CPU time on that (arena locking and
-/// consolidation), mimalloc a fraction of it.
+/// consolidation), mimalloc a fraction of it. Built without transparent
+/// huge pages (the `no_thp` feature): with them a pool held about 50% more
+/// memory per queued task, as mostly empty 2 MiB pages stayed resident.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
