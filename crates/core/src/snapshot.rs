@@ -550,4 +550,66 @@ mod tests {
             }
         }
     }
+
+    /// What the `snapshot_decode` fuzz target checks, kept in the test
+    /// suite: whatever decodes is a usable pool with a canonical encoding.
+    fn decoded_is_usable(bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let Ok(mut pool) = decode(bytes) else {
+            return Ok(());
+        };
+        let again = encode(&pool);
+        let back = decode(&again).map_err(|e| {
+            proptest::test_runner::TestCaseError::fail(format!("re-encoding does not decode: {e}"))
+        })?;
+        proptest::prop_assert_eq!(encode(&back), again);
+        let time = pool.scheduler().now().add_nanos(700_000_000_000);
+        let cmd = Command::Batch(Batch {
+            notifies: vec![],
+            assigns: vec![AssignCall {
+                time,
+                bots: vec![IdleBot {
+                    id: "b9".into(),
+                    labels: vec!["os:linux".into()],
+                }],
+            }],
+        });
+        proptest::prop_assert!(pool.apply(&cmd).is_ok());
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            prefix in 0usize..64,
+        ) {
+            // A valid start (magic, version, header fields) lets arbitrary
+            // bytes reach the deeper parts of the decoder.
+            let valid = encode(&sample_pool());
+            let mut bytes = valid[..prefix.min(valid.len())].to_vec();
+            bytes.extend_from_slice(&tail);
+            decoded_is_usable(&bytes)?;
+        }
+
+        #[test]
+        fn damaged_snapshots_never_panic(
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                1..4,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        ) {
+            let mut bytes = encode(&sample_pool());
+            for (at, value) in edits {
+                let i = at % bytes.len();
+                bytes[i] = value;
+            }
+            if let Some(n) = cut {
+                bytes.truncate(n % (bytes.len() + 1));
+            }
+            decoded_is_usable(&bytes)?;
+        }
+    }
 }

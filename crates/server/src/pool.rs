@@ -414,6 +414,9 @@ impl Writer {
             while msgs.len() < self.options.max_batch {
                 match self.rx.try_recv() {
                     Ok(m) => msgs.push(m),
+                    // No window: take what is queued. (A timer would still
+                    // wait for the runtime's next millisecond tick.)
+                    Err(_) if self.options.batch_window.is_zero() => break,
                     Err(_) => match tokio::time::timeout_at(until, self.rx.recv()).await {
                         Ok(Some(m)) => msgs.push(m),
                         _ => break,

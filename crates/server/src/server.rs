@@ -130,6 +130,32 @@ impl Observer for Observers {
     }
 }
 
+/// Everything the server answers on its port, over `registry`: the three
+/// services on gRPC and pRPC, `/healthz`, the metrics endpoint (when
+/// `metrics` is given) and `extra`, behind the per-RPC layer.
+/// [`Server::start_with`] serves exactly this; it is public so the whole
+/// request path can also be driven in process (the fuzz targets do).
+pub fn router(
+    registry: &Arc<Registry>,
+    metrics: Option<&Arc<Metrics>>,
+    options: &ServerOptions,
+    extra: axum::Router,
+) -> Result<axum::Router, ServerError> {
+    let svc = Arc::new(Scheduler::new(registry.clone()));
+    let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
+    if let Some(m) = metrics {
+        extra = extra.merge(m.router(&options.metrics.path));
+    }
+    Ok(Services::new()
+        .external_scheduler(svc.clone())
+        .admin(svc.clone())
+        .view(svc)
+        .request_timeout(Some(options.request_timeout))
+        .max_request_size(options.max_request_bytes)
+        .into_router(extra)?
+        .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+}
+
 impl Server {
     /// Opens the store, recovers every pool, and binds the listener.
     pub async fn start(options: ServerOptions) -> Result<Server, ServerError> {
@@ -179,19 +205,7 @@ impl Server {
         }
         registry.recover_all().await?;
         registry.spawn_adoption(options.adopt_every);
-        let svc = Arc::new(Scheduler::new(registry.clone()));
-        let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
-        if let Some(m) = &metrics {
-            extra = extra.merge(m.router(&options.metrics.path));
-        }
-        let router = Services::new()
-            .external_scheduler(svc.clone())
-            .admin(svc.clone())
-            .view(svc)
-            .request_timeout(Some(options.request_timeout))
-            .max_request_size(options.max_request_bytes)
-            .into_router(extra)?
-            .layer(RpcLayer::new(metrics.as_ref().map(|m| m.rpc_histograms())));
+        let router = router(&registry, metrics.as_ref(), &options, extra)?;
         let routes = tonic::service::Routes::from(router);
         Ok(Server {
             registry,

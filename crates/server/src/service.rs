@@ -448,6 +448,67 @@ fn account_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A CreateAccount request as the command to log, or `INVALID_ARGUMENT`
+/// naming the field.
+pub fn create_account_command(req: &adm::CreateAccountRequest) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id")?;
+    account_id(&req.account_id)?;
+    let config = account_config(req.config.as_ref(), "config")?;
+    Ok(Command::CreateAccount {
+        account_id: req.account_id.clone(),
+        config,
+    })
+}
+
+/// A ModAccount request as the command to log, or `INVALID_ARGUMENT`
+/// naming the field. Whether the account exists is the pool writer's
+/// question (`NOT_FOUND`).
+pub fn mod_account_command(req: &adm::ModAccountRequest) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id")?;
+    account_id(&req.account_id)?;
+    let changes = AccountChanges {
+        charge_rate: (!req.charge_rate.is_empty()).then(|| req.charge_rate.clone()),
+        max_charge_seconds: req.max_charge_seconds,
+        max_fanout: req.max_fanout,
+        disable_free_tasks: req.disable_free_tasks,
+        description: req.description.clone(),
+        per_label_task_limits: (!req.per_label_task_limits.is_empty()).then(|| {
+            req.per_label_task_limits
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect()
+        }),
+        reset_balance: req.reset_balance,
+    };
+    // Range checks against a neutral config name the bad field before
+    // anything is queued.
+    changes
+        .apply_to(&AccountConfig::default())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(Command::ModAccount {
+        account_id: req.account_id.clone(),
+        changes,
+    })
+}
+
+/// A ModSchedulerPool request as the command to log.
+pub fn mod_pool_command(req: &adm::ModSchedulerPoolRequest) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id")?;
+    Ok(Command::ModPool {
+        disable_preemption: req.disable_preemption,
+        bot_expiration_secs: req.bot_expiration_seconds,
+    })
+}
+
+/// A DeleteAccount request as the command to log.
+pub fn delete_account_command(req: &adm::DeleteAccountRequest) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id")?;
+    account_id(&req.account_id)?;
+    Ok(Command::DeleteAccount {
+        account_id: req.account_id.clone(),
+    })
+}
+
 impl Scheduler {
     /// Runs an administrative command on pool `id`, wherever it lives.
     async fn admin<Req, Resp, R, RF>(
@@ -510,14 +571,8 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::CreateAccountResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        translate::pool_id(&req.pool_id, "pool_id")?;
-        account_id(&req.account_id)?;
-        let config = account_config(req.config.as_ref(), "config")?;
+        let cmd = create_account_command(&req)?;
         let id = req.pool_id.clone();
-        let cmd = Command::CreateAccount {
-            account_id: req.account_id.clone(),
-            config,
-        };
         self.admin(
             &id,
             &origin,
@@ -555,32 +610,8 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::ModAccountResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        translate::pool_id(&req.pool_id, "pool_id")?;
-        account_id(&req.account_id)?;
-        let changes = AccountChanges {
-            charge_rate: (!req.charge_rate.is_empty()).then(|| req.charge_rate.clone()),
-            max_charge_seconds: req.max_charge_seconds,
-            max_fanout: req.max_fanout,
-            disable_free_tasks: req.disable_free_tasks,
-            description: req.description.clone(),
-            per_label_task_limits: (!req.per_label_task_limits.is_empty()).then(|| {
-                req.per_label_task_limits
-                    .iter()
-                    .map(|(k, &v)| (k.clone(), v))
-                    .collect()
-            }),
-            reset_balance: req.reset_balance,
-        };
-        // Range checks against a neutral config name the bad field before
-        // anything is queued.
-        changes
-            .apply_to(&AccountConfig::default())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cmd = mod_account_command(&req)?;
         let id = req.pool_id.clone();
-        let cmd = Command::ModAccount {
-            account_id: req.account_id.clone(),
-            changes,
-        };
         self.admin(
             &id,
             &origin,
@@ -599,10 +630,7 @@ impl QSchedulerAdmin for Scheduler {
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
-        let cmd = Command::ModPool {
-            disable_preemption: req.disable_preemption,
-            bot_expiration_secs: req.bot_expiration_seconds,
-        };
+        let cmd = mod_pool_command(&req)?;
         self.admin(
             &id,
             &origin,
@@ -620,12 +648,8 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::DeleteAccountResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        translate::pool_id(&req.pool_id, "pool_id")?;
-        account_id(&req.account_id)?;
+        let cmd = delete_account_command(&req)?;
         let id = req.pool_id.clone();
-        let cmd = Command::DeleteAccount {
-            account_id: req.account_id.clone(),
-        };
         self.admin(
             &id,
             &origin,

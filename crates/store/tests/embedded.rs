@@ -379,6 +379,69 @@ async fn garbage_after_the_last_append_is_a_torn_tail() {
     ));
 }
 
+/// A crash right after a new segment file was created, before its header was written, leaves a
+/// segment shorter than a header. Recovery removes it; appends must then continue at the end of
+/// the segment before it, not at its start (found by the `log_record_decode` fuzz target: the
+/// next append overwrote the previous segment's header and records).
+#[tokio::test]
+async fn appends_after_a_torn_new_segment_continue_the_previous_one() {
+    for torn in [&b""[..], &b"QSLOG"[..]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), opts()).await;
+        let seg = five_records(&store, dir.path(), "t").await;
+        let next = seg.with_file_name(format!("log-{:020}.seg", 6));
+        fs::write(&next, torn).expect("write torn segment");
+
+        let (h, r) = store.open_pool("t").await.expect("recovers");
+        assert_eq!(r.records.len(), 5);
+        assert!(!next.exists(), "the torn segment is removed");
+        h.append(vec![rec(6, 10)]).await.expect("append");
+        h.release().await.expect("release");
+
+        let (_, r) = store
+            .open_pool("t")
+            .await
+            .expect("recovers after the append");
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        assert_eq!(r.records.len(), 6);
+        assert_eq!(r.records[5], (6, rec(6, 10)));
+    }
+}
+
+/// The same crash when the only segment recovery reads is the torn one (the segments before it
+/// are covered by a snapshot): appends start a fresh segment rather than writing over the start
+/// of an older one.
+#[tokio::test]
+async fn appends_after_a_torn_segment_behind_a_snapshot_start_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = StoreOptions {
+        keep_snapshots: 1,
+        ..opts()
+    };
+    let store = open(dir.path(), o).await;
+    let seg = five_records(&store, dir.path(), "s").await;
+    let (h, _) = store.open_pool("s").await.expect("open");
+    h.write_snapshot(5, b"state@5".to_vec())
+        .await
+        .expect("snapshot");
+    h.release().await.expect("release");
+    let next = seg.with_file_name(format!("log-{:020}.seg", 6));
+    fs::write(&next, b"").expect("write torn segment");
+
+    let (h, r) = store.open_pool("s").await.expect("recovers");
+    assert_eq!(r.snapshot, Some((5, b"state@5".to_vec())));
+    assert!(r.records.is_empty());
+    h.append(vec![rec(6, 10)]).await.expect("append");
+    h.release().await.expect("release");
+
+    let (_, r) = store
+        .open_pool("s")
+        .await
+        .expect("recovers after the append");
+    assert_eq!(r.snapshot, Some((5, b"state@5".to_vec())));
+    assert_eq!(r.records, vec![(6, rec(6, 10))]);
+}
+
 #[tokio::test]
 async fn corrupt_snapshot_falls_back_or_fails_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");

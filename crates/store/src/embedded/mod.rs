@@ -796,6 +796,18 @@ fn recover(pool: &str, dir: &Path) -> Result<(LogState, Vec<u64>, Recovered)> {
     let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut active_len = 0u64;
     let mut expected = base + 1;
+    // The last segment read to its end, which appends continue: its path, length, and the offset,
+    // first seq and last seq of the append its last good frame belongs to.
+    struct Tail {
+        first: u64,
+        path: PathBuf,
+        len: usize,
+        batch_at: usize,
+        batch_first: u64,
+        batch_last: u64,
+        cut: Option<usize>,
+    }
+    let mut tail: Option<Tail> = None;
     if !segments.is_empty() {
         // Segments before `start` hold only records the snapshot includes.
         let start = segments.iter().rposition(|&f| f <= base + 1).unwrap_or(0);
@@ -825,7 +837,8 @@ fn recover(pool: &str, dir: &Path) -> Result<(LogState, Vec<u64>, Recovered)> {
                     ));
                 }
                 Err(_) if is_last && buf.len() < SEGMENT_HEADER => {
-                    // A crash while the segment was being started: it holds no record.
+                    // A crash while the segment was being started: it holds no record. The
+                    // segment before it, read in full as a sealed one, is the last again.
                     fs::remove_file(&path).map_err(io(ctx("remove torn segment")))?;
                     sync_dir(dir).map_err(io(ctx("sync")))?;
                     notes.push(RecoveryNote::TornTail {
@@ -888,42 +901,52 @@ fn recover(pool: &str, dir: &Path) -> Result<(LogState, Vec<u64>, Recovered)> {
                     }
                 }
             }
-            if is_last {
-                // An append is all-or-nothing: if its last record is missing, drop all of it.
-                if batch_last >= expected && batch_first < expected {
-                    cut = Some(batch_at);
-                    records.retain(|(s, _)| *s < batch_first);
-                    expected = batch_first;
-                }
-                if let Some(cut) = cut {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io(ctx("open torn segment")))?;
-                    f.set_len(cut as u64)
-                        .and_then(|()| f.sync_all())
-                        .map_err(io(ctx("cut torn tail")))?;
-                    notes.push(RecoveryNote::TornTail {
-                        last_good_seq: expected - 1,
-                        bytes_dropped: (buf.len() - cut) as u64,
-                    });
-                    active_len = cut as u64;
-                } else {
-                    active_len = buf.len() as u64;
-                }
-            }
+            tail = Some(Tail {
+                first,
+                path,
+                len: buf.len(),
+                batch_at,
+                batch_first,
+                batch_last,
+                cut,
+            });
             i += 1;
+        }
+    }
+    if let Some(t) = &mut tail {
+        // An append is all-or-nothing: if its last record is missing, drop all of it.
+        if t.batch_last >= expected && t.batch_first < expected {
+            t.cut = Some(t.batch_at);
+            records.retain(|(s, _)| *s < t.batch_first);
+            expected = t.batch_first;
+        }
+        if let Some(cut) = t.cut {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&t.path)
+                .map_err(io(ctx("open torn segment")))?;
+            f.set_len(cut as u64)
+                .and_then(|()| f.sync_all())
+                .map_err(io(ctx("cut torn tail")))?;
+            notes.push(RecoveryNote::TornTail {
+                last_good_seq: expected - 1,
+                bytes_dropped: (t.len - cut) as u64,
+            });
+            active_len = cut as u64;
+        } else {
+            active_len = t.len as u64;
         }
     }
     // Only damage beyond a crash (a snapshot never includes an unacknowledged append) can leave
     // the log ending before the snapshot; the snapshot is still the truth, so go on after it in a
-    // fresh segment.
+    // fresh segment. Appends continue a segment only at the end of the one read last (never one
+    // the snapshot made unnecessary, which recovery did not read).
     let next_seq = expected.max(base + 1);
-    let active = match segments.last() {
-        Some(&f) if expected == next_seq => Some(
+    let active = match &tail {
+        Some(t) if expected == next_seq && segments.last() == Some(&t.first) => Some(
             OpenOptions::new()
                 .write(true)
-                .open(dir.join(segment_name(f)))
+                .open(&t.path)
                 .map_err(io(ctx("open log for appending")))?,
         ),
         _ => None,
