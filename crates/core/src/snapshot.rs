@@ -10,9 +10,9 @@
 //! through the same code paths as live operation; a snapshot that decodes
 //! is a valid pool, and bad bytes give a [`DecodeError`], never a panic.
 //!
-//! Layout (version 1): magic `QSCHEDP\0`, `u32` version, then the clock and
-//! settings, the label table, the label-set table, the account-id table,
-//! configured accounts with balances, queued requests, workers (with their
+//! Layout (version 2): magic `QSCHEDP\0`, `u32` version, then the clock,
+//! settings and the time of the last pass, the label table, the label-set
+//! table, the account-id table, configured accounts with balances, queued requests, workers (with their
 //! running tasks), pending assignments, task errors.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +29,9 @@ use crate::scheduler::{Place, Scheduler};
 use crate::time::Time;
 
 const MAGIC: &[u8; 8] = b"QSCHEDP\0";
-const VERSION: u32 = 1;
+/// Version 2 added the time of the last pass (version 1 derived it from the
+/// queued requests, which loses it when none is queued; see [`decode`]).
+const VERSION: u32 = 2;
 
 /// Encodes a pool.
 pub fn encode(pool: &Pool) -> Vec<u8> {
@@ -95,6 +97,7 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
     w.time(now);
     w.bool(s.settings().disable_preemption);
     w.zigzag(s.settings().bot_expiration_nanos);
+    w.time_rel(s.last_pass, now);
     w.len(label_ids.len());
     for &l in &label_ids {
         w.str(&s.labels[l].name);
@@ -197,7 +200,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         return Err(DecodeError::BadMagic("qscheduler pool snapshot"));
     }
     let version = r.u32_le()?;
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(DecodeError::Version {
             what: "snapshot",
             version,
@@ -207,6 +210,14 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     let settings = PoolSettings {
         disable_preemption: r.bool()?,
         bot_expiration_nanos: r.zigzag()?,
+    };
+    // The last pass decides how a request that returns to the queue with
+    // an old examined time sorts against settled ones, so it is part of the
+    // state even when nothing is queued.
+    let last_pass = if version >= 2 {
+        Some(r.time_rel(now)?)
+    } else {
+        None
     };
 
     let n = r.len(1)?;
@@ -394,7 +405,16 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         let t = stamps.entry(account_ids[q.account]).or_insert(Time::EPOCH);
         *t = (*t).max(q.examined);
     }
-    s.last_pass = stamps.values().copied().max().unwrap_or(Time::EPOCH);
+    let latest_examined = stamps.values().copied().max().unwrap_or(Time::EPOCH);
+    s.last_pass = match last_pass {
+        Some(t) if t < latest_examined => {
+            return Err(DecodeError::Invalid(
+                "a queued request examined after the last pass".into(),
+            ));
+        }
+        Some(t) => t,
+        None => latest_examined,
+    };
     for (&a, &t) in &stamps {
         s.accounts[a].virt[0].stamp = t;
     }
@@ -530,6 +550,34 @@ mod tests {
         assert_eq!(back.scheduler().dump(), pool.scheduler().dump());
         assert_eq!(back.reconciler(), pool.reconciler());
         assert_eq!(encode(&back), bytes, "re-encoding changed the bytes");
+    }
+
+    /// Version 1 had no last-pass field: it is derived from the queued
+    /// requests, which is exact whenever one was examined at the last pass.
+    #[test]
+    fn version_1_snapshots_still_load() {
+        let pool = sample_pool();
+        let v2 = encode(&pool);
+        // Magic, version, clock, preemption flag, bot expiration, then the
+        // last pass: skip the varints one by one.
+        let varint_end = |at: usize| {
+            let mut i = at;
+            while v2[i] & 0x80 != 0 {
+                i += 1;
+            }
+            i + 1
+        };
+        let clock_end = varint_end(12);
+        let expiration_end = varint_end(clock_end + 1);
+        let last_pass_end = varint_end(expiration_end);
+        let mut v1 = v2[..expiration_end].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&v2[last_pass_end..]);
+        let decoded = decode(&v1).expect("a version 1 snapshot decodes");
+        assert_eq!(encode(&decoded), v2);
+        let mut v3 = v2.clone();
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(decode(&v3).is_err());
     }
 
     #[test]
