@@ -82,7 +82,11 @@ impl ExternalScheduler for Dummy {
                     )),
                     KeyAndValueRef::Binary(k, v) => assignments.push(assignment(
                         k.as_str(),
-                        &String::from_utf8_lossy(&v.to_bytes().unwrap()),
+                        // A client may send any text in a -bin header;
+                        // only valid base64 decodes.
+                        &v.to_bytes()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_else(|_| "<not base64>".to_owned()),
                     )),
                 }
             }
