@@ -481,6 +481,16 @@ impl Writer {
             }
         };
         for m in msgs {
+            let size = match &m {
+                Msg::Notify { call, .. } => call.size_bound(),
+                Msg::Assign { call, .. } => call.size_bound(),
+                Msg::Admin { .. } => 0,
+            };
+            if batch_bytes + size > max_bytes && !batch_responders.is_empty() {
+                flush(&mut steps, &mut batch, &mut batch_responders);
+                batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
+            }
+            batch_bytes += size;
             match m {
                 Msg::Notify {
                     call,
@@ -491,12 +501,6 @@ impl Writer {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
                     }
-                    let size = call.size_bound();
-                    if batch_bytes + size > max_bytes && !batch_responders.is_empty() {
-                        flush(&mut steps, &mut batch, &mut batch_responders);
-                        batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
-                    }
-                    batch_bytes += size;
                     batch.notifies.push(call);
                     batch_responders.push(Responder::Notify(reply));
                 }
@@ -509,12 +513,6 @@ impl Writer {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
                     }
-                    let size = call.size_bound();
-                    if batch_bytes + size > max_bytes && !batch_responders.is_empty() {
-                        flush(&mut steps, &mut batch, &mut batch_responders);
-                        batch_bytes = qscheduler_core::BATCH_SIZE_BOUND;
-                    }
-                    batch_bytes += size;
                     batch.assigns.push(call);
                     batch_responders.push(Responder::Assign(reply));
                 }
