@@ -32,14 +32,12 @@ use anyhow::{Context, bail};
 use qscheduler_wire::protos::AccountConfig;
 use qscheduler_wire::prpc::PrpcClient;
 use qscheduler_wire::qscheduler as adm;
-use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
-use qscheduler_wire::qscheduler::q_scheduler_view_client::QSchedulerViewClient;
 use qscheduler_wire::swarming::v1 as pb;
 use qscheduler_wire::swarming::v1::external_scheduler_client::ExternalSchedulerClient;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cli::Transport;
+use crate::cli::{Client, Transport};
 
 /// Options of `qscheduler loadgen`.
 #[derive(clap::Args, Debug)]
@@ -107,8 +105,6 @@ fn seconds(s: &str) -> Result<f64, String> {
 }
 
 const SCHED: &str = "swarming.v1.ExternalScheduler";
-const ADMIN: &str = "qscheduler.QSchedulerAdmin";
-const VIEW: &str = "qscheduler.QSchedulerView";
 
 /// One connection pool to the server, over either protocol.
 #[derive(Clone)]
@@ -139,48 +135,6 @@ impl Conn {
             Conn::Prpc(c) => c.call(SCHED, "AssignTasks", &req).await,
             Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
                 .assign_tasks(req)
-                .await
-                .map(tonic::Response::into_inner),
-        }
-    }
-
-    async fn create_pool(&self, req: adm::CreateSchedulerPoolRequest) -> Result<(), tonic::Status> {
-        match self {
-            Conn::Prpc(c) => c
-                .call::<_, adm::CreateSchedulerPoolResponse>(ADMIN, "CreateSchedulerPool", &req)
-                .await
-                .map(drop),
-            Conn::Grpc(ch) => QSchedulerAdminClient::new(ch.clone())
-                .create_scheduler_pool(req)
-                .await
-                .map(drop),
-        }
-    }
-
-    async fn create_account(&self, req: adm::CreateAccountRequest) -> Result<(), tonic::Status> {
-        match self {
-            Conn::Prpc(c) => c
-                .call::<_, adm::CreateAccountResponse>(ADMIN, "CreateAccount", &req)
-                .await
-                .map(drop),
-            Conn::Grpc(ch) => QSchedulerAdminClient::new(ch.clone())
-                .create_account(req)
-                .await
-                .map(drop),
-        }
-    }
-
-    async fn inspect(
-        &self,
-        req: adm::InspectPoolRequest,
-    ) -> Result<adm::InspectPoolResponse, tonic::Status> {
-        match self {
-            Conn::Prpc(c) => c.call(VIEW, "InspectPool", &req).await,
-            // A busy pool's full view is far larger than tonic's 4 MiB
-            // default.
-            Conn::Grpc(ch) => QSchedulerViewClient::new(ch.clone())
-                .max_decoding_message_size(usize::MAX)
-                .inspect_pool(req)
                 .await
                 .map(tonic::Response::into_inner),
         }
@@ -464,48 +418,36 @@ async fn connect(args: &LoadgenArgs, timeout: Duration) -> anyhow::Result<Vec<Co
 }
 
 /// Creates the pool and its accounts unless the pool exists.
-async fn prepare_pool(conn: &Conn, pool: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
-    let created = conn
-        .create_pool(adm::CreateSchedulerPoolRequest {
-            pool_id: pool.to_string(),
-            config: None,
-        })
+async fn prepare_pool(admin: &Client, pool: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
+    let created = admin
+        .create_scheduler_pool(
+            &format!("creating pool {pool}"),
+            adm::CreateSchedulerPoolRequest {
+                pool_id: pool.to_string(),
+                config: None,
+            },
+        )
         .await;
     match created {
-        Ok(()) => {}
-        Err(s) if s.code() == Code::AlreadyExists => {}
-        Err(s) => bail!(
-            "creating pool {pool}: {}: {}{}",
-            crate::cli::code_name(s.code()),
-            s.message(),
-            if s.code() == Code::Unavailable {
-                format!(
-                    "\nhint: is the server running at {}? (--server)",
-                    args.server
-                )
-            } else {
-                String::new()
-            }
-        ),
+        Ok(_) => {}
+        Err(e) if e.code() == Code::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
     }
     for a in 0..args.accounts {
-        conn.create_account(adm::CreateAccountRequest {
-            pool_id: pool.to_string(),
-            account_id: format!("acct-{a}"),
-            config: Some(AccountConfig {
-                charge_rate: vec![1.0; 5],
-                max_charge_seconds: 3600.0,
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|s| {
-            anyhow::anyhow!(
-                "creating account acct-{a} in {pool}: {}: {}",
-                crate::cli::code_name(s.code()),
-                s.message()
+        admin
+            .create_account(
+                &format!("creating account acct-{a} in {pool}"),
+                adm::CreateAccountRequest {
+                    pool_id: pool.to_string(),
+                    account_id: format!("acct-{a}"),
+                    config: Some(AccountConfig {
+                        charge_rate: vec![1.0; 5],
+                        max_charge_seconds: 3600.0,
+                        ..Default::default()
+                    }),
+                },
             )
-        })?;
+            .await?;
     }
     Ok(())
 }
@@ -556,6 +498,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
+    let admin = Client::new(&args.server, args.transport, timeout)?;
     let conns = connect(&args, timeout).await?;
     let run = format!(
         "lg{}",
@@ -573,7 +516,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         .map(|p| format!("{}-{p}", args.pool_prefix))
         .collect();
     for pool in &pools {
-        prepare_pool(&conns[0], pool, &args).await?;
+        prepare_pool(&admin, pool, &args).await?;
         if args.prefill > 0 {
             eprintln!("prefilling {pool} with {} tasks", args.prefill);
             prefill(&conns[0], pool, &work, args.prefill).await?;
@@ -629,12 +572,14 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut queued = 0i64;
     let mut running = 0i64;
     for pool in &pools {
-        let r = conns[0]
-            .inspect(adm::InspectPoolRequest {
-                pool_id: pool.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("inspecting {pool}: {}", s.message()))?;
+        let r = admin
+            .inspect_pool(
+                &format!("inspecting {pool}"),
+                adm::InspectPoolRequest {
+                    pool_id: pool.clone(),
+                },
+            )
+            .await?;
         queued += i64::from(r.num_waiting_tasks);
         running += i64::from(r.num_running_tasks);
     }

@@ -48,8 +48,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use client::Client;
-pub use client::{Transport, code_name};
+pub use client::{Client, Transport, code_name};
 
 /// How to reach the server; accepted by every administration command.
 #[derive(Args, Debug, Clone)]
