@@ -61,7 +61,10 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
         .collect();
     set_ids.sort_unstable();
     set_ids.dedup();
-    set_ids.sort_unstable_by(|&a, &b| s.sets[a].names.cmp(&s.sets[b].names));
+    let set_names: FxHashMap<u32, crate::event::Labels> =
+        set_ids.iter().map(|&x| (x, s.set_names(x))).collect();
+    set_ids.sort_unstable_by(|a, b| set_names[a].cmp(&set_names[b]));
+    drop(set_names);
     let set_pos: FxHashMap<u32, usize> = set_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
     let mut label_ids: Vec<u32> = set_ids
         .iter()

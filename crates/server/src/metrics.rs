@@ -503,7 +503,7 @@ fn label_counts(
     }
     let mut waiting = HashMap::new();
     for q in pool.scheduler().queued_requests() {
-        add(&mut waiting, q.base_labels);
+        add(&mut waiting, &q.base_labels);
     }
     let mut running = HashMap::new();
     let mut idle_bots = HashMap::new();
@@ -511,7 +511,7 @@ fn label_counts(
     for w in workers {
         match &w.running {
             Some(r) => {
-                add(&mut running, r.request.base_labels);
+                add(&mut running, &r.request.base_labels);
                 add(&mut running_bots, w.labels);
             }
             None => add(&mut idle_bots, w.labels),

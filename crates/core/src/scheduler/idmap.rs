@@ -45,6 +45,49 @@ impl IdIndex {
     }
 }
 
+/// Slot numbers keyed by something each slot can produce (a label set's
+/// labels, a fanout group's label union), hashed with `u64` hashes computed
+/// by the caller. Like [`IdIndex`], it stores only the slot: the key lives in
+/// the slot, so the table costs about 5 bytes per entry instead of a second
+/// copy of the key.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SlotIndex {
+    table: HashTable<u32>,
+}
+
+impl SlotIndex {
+    /// The slot whose key has hash `hash` and for which `is_key` holds.
+    pub(crate) fn get(&self, hash: u64, is_key: impl Fn(u32) -> bool) -> Option<u32> {
+        self.table.find(hash, |&i| is_key(i)).copied()
+    }
+
+    /// Records `slot` under `hash`; `hash_of` recomputes any slot's hash
+    /// when the table grows.
+    pub(crate) fn insert(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
+        self.table.insert_unique(hash, slot, |&i| hash_of(i));
+    }
+
+    /// Forgets `slot`, recorded under `hash`.
+    pub(crate) fn remove(&mut self, hash: u64, slot: u32) {
+        if let Ok(e) = self.table.find_entry(hash, |&i| i == slot) {
+            e.remove();
+        }
+    }
+}
+
+/// The hash of a sorted label-id sequence.
+pub(crate) fn hash_ids(ids: impl IntoIterator<Item = u32>) -> u64 {
+    use std::hash::Hasher;
+    let mut h = FxBuildHasher.build_hasher();
+    let mut n = 0u64;
+    for id in ids {
+        h.write_u32(id);
+        n += 1;
+    }
+    h.write_u64(n);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
 
+use super::idmap::hash_ids;
+use super::slab::Slab;
 use super::{
     Account, Bucket, Container, Group, LEVELS, LabelEntry, NO_GROUP, Place, QKey, Request, SETTLED,
     Scheduler, SetEntry, TaskRun, Virt, Worker,
@@ -24,6 +26,32 @@ use super::{
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
 use crate::time::Time;
+
+/// The sorted, distinct union of two sorted, distinct label-id slices.
+fn union_ids<'a>(a: &'a [u32], b: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    let (mut a, mut b) = (a.iter().copied().peekable(), b.iter().copied().peekable());
+    std::iter::from_fn(move || match (a.peek().copied(), b.peek().copied()) {
+        (Some(x), Some(y)) if x == y => {
+            a.next();
+            b.next()
+        }
+        (Some(x), Some(y)) if x < y => a.next(),
+        (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, None) => None,
+    })
+}
+
+/// Whether two (base, provisionable) set pairs have the same label union.
+fn same_union(sets: &Slab<SetEntry>, x: (u32, u32), y: (u32, u32)) -> bool {
+    union_ids(&sets[x.0].labels, &sets[x.1].labels)
+        .eq(union_ids(&sets[y.0].labels, &sets[y.1].labels))
+}
+
+/// The hash of a fanout group's key: its account and label union.
+fn group_hash(sets: &Slab<SetEntry>, a: u32, base: u32, prov: u32) -> u64 {
+    hash_ids(std::iter::once(a).chain(union_ids(&sets[base].labels, &sets[prov].labels)))
+}
 
 /// `small ⊆ big` for sorted, duplicate-free slices.
 pub(crate) fn is_subset(small: &[u32], big: &[u32]) -> bool {
@@ -86,7 +114,7 @@ impl Scheduler {
         out
     }
 
-    fn sorted_names(&self, ids: &[u32]) -> Labels {
+    pub(crate) fn sorted_names(&self, ids: &[u32]) -> Labels {
         let mut names: Vec<Arc<str>> = ids.iter().map(|&l| self.labels[l].name.clone()).collect();
         names.sort_unstable();
         names.into()
@@ -94,21 +122,28 @@ impl Scheduler {
 
     // ------------------------------------------------------------------ sets
 
+    /// A set's label names, sorted. Built on demand (for events and views)
+    /// rather than kept: with many distinct label sets, a names list per set
+    /// cost more memory than the rest of the set.
+    pub(crate) fn set_names(&self, s: u32) -> Labels {
+        self.sorted_names(&self.sets[s].labels)
+    }
+
     /// Interns a set given as sorted, distinct label ids whose references
     /// the caller hands over. Returns the set with one new reference.
     pub(crate) fn intern_set_ids(&mut self, ids: Vec<u32>) -> u32 {
-        if let Some(&s) = self.set_ids.get(ids.as_slice()) {
+        let hash = hash_ids(ids.iter().copied());
+        let sets = &self.sets;
+        if let Some(s) = self.set_ids.get(hash, |s| *sets[s].labels == *ids) {
             for l in ids {
                 self.release_label(l);
             }
             self.sets[s].refs += 1;
             return s;
         }
-        let names = self.sorted_names(&ids);
         let labels: Box<[u32]> = ids.into_boxed_slice();
         let s = self.sets.insert(SetEntry {
-            labels: labels.clone(),
-            names,
+            labels,
             refs: 1,
             queued_base: 0,
             queued_prov: 0,
@@ -116,7 +151,9 @@ impl Scheduler {
             anchor: None,
             cell: None,
         });
-        self.set_ids.insert(labels, s);
+        let sets = &self.sets;
+        self.set_ids
+            .insert(hash, s, |x| hash_ids(sets[x].labels.iter().copied()));
         s
     }
 
@@ -125,29 +162,13 @@ impl Scheduler {
         self.intern_set_ids(ids)
     }
 
-    fn union_set(&mut self, a: u32, b: u32) -> u32 {
-        let mut ids: Vec<u32> = self.sets[a]
-            .labels
-            .iter()
-            .chain(self.sets[b].labels.iter())
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for &l in &ids {
-            self.labels[l].refs += 1;
-        }
-        self.intern_set_ids(ids)
-    }
-
     pub(crate) fn release_set(&mut self, s: u32) {
         let e = &mut self.sets[s];
         e.refs -= 1;
         if e.refs == 0 && s != self.empty_set {
             debug_assert!(!e.active());
-            let labels = e.labels.clone();
-            self.set_ids.remove(&labels);
-            self.sets.remove(s);
+            self.set_ids.remove(hash_ids(e.labels.iter().copied()), s);
+            let labels = self.sets.remove(s).map(|e| e.labels).unwrap_or_default();
             for &l in labels.iter() {
                 self.release_label(l);
             }
@@ -639,16 +660,28 @@ impl Scheduler {
 
     // ---------------------------------------------------------------- groups
 
+    /// The fanout group of account `a`'s requests with these labels: groups
+    /// are keyed by the union of base and provisionable labels (reference
+    /// §6.14), compared exactly. A group holds a reference to the sets of
+    /// the request that created it and recomputes the union from them when
+    /// needed, rather than interning the union as a set of its own.
     fn group_ref(&mut self, a: u32, base: u32, prov: u32) -> u32 {
-        let union = self.union_set(base, prov);
-        if let Some(&g) = self.group_ids.get(&(a, union)) {
-            self.release_set(union);
+        let hash = group_hash(&self.sets, a, base, prov);
+        let (sets, groups) = (&self.sets, &self.groups);
+        let found = self.group_ids.get(hash, |g| {
+            let group = &groups[g];
+            group.account == a && same_union(sets, (group.base, group.prov), (base, prov))
+        });
+        if let Some(g) = found {
             self.groups[g].requests += 1;
             return g;
         }
+        self.sets[base].refs += 1;
+        self.sets[prov].refs += 1;
         let g = self.groups.insert(Group {
             account: a,
-            union,
+            base,
+            prov,
             requests: 1,
             running: 0,
             buckets: Vec::new(),
@@ -658,7 +691,11 @@ impl Scheduler {
             pass_base: 0,
             pass_assigned: 0,
         });
-        self.group_ids.insert((a, union), g);
+        let (sets, groups) = (&self.sets, &self.groups);
+        self.group_ids.insert(hash, g, |x| {
+            let group = &groups[x];
+            group_hash(sets, group.account, group.base, group.prov)
+        });
         g
     }
 
@@ -667,10 +704,12 @@ impl Scheduler {
         group.requests -= 1;
         if group.requests == 0 {
             debug_assert!(group.buckets.is_empty() && group.running == 0);
-            let (a, union) = (group.account, group.union);
-            self.group_ids.remove(&(a, union));
+            let (a, base, prov) = (group.account, group.base, group.prov);
+            self.group_ids
+                .remove(group_hash(&self.sets, a, base, prov), g);
             self.groups.remove(g);
-            self.release_set(union);
+            self.release_set(base);
+            self.release_set(prov);
         }
     }
 
@@ -882,6 +921,7 @@ impl Scheduler {
         });
         self.attach_bucket(b, v);
         if g != NO_GROUP {
+            self.groups[g].buckets.reserve_exact(1);
             self.groups[g].buckets.push(b);
         }
         self.bucket_ids.insert((a, base, prov), b);
@@ -909,6 +949,7 @@ impl Scheduler {
         let c = self.container_for(v, base);
         let cb = &mut self.containers[c].buckets;
         let i = cb.partition_point(|&(p, _)| p < prov);
+        cb.reserve_exact(1);
         cb.insert(i, (prov, b));
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
@@ -1066,6 +1107,9 @@ impl Scheduler {
                 if new.is_none() {
                     return;
                 }
+                // Most cells have one or two provisionable sets; a Vec's
+                // default first capacity (4) would quadruple this entry.
+                cell.by_prov.reserve_exact(1);
                 cell.by_prov.insert(i, (prov, Default::default()));
                 i
             }
@@ -1504,18 +1548,23 @@ impl Scheduler {
             }
             assert_eq!(by_prio, acc.running_by_prio);
         }
-        for (_, g) in self.groups.iter() {
+        for (gi, g) in self.groups.iter() {
             let running = self
                 .workers
                 .iter()
                 .filter(|(_, w)| {
                     w.running.as_ref().is_some_and(|run| {
                         let req = &self.requests[run.req];
-                        self.group_ids.get(&(req.account, g.union)) == Some(&req.group)
-                            && req.account == g.account
+                        req.group == gi
                     })
                 })
                 .count();
+            let hash = group_hash(&self.sets, g.account, g.base, g.prov);
+            assert_eq!(
+                self.group_ids.get(hash, |x| x == gi),
+                Some(gi),
+                "group not findable by its key"
+            );
             assert_eq!(running as u32, g.running);
         }
     }

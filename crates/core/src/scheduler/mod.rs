@@ -80,7 +80,7 @@ pub struct NotAssigned {
 
 /// The group of a request whose account does not use fanout. Groups are
 /// only kept for accounts with `max_fanout > 0`: each costs a struct, a map
-/// entry and an interned label set, which most accounts never need.
+/// entry and references to two label sets, which most accounts never need.
 pub(crate) const NO_GROUP: u32 = u32::MAX;
 
 /// Marks a level cell for accounts that sit out the pass (free level with
@@ -143,7 +143,6 @@ pub(crate) struct LabelEntry {
 #[derive(Clone, Debug)]
 pub(crate) struct SetEntry {
     pub(crate) labels: Box<[u32]>,
-    pub(crate) names: Labels,
     /// Requests and groups holding this set.
     pub(crate) refs: u32,
     /// Queued requests with this set as base labels.
@@ -294,7 +293,10 @@ pub(crate) struct Bucket {
 #[derive(Clone, Debug)]
 pub(crate) struct Group {
     pub(crate) account: u32,
-    pub(crate) union: u32,
+    /// Base and provisionable sets of the request that created the group;
+    /// their union is the group's key.
+    pub(crate) base: u32,
+    pub(crate) prov: u32,
     /// Requests (queued or running) in the group.
     pub(crate) requests: u32,
     /// Running tasks in the group.
@@ -318,7 +320,7 @@ pub struct Scheduler {
 
     pub(crate) label_ids: FxHashMap<Arc<str>, u32>,
     pub(crate) labels: Slab<LabelEntry>,
-    pub(crate) set_ids: FxHashMap<Box<[u32]>, u32>,
+    pub(crate) set_ids: idmap::SlotIndex,
     pub(crate) sets: Slab<SetEntry>,
     pub(crate) empty_set: u32,
 
@@ -343,7 +345,7 @@ pub struct Scheduler {
     pub(crate) bucket_ids: FxHashMap<(u32, u32, u32), u32>,
     pub(crate) buckets: Slab<Bucket>,
     pub(crate) containers: Slab<Container>,
-    pub(crate) group_ids: FxHashMap<(u32, u32), u32>,
+    pub(crate) group_ids: idmap::SlotIndex,
     pub(crate) groups: Slab<Group>,
     pub(crate) dirty_groups: Vec<u32>,
     /// Number of non-empty cells per level.
@@ -372,7 +374,7 @@ impl Scheduler {
             pass_no: 0,
             label_ids: FxHashMap::default(),
             labels: Slab::default(),
-            set_ids: FxHashMap::default(),
+            set_ids: idmap::SlotIndex::default(),
             sets: Slab::default(),
             empty_set: 0,
             account_ids: FxHashMap::default(),
@@ -389,7 +391,7 @@ impl Scheduler {
             bucket_ids: FxHashMap::default(),
             buckets: Slab::default(),
             containers: Slab::default(),
-            group_ids: FxHashMap::default(),
+            group_ids: idmap::SlotIndex::default(),
             groups: Slab::default(),
             dirty_groups: Vec::new(),
             nonempty_cells: [0; LEVELS],

@@ -17,9 +17,9 @@ pub struct QueuedView<'a> {
     /// Account id.
     pub account: &'a str,
     /// Base labels, sorted.
-    pub base_labels: &'a Labels,
+    pub base_labels: Labels,
     /// Provisionable labels, sorted.
-    pub provisionable_labels: &'a Labels,
+    pub provisionable_labels: Labels,
     /// When Swarming created the task.
     pub enqueue_time: Time,
     /// Latest time Swarming confirmed the task's state.
@@ -60,8 +60,8 @@ impl Scheduler {
         QueuedView {
             id: &req.id,
             account: &self.accounts[req.account].id,
-            base_labels: &self.sets[req.base].names,
-            provisionable_labels: &self.sets[req.prov].names,
+            base_labels: self.set_names(req.base),
+            provisionable_labels: self.set_names(req.prov),
             enqueue_time: req.enqueue,
             confirmed_time: req.confirmed,
             examined_time: self.examined(r),
@@ -112,9 +112,9 @@ impl Scheduler {
     }
 
     /// The provisionable labels of a request, if known.
-    pub fn provisionable_labels(&self, id: &str) -> Option<&Labels> {
+    pub fn provisionable_labels(&self, id: &str) -> Option<Labels> {
         let r = self.request_idx(id)?;
-        Some(&self.sets[self.requests[r].prov].names)
+        Some(self.set_names(self.requests[r].prov))
     }
 }
 
