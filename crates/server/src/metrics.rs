@@ -512,9 +512,9 @@ fn label_counts(
         match &w.running {
             Some(r) => {
                 add(&mut running, &r.request.base_labels);
-                add(&mut running_bots, w.labels);
+                add(&mut running_bots, &w.labels);
             }
-            None => add(&mut idle_bots, w.labels),
+            None => add(&mut idle_bots, &w.labels),
         }
     }
     let mut counts: HashMap<Arc<str>, [u64; 4]> = HashMap::new();

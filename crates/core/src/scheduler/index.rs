@@ -114,6 +114,22 @@ impl Scheduler {
         out
     }
 
+    /// Label ids sorted by name.
+    fn name_order(&self, ids: &[u32]) -> Box<[u32]> {
+        let mut v = ids.to_vec();
+        v.sort_unstable_by(|&a, &b| self.labels[a].name.cmp(&self.labels[b].name));
+        v.into_boxed_slice()
+    }
+
+    /// A worker's label names, sorted.
+    pub(crate) fn worker_names(&self, w: u32) -> Labels {
+        self.workers[w]
+            .by_name
+            .iter()
+            .map(|&l| self.labels[l].name.clone())
+            .collect()
+    }
+
     pub(crate) fn sorted_names(&self, ids: &[u32]) -> Labels {
         let mut names: Vec<Arc<str>> = ids.iter().map(|&l| self.labels[l].name.clone()).collect();
         names.sort_unstable();
@@ -303,12 +319,12 @@ impl Scheduler {
         confirmed: Time,
         modified: Time,
     ) -> u32 {
-        let names = self.sorted_names(&ids);
+        let by_name = self.name_order(&ids);
         let id: Arc<str> = Arc::from(id);
         let w = self.workers.insert(Worker {
             id: id.clone(),
             labels: ids.into_boxed_slice(),
-            names,
+            by_name,
             confirmed,
             modified,
             running: None,
@@ -348,7 +364,7 @@ impl Scheduler {
             return false;
         }
         self.detach_worker_labels(w);
-        self.workers[w].names = self.sorted_names(&ids);
+        self.workers[w].by_name = self.name_order(&ids);
         self.workers[w].labels = ids.into_boxed_slice();
         self.attach_worker_labels(w);
         true
@@ -903,7 +919,13 @@ impl Scheduler {
     }
 
     fn bucket_for(&mut self, a: u32, base: u32, prov: u32, g: u32) -> u32 {
-        if let Some(&b) = self.bucket_ids.get(&(a, base, prov)) {
+        let hash = hash_ids([a, base, prov]);
+        let buckets = &self.buckets;
+        let key_of = |b: &Bucket| (b.account, b.base, b.prov);
+        if let Some(b) = self
+            .bucket_ids
+            .get(hash, |b| key_of(&buckets[b]) == (a, base, prov))
+        {
             return b;
         }
         let throttled = g != NO_GROUP && self.groups[g].throttled;
@@ -924,7 +946,11 @@ impl Scheduler {
             self.groups[g].buckets.reserve_exact(1);
             self.groups[g].buckets.push(b);
         }
-        self.bucket_ids.insert((a, base, prov), b);
+        let buckets = &self.buckets;
+        self.bucket_ids.insert(hash, b, |x| {
+            let bucket = &buckets[x];
+            hash_ids([bucket.account, bucket.base, bucket.prov])
+        });
         b
     }
 
@@ -992,7 +1018,7 @@ impl Scheduler {
             }
         }
         self.bucket_ids
-            .remove(&(bucket.account, bucket.base, bucket.prov));
+            .remove(hash_ids([bucket.account, bucket.base, bucket.prov]), b);
     }
 
     /// Moves a bucket to another placement of its account (fanout throttling

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::account::{AccountConfig, Balance, NUM_PRIORITIES, PoolSettings};
-use crate::event::{Event, Labels};
+use crate::event::Event;
 use crate::time::Time;
 use ordset::OrdSet;
 use slab::Slab;
@@ -226,8 +226,10 @@ pub(crate) struct Worker {
     pub(crate) id: Arc<str>,
     /// Sorted label ids.
     pub(crate) labels: Box<[u32]>,
-    /// Sorted label names.
-    pub(crate) names: Labels,
+    /// The same label ids in name order, for lookups by name prefix and
+    /// for building the sorted names on demand (a names list per worker
+    /// cost four times as much).
+    pub(crate) by_name: Box<[u32]>,
     pub(crate) confirmed: Time,
     pub(crate) modified: Time,
     pub(crate) running: Option<TaskRun>,
@@ -342,7 +344,7 @@ pub struct Scheduler {
     /// Running workers by their task's level.
     pub(crate) running: [FxHashSet<u32>; LEVELS],
 
-    pub(crate) bucket_ids: FxHashMap<(u32, u32, u32), u32>,
+    pub(crate) bucket_ids: idmap::SlotIndex,
     pub(crate) buckets: Slab<Bucket>,
     pub(crate) containers: Slab<Container>,
     pub(crate) group_ids: idmap::SlotIndex,
@@ -388,7 +390,7 @@ impl Scheduler {
             idle: BTreeMap::new(),
             idle_expiry: BTreeSet::new(),
             running: Default::default(),
-            bucket_ids: FxHashMap::default(),
+            bucket_ids: idmap::SlotIndex::default(),
             buckets: Slab::default(),
             containers: Slab::default(),
             group_ids: idmap::SlotIndex::default(),

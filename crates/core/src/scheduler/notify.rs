@@ -241,10 +241,7 @@ impl Scheduler {
         let acc = &self.accounts[req.account];
         let valid = acc.config.is_some();
         let (bot_id, bot_dimensions) = match w {
-            Some(w) => {
-                let worker = &self.workers[w];
-                (Some(worker.id.clone()), worker.names.clone())
-            }
+            Some(w) => (Some(self.workers[w].id.clone()), self.worker_names(w)),
             None => (None, Arc::from(Vec::<Arc<str>>::new())),
         };
         Event {

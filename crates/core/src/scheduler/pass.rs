@@ -114,9 +114,13 @@ impl Scheduler {
 
     /// The worker's smallest label starting with `key`.
     fn label_for_key(&self, w: u32, key: &str) -> Option<Arc<str>> {
-        let names = &self.workers[w].names;
-        let i = names.partition_point(|n| &**n < key);
-        names.get(i).filter(|n| n.starts_with(key)).cloned()
+        let by_name = &self.workers[w].by_name;
+        let i = by_name.partition_point(|&l| &*self.labels[l].name < key);
+        by_name
+            .get(i)
+            .map(|&l| &self.labels[l].name)
+            .filter(|n| n.starts_with(key))
+            .cloned()
     }
 
     /// True if account `a` has reached a per-label limit on worker `w`.

@@ -45,7 +45,7 @@ pub struct WorkerView<'a> {
     /// Bot id.
     pub id: &'a str,
     /// Labels, sorted.
-    pub labels: &'a Labels,
+    pub labels: Labels,
     /// Latest time Swarming confirmed the worker's state.
     pub confirmed_time: Time,
     /// Scheduler time at which it last became idle or changed labels.
@@ -85,9 +85,9 @@ impl Scheduler {
         let mut v: Vec<WorkerView<'_>> = self
             .workers
             .iter()
-            .map(|(_, w)| WorkerView {
+            .map(|(i, w)| WorkerView {
                 id: &w.id,
-                labels: &w.names,
+                labels: self.worker_names(i),
                 confirmed_time: w.confirmed,
                 modified_time: w.modified,
                 running: w.running.as_ref().map(|run| RunningView {
