@@ -489,8 +489,8 @@ impl PoolGauges {
 
 /// Label utilisation (reference §11.1): for every base label of a waiting
 /// or running task, how many waiting and running tasks have it, and how
-/// many idle and running bots. Label sets are shared between requests, so
-/// they are counted once per distinct set.
+/// many idle and running bots. Queued requests are counted by the core per
+/// distinct label set; running ones and bots (at most one per bot) here.
 fn label_counts(
     pool: &Pool,
     workers: &[qscheduler_core::scheduler::WorkerView<'_>],
@@ -500,10 +500,6 @@ fn label_counts(
         sets.entry(Arc::as_ptr(l))
             .or_insert_with(|| (l.clone(), 0))
             .1 += 1;
-    }
-    let mut waiting = HashMap::new();
-    for q in pool.scheduler().queued_requests() {
-        add(&mut waiting, &q.base_labels);
     }
     let mut running = HashMap::new();
     let mut idle_bots = HashMap::new();
@@ -518,11 +514,12 @@ fn label_counts(
         }
     }
     let mut counts: HashMap<Arc<str>, [u64; 4]> = HashMap::new();
-    for (i, sets) in [&waiting, &running].into_iter().enumerate() {
-        for (labels, n) in sets.values() {
-            for l in labels.iter() {
-                counts.entry(l.clone()).or_default()[i] += n;
-            }
+    for (l, n) in pool.scheduler().queued_base_label_counts() {
+        counts.entry(l).or_default()[0] += n;
+    }
+    for (labels, n) in running.values() {
+        for l in labels.iter() {
+            counts.entry(l.clone()).or_default()[1] += n;
         }
     }
     // Bots count only towards labels that tasks use, as in the original:

@@ -6,6 +6,8 @@
 
 use super::{Place, Scheduler};
 use crate::account::Balance;
+use std::sync::Arc;
+
 use crate::event::Labels;
 use crate::time::Time;
 
@@ -109,6 +111,27 @@ impl Scheduler {
             _ => None,
         };
         Some((self.request_view(r), worker))
+    }
+
+    /// For every label some queued request has among its base labels, how
+    /// many queued requests have it, in name order. Computed from the
+    /// per-set counts, so it costs one step per distinct label set rather
+    /// than per request.
+    pub fn queued_base_label_counts(&self) -> Vec<(Arc<str>, u64)> {
+        let mut counts: rustc_hash::FxHashMap<u32, u64> = Default::default();
+        for (_, set) in self.sets.iter() {
+            if set.queued_base > 0 {
+                for &l in set.labels.iter() {
+                    *counts.entry(l).or_default() += u64::from(set.queued_base);
+                }
+            }
+        }
+        let mut v: Vec<(Arc<str>, u64)> = counts
+            .into_iter()
+            .map(|(l, n)| (self.labels[l].name.clone(), n))
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// The provisionable labels of a request, if known.
@@ -217,5 +240,49 @@ impl Scheduler {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::NewRequest;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn queued_base_label_counts_match_a_count_over_requests() {
+        let t = Time::from_nanos(1_000_000_000);
+        let mut s = Scheduler::new(t);
+        let sets: [&[&str]; 4] = [&["a", "b"], &["b"], &["a", "b"], &["c", "a"]];
+        for (i, labels) in sets.iter().enumerate() {
+            s.add_request(
+                &NewRequest {
+                    id: format!("r{i}"),
+                    account: String::new(),
+                    base_labels: labels.iter().map(|l| l.to_string()).collect(),
+                    provisionable_labels: vec!["p".into()],
+                    enqueue_time: t,
+                },
+                t,
+                &[],
+            );
+        }
+        s.notify_absent("r1", t);
+        let mut expect: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        for q in s.queued_requests() {
+            for l in q.base_labels.iter() {
+                *expect.entry(l.clone()).or_default() += 1;
+            }
+        }
+        let got = s.queued_base_label_counts();
+        assert_eq!(got, expect.into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            got,
+            vec![
+                (Arc::from("a"), 3),
+                (Arc::from("b"), 2),
+                (Arc::from("c"), 1)
+            ]
+        );
     }
 }
