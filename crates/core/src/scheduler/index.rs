@@ -26,6 +26,7 @@ use super::{
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
 use crate::time::Time;
+use smallvec::SmallVec;
 
 /// The sorted, distinct union of two sorted, distinct label-id slices.
 fn union_ids<'a>(a: &'a [u32], b: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
@@ -700,7 +701,7 @@ impl Scheduler {
             prov,
             requests: 1,
             running: 0,
-            buckets: Vec::new(),
+            buckets: SmallVec::new(),
             throttled: false,
             dirty: false,
             pass_stamp: 0,
@@ -943,7 +944,6 @@ impl Scheduler {
         });
         self.attach_bucket(b, v);
         if g != NO_GROUP {
-            self.groups[g].buckets.reserve_exact(1);
             self.groups[g].buckets.push(b);
         }
         let buckets = &self.buckets;
@@ -961,7 +961,7 @@ impl Scheduler {
         let c = self.containers.insert(Container {
             virt: v,
             base,
-            buckets: Vec::new(),
+            buckets: SmallVec::new(),
             heads: Default::default(),
         });
         self.virt_mut(v).containers.insert(base, c);
@@ -975,7 +975,6 @@ impl Scheduler {
         let c = self.container_for(v, base);
         let cb = &mut self.containers[c].buckets;
         let i = cb.partition_point(|&(p, _)| p < prov);
-        cb.reserve_exact(1);
         cb.insert(i, (prov, b));
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
@@ -1133,9 +1132,6 @@ impl Scheduler {
                 if new.is_none() {
                     return;
                 }
-                // Most cells have one or two provisionable sets; a Vec's
-                // default first capacity (4) would quadruple this entry.
-                cell.by_prov.reserve_exact(1);
                 cell.by_prov.insert(i, (prov, Default::default()));
                 i
             }

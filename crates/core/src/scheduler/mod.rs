@@ -44,6 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 
 use crate::account::{AccountConfig, Balance, NUM_PRIORITIES, PoolSettings};
 use crate::event::Event;
@@ -185,7 +186,7 @@ pub(crate) struct Cell {
     /// Bucket heads by provisionable set (sorted by set id), so that a
     /// worker looking for provisioned work looks only at the provisionable
     /// sets it has. Each key's `c` names the bucket's container.
-    pub(crate) by_prov: Vec<(u32, OrdSet<QKey>)>,
+    pub(crate) by_prov: SmallVec<[(u32, OrdSet<QKey>); 1]>,
 }
 
 /// Where a request is.
@@ -274,7 +275,7 @@ pub(crate) struct Container {
     pub(crate) virt: u32,
     pub(crate) base: u32,
     /// Provisionable set → bucket, sorted by set id.
-    pub(crate) buckets: Vec<(u32, u32)>,
+    pub(crate) buckets: SmallVec<[(u32, u32); 1]>,
     pub(crate) heads: OrdSet<QKey>,
 }
 
@@ -303,7 +304,7 @@ pub(crate) struct Group {
     pub(crate) requests: u32,
     /// Running tasks in the group.
     pub(crate) running: u32,
-    pub(crate) buckets: Vec<u32>,
+    pub(crate) buckets: SmallVec<[u32; 1]>,
     pub(crate) throttled: bool,
     pub(crate) dirty: bool,
     pub(crate) pass_stamp: u64,
