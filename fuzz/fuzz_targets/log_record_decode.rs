@@ -182,6 +182,30 @@ fn must<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
     }
 }
 
+/// redb can panic on a damaged file; the store contains those panics (`catch_unwind` around every
+/// redb call). libfuzzer-sys aborts on any panic, contained or not, so panics raised inside redb
+/// are let through to the store's containment here; any other panic still aborts. A redb panic
+/// the store failed to contain would surface as a failed blocking task, which is checked below.
+fn let_redb_panics_unwind() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let abort = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_redb = info
+                .location()
+                .is_some_and(|l| l.file().contains("/redb-"));
+            if !in_redb {
+                abort(info);
+            }
+        }));
+    });
+}
+
+/// An error that says a panic escaped the store's containment.
+fn escaped(e: &qscheduler_store::Error) -> bool {
+    matches!(e, qscheduler_store::Error::Internal(m) if m.contains("blocking store task failed"))
+}
+
 /// What was written: every record by seq, every snapshot by seq.
 #[derive(Default)]
 struct Written {
@@ -248,6 +272,7 @@ async fn build(dir: &Path, input: &Input) -> (std::path::PathBuf, Written) {
 }
 
 fuzz_target!(|input: Input| {
+    let_redb_panics_unwind();
     let scratch = scratch_dir();
     qscheduler_fuzz::runtime().block_on(async {
         let (data, written) = build(scratch.path(), &input).await;
@@ -261,8 +286,12 @@ fuzz_target!(|input: Input| {
             Store::open(&location, StoreOptions::default()).await,
             "open the store",
         );
-        let Ok((handle, rec)) = store.open_pool(POOL).await else {
-            return;
+        let (handle, rec) = match store.open_pool(POOL).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                assert!(!escaped(&e), "a panic escaped the store: {e}");
+                return;
+            }
         };
         // What recovery returns was written, at that seq.
         for (seq, r) in &rec.records {
