@@ -1,19 +1,24 @@
-//! A pool directory of the embedded store with arbitrary contents: log
-//! segments made of frames (valid checksums mostly, so the fuzzer gets past
-//! them, with damage, gaps, foreign seqs and garbage tails), snapshot files
-//! (valid images of real pools or arbitrary bytes, right or wrong headers),
-//! and records that are real commands, damaged ones or arbitrary bytes.
-//! The store's recovery reads it (segment headers, frames, torn-tail
-//! detection and cutting, snapshot checks), then the server's pool
-//! recovery decodes the snapshot and the commands and replays them.
+//! A damaged pool file of the embedded store. A valid pool is built through
+//! the store's API (records that are real commands, damaged ones or
+//! arbitrary bytes; snapshots that are images of real pools or arbitrary
+//! bytes; one or two snapshots kept), left either closed cleanly or as a
+//! crash would leave it (the files copied while the pool is open), and its
+//! `pool.redb` is then damaged at fuzzer-chosen places: flipped bytes,
+//! zeroed runs, a truncation, a copy of one page over another.
 //!
-//! What recovery accepts must then behave as a log: one more append must
-//! come back, after the records recovered, when the pool is opened again,
-//! and the pool rebuilt from it must equal the pool that made the append;
-//! with a snapshot written too, the same holds from the snapshot.
+//! The store's recovery (redb's open, our record and snapshot checksums,
+//! seq contiguity, redb's integrity check, panics of redb contained) and the
+//! server's pool recovery (snapshot and command decoding, replay) read it.
+//! No panic may escape; what recovery returns must be what was written (a
+//! record it returns has the bytes appended at that seq, a snapshot the
+//! bytes written at that seq), and it must work as a log: one more append
+//! must come back, after the records recovered, when the pool is opened
+//! again, and the pool rebuilt from it must equal the pool that made the
+//! append; with a snapshot written too, the same holds from the snapshot.
 
 #![no_main]
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -24,9 +29,9 @@ use qscheduler_fuzz::requests::{BASE_SECS, Req};
 use qscheduler_server::{pool::recover, service, translate};
 use qscheduler_store::{Store, StoreOptions};
 
-const FORMAT_LINE: &str = "qscheduler-store embedded 1\n";
 const POOL: &str = "p";
-
+/// redb's page size.
+const PAGE: usize = 4096;
 /// A command as the server would log it, if the request translates.
 fn command(req: &Req) -> Option<Command> {
     Some(match req {
@@ -81,34 +86,6 @@ impl Payload {
 }
 
 #[derive(Arbitrary, Debug)]
-struct Frame {
-    /// Added to the expected seq (0 mostly).
-    seq_skew: i8,
-    /// The append this frame belongs to: (first, last) relative to `seq`.
-    batch_back: u8,
-    batch_ahead: u8,
-    bad_crc: bool,
-    payload: Payload,
-}
-
-#[derive(Arbitrary, Debug)]
-enum Header {
-    Valid,
-    OtherFirst(u64),
-    Raw(Vec<u8>),
-}
-
-#[derive(Arbitrary, Debug)]
-struct Segment {
-    header: Header,
-    frames: Vec<Frame>,
-    tail: Vec<u8>,
-    /// (offset, xor) byte damage after writing.
-    flips: Vec<(u16, u8)>,
-    truncate: Option<u16>,
-}
-
-#[derive(Arbitrary, Debug)]
 enum SnapBody {
     /// The snapshot of a pool built from these requests.
     Pool(Vec<Req>),
@@ -116,81 +93,71 @@ enum SnapBody {
 }
 
 #[derive(Arbitrary, Debug)]
-struct Snap {
-    /// Its seq (1 + this).
-    seq: u8,
-    body: SnapBody,
-    bad_header: bool,
-    flips: Vec<(u16, u8)>,
+enum Step {
+    /// One append of these records.
+    Append(Vec<Payload>),
+    /// A snapshot at the last seq.
+    Snapshot(SnapBody),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Damage {
+    Flip { at: u32, xor: u8 },
+    Zero { at: u32, len: u16 },
+    Truncate { at: u32 },
+    /// Page `from` copied over page `to` (a misdirected write).
+    CopyPage { from: u16, to: u16 },
 }
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    segments: Vec<Segment>,
-    /// Skips before each segment's first seq (0: contiguous).
-    gaps: Vec<u8>,
-    snaps: Vec<Snap>,
+    steps: Vec<Step>,
+    keep_two: bool,
+    /// The files as a crash leaves them rather than after a clean close.
+    crashed: bool,
+    damage: Vec<Damage>,
     /// Write a snapshot after the extra append.
     snapshot_after: bool,
 }
 
-fn segment_header(first: u64) -> Vec<u8> {
-    let mut h = Vec::with_capacity(24);
-    h.extend_from_slice(b"QSLOGv1\n");
-    h.extend_from_slice(&first.to_le_bytes());
-    let crc = crc32c::crc32c(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h
-}
-
-fn frame(out: &mut Vec<u8>, seq: u64, batch: (u64, u64), payload: &[u8], bad_crc: bool) {
-    let len = payload.len() as u32;
-    let mut tail = Vec::with_capacity(24);
-    tail.extend_from_slice(&seq.to_le_bytes());
-    tail.extend_from_slice(&batch.0.to_le_bytes());
-    tail.extend_from_slice(&batch.1.to_le_bytes());
-    let mut crc = crc32c::crc32c(&len.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, &tail);
-    crc = crc32c::crc32c_append(crc, payload);
-    if bad_crc {
-        crc ^= 1;
-    }
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&tail);
-    out.extend_from_slice(payload);
-}
-
-fn snapshot_file(seq: u64, payload: &[u8], bad_header: bool) -> Vec<u8> {
-    let mut h = Vec::with_capacity(32 + payload.len());
-    h.extend_from_slice(b"QSSNPv1\n");
-    h.extend_from_slice(&seq.to_le_bytes());
-    h.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload);
-    h.extend_from_slice(&crc.to_le_bytes());
-    let mut hcrc = crc32c::crc32c(&h);
-    if bad_header {
-        hcrc ^= 1;
-    }
-    h.extend_from_slice(&hcrc.to_le_bytes());
-    h.extend_from_slice(payload);
-    h
-}
-
-fn damage(bytes: &mut [u8], flips: &[(u16, u8)]) {
-    if bytes.is_empty() {
-        return;
-    }
-    for &(at, x) in flips {
-        let i = usize::from(at) % bytes.len();
-        bytes[i] ^= x;
+fn damage(bytes: &mut Vec<u8>, damage: &[Damage]) {
+    for d in damage {
+        if bytes.is_empty() {
+            return;
+        }
+        let len = bytes.len();
+        match *d {
+            Damage::Flip { at, xor } => bytes[at as usize % len] ^= xor,
+            Damage::Zero { at, len: n } => {
+                let start = at as usize % len;
+                let end = (start + usize::from(n)).min(len);
+                bytes[start..end].fill(0);
+            }
+            Damage::Truncate { at } => bytes.truncate(at as usize % len),
+            Damage::CopyPage { from, to } => {
+                let pages = len / PAGE;
+                if pages > 1 {
+                    let (f, t) = (usize::from(from) % pages, usize::from(to) % pages);
+                    let page = bytes[f * PAGE..(f + 1) * PAGE].to_vec();
+                    bytes[t * PAGE..(t + 1) * PAGE].copy_from_slice(&page);
+                }
+            }
+        }
     }
 }
 
-fn write(path: &Path, bytes: &[u8]) {
-    if let Err(e) = std::fs::write(path, bytes) {
-        panic!("write {}: {e}", path.display());
+/// Copies a directory tree (the data directory as a crash at this moment would leave it: every
+/// acknowledged commit is in the files).
+fn copy_tree(from: &Path, to: &Path) {
+    must(std::fs::create_dir_all(to), "mkdir");
+    for entry in must(std::fs::read_dir(from), "read dir") {
+        let entry = must(entry, "dir entry");
+        let target = to.join(entry.file_name());
+        if must(entry.file_type(), "file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            must(std::fs::copy(entry.path(), &target), "copy");
+        }
     }
 }
 
@@ -208,50 +175,6 @@ fn pool_of(reqs: &[Req]) -> Pool {
     pool
 }
 
-fn lay_out(dir: &Path, input: &Input) {
-    write(&dir.join("FORMAT"), FORMAT_LINE.as_bytes());
-    let pool_dir = dir.join("pools").join(POOL);
-    if let Err(e) = std::fs::create_dir_all(&pool_dir) {
-        panic!("mkdir: {e}");
-    }
-    write(&pool_dir.join("pool-id"), POOL.as_bytes());
-    let mut seq: u64 = 1;
-    for (i, s) in input.segments.iter().enumerate() {
-        seq += u64::from(input.gaps.get(i).copied().unwrap_or(0) % 4);
-        let first = seq;
-        let mut buf = match &s.header {
-            Header::Valid => segment_header(first),
-            Header::OtherFirst(f) => segment_header(*f),
-            Header::Raw(b) => b.clone(),
-        };
-        for f in &s.frames {
-            let fseq = seq.saturating_add_signed(i64::from(f.seq_skew / 32));
-            let batch = (
-                fseq.saturating_sub(u64::from(f.batch_back % 4)),
-                fseq.saturating_add(u64::from(f.batch_ahead % 4)),
-            );
-            frame(&mut buf, fseq, batch, f.payload.bytes(), f.bad_crc);
-            seq = fseq + 1;
-        }
-        buf.extend_from_slice(&s.tail);
-        damage(&mut buf, &s.flips);
-        if let Some(n) = s.truncate {
-            buf.truncate(usize::from(n));
-        }
-        write(&pool_dir.join(format!("log-{first:020}.seg")), &buf);
-    }
-    for s in &input.snaps {
-        let sseq = 1 + u64::from(s.seq);
-        let payload = match &s.body {
-            SnapBody::Pool(reqs) => snapshot::encode(&pool_of(reqs)),
-            SnapBody::Raw(b) => b.clone(),
-        };
-        let mut file = snapshot_file(sseq, &payload, s.bad_header);
-        damage(&mut file, &s.flips);
-        write(&pool_dir.join(format!("snap-{sseq:020}.snap")), &file);
-    }
-}
-
 fn must<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
     match r {
         Ok(v) => v,
@@ -259,26 +182,134 @@ fn must<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
     }
 }
 
-fuzz_target!(|input: Input| {
-    let scratch = scratch_dir();
-    let dir = scratch.path().join("data");
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        panic!("mkdir: {e}");
+/// redb can panic on a damaged file; the store contains those panics (`catch_unwind` around every
+/// redb call). libfuzzer-sys aborts on any panic, contained or not, so panics raised inside redb
+/// are let through to the store's containment here; any other panic still aborts. A redb panic
+/// the store failed to contain would surface as a failed blocking task, which is checked below.
+fn let_redb_panics_unwind() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let abort = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_redb = info
+                .location()
+                .is_some_and(|l| l.file().contains("/redb-"));
+            if !in_redb {
+                abort(info);
+            }
+        }));
+    });
+}
+
+/// An error that says a panic escaped the store's containment.
+fn escaped(e: &qscheduler_store::Error) -> bool {
+    matches!(e, qscheduler_store::Error::Internal(m) if m.contains("blocking store task failed"))
+}
+
+/// What was written: every record by seq, every snapshot by seq.
+#[derive(Default)]
+struct Written {
+    records: HashMap<u64, Vec<u8>>,
+    snapshots: HashMap<u64, Vec<u8>>,
+    last: u64,
+}
+
+/// Builds the pool through the store in `dir/data`, and returns the data directory to damage.
+async fn build(dir: &Path, input: &Input) -> (std::path::PathBuf, Written) {
+    let live = dir.join("live");
+    let options = StoreOptions {
+        keep_snapshots: if input.keep_two { 2 } else { 1 },
+        ..StoreOptions::default()
+    };
+    let store = must(
+        Store::open(&live.to_string_lossy(), options).await,
+        "open the store",
+    );
+    let first = Command::Create {
+        time: Time::from_secs(BASE_SECS),
     }
-    lay_out(&dir, &input);
-    let location = dir.to_string_lossy().into_owned();
+    .encode();
+    must(store.create_pool(POOL, first.clone()).await, "create");
+    let (handle, _) = must(store.open_pool(POOL).await, "open");
+    let mut w = Written::default();
+    w.records.insert(1, first);
+    w.last = 1;
+    for step in input.steps.iter().take(24) {
+        match step {
+            Step::Append(payloads) => {
+                let records: Vec<Vec<u8>> =
+                    payloads.iter().take(16).map(|p| p.bytes().to_vec()).collect();
+                let st = must(handle.append(records.clone()).await, "append");
+                for (i, r) in records.into_iter().enumerate() {
+                    w.records.insert(w.last + 1 + i as u64, r);
+                }
+                w.last = st.last_seq.max(w.last);
+            }
+            Step::Snapshot(body) => {
+                let image = match body {
+                    SnapBody::Pool(reqs) => snapshot::encode(&pool_of(reqs)),
+                    SnapBody::Raw(b) => b.clone(),
+                };
+                must(
+                    handle.write_snapshot(w.last, image.clone()).await,
+                    "snapshot",
+                );
+                w.snapshots.entry(w.last).or_insert(image);
+            }
+        }
+    }
+    if input.crashed {
+        let image = dir.join("crashed");
+        copy_tree(&live, &image);
+        drop(handle);
+        drop(store);
+        (image, w)
+    } else {
+        must(handle.release().await, "release");
+        drop(store);
+        (live, w)
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let_redb_panics_unwind();
+    let scratch = scratch_dir();
     qscheduler_fuzz::runtime().block_on(async {
+        let (data, written) = build(scratch.path(), &input).await;
+        let file = data.join("pools").join(POOL).join("pool.redb");
+        let mut bytes = must(std::fs::read(&file), "read the pool file");
+        damage(&mut bytes, &input.damage);
+        must(std::fs::write(&file, &bytes), "write the pool file");
+
+        let location = data.to_string_lossy().into_owned();
         let store = must(
             Store::open(&location, StoreOptions::default()).await,
             "open the store",
         );
-        let Ok((handle, rec)) = store.open_pool(POOL).await else {
-            return;
+        let (handle, rec) = match store.open_pool(POOL).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                assert!(!escaped(&e), "a panic escaped the store: {e}");
+                return;
+            }
         };
+        // What recovery returns was written, at that seq.
+        for (seq, r) in &rec.records {
+            assert!(
+                written.records.get(seq) == Some(r),
+                "recovered record {seq} was not written so"
+            );
+        }
+        if let Some((seq, image)) = &rec.snapshot {
+            assert!(
+                written.snapshots.get(seq) == Some(image),
+                "recovered snapshot {seq} was not written so"
+            );
+        }
         let Ok(mut pool) = recover(POOL, &rec) else {
             return;
         };
-        // Recovery accepted the directory: it must now work as a log.
+        // Recovery accepted the file: it must now work as a log.
         let last = rec.last_seq();
         assert_eq!(
             handle.last_seq(),

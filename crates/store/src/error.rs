@@ -38,8 +38,9 @@ pub enum Error {
     Poisoned { pool: String },
 
     /// Stored data failed its checks. Recovery of this pool stops here; other pools are not
-    /// affected. `seq` is the record's sequence number, or the snapshot's for a snapshot.
-    #[error("pool {pool:?}: corrupt data at seq {seq}: {what}")]
+    /// affected. `seq` is the record's sequence number, or the snapshot's for a snapshot; 0 when
+    /// the damage is in the file's structure and no record can be named.
+    #[error("pool {pool:?}: corrupt data{}: {what}", seq_suffix(*.seq))]
     Corrupt {
         pool: String,
         seq: u64,
@@ -74,6 +75,14 @@ pub enum Error {
     /// A bug or a panic inside the store (for example a blocking task that panicked).
     #[error("internal store error: {0}")]
     Internal(String),
+}
+
+fn seq_suffix(seq: u64) -> String {
+    if seq == 0 {
+        String::new()
+    } else {
+        format!(" at seq {seq}")
+    }
 }
 
 fn owner_suffix(owner: &Option<Owner>) -> String {

@@ -13,13 +13,15 @@
 //!   in order. The server replays them through the core.
 //!
 //! Every record and snapshot carries a CRC-32C checked on load. Damage is reported as
-//! [`Error::Corrupt`] naming the pool and sequence number; it stops recovery of that pool only.
+//! [`Error::Corrupt`] naming the pool and sequence number (0 when the damage is in the structure
+//! of an embedded pool's file and no record can be named); it stops recovery of that pool only.
 //! The bytes are never interpreted here.
 //!
 //! Two backends share one API ([`Store`] and [`PoolHandle`] are enums over them):
 //!
-//! * [`embedded`] (default, zero setup): one directory per pool in a data directory, a
-//!   checksummed segment log and snapshot files. One process owns the data directory.
+//! * [`embedded`] (default, zero setup): one [redb](https://docs.rs/redb) database file per pool
+//!   in a data directory, holding the pool's log and its snapshots (cut in chunks). Pools commit
+//!   in parallel and damage stays in one pool's file. One process owns the data directory.
 //! * [`postgres`]: tables in a PostgreSQL database shared by several replicas. One writer per
 //!   pool is enforced by the database with a lease and a fencing token checked by every write,
 //!   plus a replica registry used to find a pool's owner.
@@ -65,9 +67,6 @@ pub struct StoreOptions {
     pub pg_schema: Option<String>,
     /// Connections in the PostgreSQL pool.
     pub pg_max_connections: u32,
-    /// The embedded log starts a new segment file once the current one reaches this size, so
-    /// that compaction can delete whole files.
-    pub segment_bytes: u64,
     /// Snapshots kept per pool (at least 1). Keeping 2 means a damaged newest snapshot falls back
     /// to the previous one, at the cost of keeping the log since that previous one. Until a pool
     /// has that many snapshots, its whole log is kept (the log from seq 1 is the fallback).
@@ -83,7 +82,6 @@ impl Default for StoreOptions {
             lease_renew_every: None,
             pg_schema: None,
             pg_max_connections: 10,
-            segment_bytes: 16 << 20,
             keep_snapshots: 2,
         }
     }
@@ -132,17 +130,21 @@ impl Recovered {
 }
 
 /// A repair made during recovery. None of these loses an acknowledged write unless the damage
-/// went beyond what a crash can do (see [`embedded`] for the torn-tail rule).
+/// went beyond what a crash can do (see [`embedded`] for the recovery rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecoveryNote {
     /// The end of the log was incomplete (a crash during an append that was therefore never
-    /// acknowledged) and was cut after `last_good_seq`.
+    /// acknowledged) and was cut after `last_good_seq`. The embedded store reports it when redb
+    /// went back to the previous commit of a file written with one-phase commits; it then does
+    /// not know `bytes_dropped` and says 0.
     TornTail {
         last_good_seq: u64,
         bytes_dropped: u64,
     },
     /// A snapshot failed its checks and an older one (or the log from the start) was used.
     SkippedSnapshot { seq: u64, why: String },
+    /// The storage engine found damage in the pool's file and repaired it (embedded store).
+    Repaired { what: String },
 }
 
 /// Cost of one [`PoolHandle::append`], for the "bytes written per batch" and "store append
@@ -153,7 +155,8 @@ pub struct AppendStats {
     pub last_seq: u64,
     /// Records written.
     pub records: usize,
-    /// Bytes sent to disk or database, framing and checksums included.
+    /// Bytes handed to the disk or database, keys, framing and checksums included (the embedded
+    /// store's engine writes whole 4 KiB pages, so its file grows by more; see its docs).
     pub bytes: u64,
     /// Wall time until the commit was durable (lock wait included).
     pub elapsed: Duration,

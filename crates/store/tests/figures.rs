@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use qscheduler_store::{Store, StoreOptions};
 
+/// Bytes this process has passed to `write`-like system calls so far (Linux), to see what an
+/// append costs in the file rather than what the store was handed.
+fn written_so_far() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 async fn measure(label: &str, store: &Store) {
     store
         .create_pool("bench", vec![0u8; 200])
@@ -15,11 +24,22 @@ async fn measure(label: &str, store: &Store) {
     let (h, _) = store.open_pool("bench").await.expect("open");
 
     let n = 200;
+    let before = written_so_far();
+    let mut handed = 0;
+    let mut latencies = Vec::new();
     let t = Instant::now();
     for _ in 0..n {
-        h.append(vec![vec![1u8; 200]]).await.expect("append");
+        let st = h.append(vec![vec![1u8; 200]]).await.expect("append");
+        handed += st.bytes;
+        latencies.push(st.elapsed);
     }
     let one = t.elapsed();
+    let syscall_bytes = match (before, written_so_far()) {
+        (Some(b), Some(a)) => format!("{} B", (a - b) / u64::from(n)),
+        _ => "unknown".to_string(),
+    };
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
 
     let batches = 50;
     let t = Instant::now();
@@ -50,12 +70,15 @@ async fn measure(label: &str, store: &Store) {
 
     let rate = |count: u32, d: Duration| f64::from(count) / d.as_secs_f64();
     println!(
-        "{label}: 1 record x 200 B per append: {:.0} appends/s ({:.2} ms each); \
+        "{label}: 1 record x 200 B per append: {:.0} appends/s ({:.2} ms each, p99 {:.2} ms; \
+         {} B handed to the store and {syscall_bytes} written per append); \
          100 records per append: {:.0} appends/s = {:.0} records/s ({:.2} ms each); \
          30 MiB snapshot write: {:?} (then {} log records compacted); \
          open_pool with the 30 MiB snapshot: {:?}",
         rate(n, one),
         one.as_secs_f64() * 1000.0 / f64::from(n),
+        p99.as_secs_f64() * 1000.0,
+        handed / u64::from(n),
         rate(batches, hundred),
         rate(batches * 100, hundred),
         hundred.as_secs_f64() * 1000.0 / f64::from(batches),

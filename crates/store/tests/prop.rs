@@ -113,13 +113,12 @@ fn config(cases: u32) -> Config {
 #[test]
 fn embedded_log_snapshot_reopen() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let strategy = (prop::collection::vec(op(), 0..40), 1u64..2000, 1usize..4);
+    let strategy = (prop::collection::vec(op(), 0..40), 1usize..4);
     TestRunner::new(config(48))
-        .run(&strategy, |(ops, segment_bytes, keep)| {
+        .run(&strategy, |(ops, keep)| {
             rt.block_on(async {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let opts = StoreOptions {
-                    segment_bytes,
                     keep_snapshots: keep,
                     ..StoreOptions::default()
                 };
