@@ -28,6 +28,21 @@
 //!   requests that joined since the last pass, or whose account sat out the
 //!   pass, change keys.
 //!
+//! # How it stays small
+//!
+//! Memory per queued task is dominated by the index when tasks have label
+//! sets of their own (each brings a set, a cell, a container, a bucket and,
+//! with fanout, a group). So derived data is not stored twice:
+//!
+//! * label names live once, in the label table; sets and workers keep ids,
+//!   and sorted names are built when an event or a view needs them;
+//! * the set, bucket and group tables store slot numbers only and compare
+//!   keys through the slabs (`idmap::SlotIndex`);
+//! * a fanout group keeps references to its first request's sets instead of
+//!   interning the union of their labels;
+//! * slabs grow in fixed chunks, never by doubling;
+//! * one-element ordered sets and lists are stored inline.
+//!
 //! The rules implemented are those of the crate documentation; the test
 //! suite checks this implementation against a direct, slow transcription of
 //! the same rules on random operation sequences.
