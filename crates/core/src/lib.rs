@@ -17,7 +17,7 @@
 //! * [`reconciler::Reconciler`] — Swarming's per-bot pull model on top of
 //!   the global pass (reference §7): pending assignments, pickup timeouts,
 //!   task errors, cancellations.
-//! * [`pool::Pool`] — both together, driven by [`pool::Command`]s: exactly
+//! * [`pool::Pool`] — both together, driven by [`command::Command`]s: exactly
 //!   the inputs the server logs and replays.
 //! * [`snapshot`] — a versioned, canonical binary image of a [`pool::Pool`].
 //!
