@@ -90,8 +90,63 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qscheduler: error: {e:#}");
+            eprintln!("qscheduler: error: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes joined by ": ", like `{:#}`, except that a cause
+/// is left out when the message before it already contains it: many errors
+/// repeat their source's text in their own message, and the chain then said
+/// everything twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !previous.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+        previous = msg;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    /// An error that repeats its source's text, as many do.
+    #[derive(Debug)]
+    struct Repeats {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot open the store at \"d\": {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn causes_repeated_by_their_parent_are_said_once() {
+        let inner = std::io::Error::other("format 1, expected 2");
+        let e = anyhow::Error::new(Repeats { source: inner }).context("starting the server");
+        assert_eq!(
+            describe(&e),
+            "starting the server: cannot open the store at \"d\": format 1, expected 2"
+        );
+        let plain = anyhow::anyhow!("disk full").context("writing the snapshot");
+        assert_eq!(describe(&plain), "writing the snapshot: disk full");
     }
 }
