@@ -61,10 +61,7 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
         .collect();
     set_ids.sort_unstable();
     set_ids.dedup();
-    let set_names: FxHashMap<u32, crate::event::Labels> =
-        set_ids.iter().map(|&x| (x, s.set_names(x))).collect();
-    set_ids.sort_unstable_by(|a, b| set_names[a].cmp(&set_names[b]));
-    drop(set_names);
+    set_ids.sort_by_cached_key(|&x| s.set_names(x));
     let set_pos: FxHashMap<u32, usize> = set_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
     let mut label_ids: Vec<u32> = set_ids
         .iter()

@@ -48,7 +48,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
-use qscheduler_core::{EventKind, FREE_PRIORITY, Labels, NUM_PRIORITIES, Pool, PoolEvent};
+use qscheduler_core::{EventKind, FREE_PRIORITY, NUM_PRIORITIES, Pool, PoolEvent};
 
 use crate::eventlog::SinkStats;
 use crate::pool::{CommitInfo, Observer, SnapshotInfo};
@@ -496,40 +496,24 @@ fn label_counts(
     workers: &[qscheduler_core::scheduler::WorkerView<'_>],
     max: usize,
 ) -> Vec<(Arc<str>, [u64; 4])> {
-    fn add(sets: &mut HashMap<*const [Arc<str>], (Labels, u64)>, l: &Labels) {
-        sets.entry(Arc::as_ptr(l))
-            .or_insert_with(|| (l.clone(), 0))
-            .1 += 1;
-    }
-    let mut running = HashMap::new();
-    let mut idle_bots = HashMap::new();
-    let mut running_bots = HashMap::new();
-    for w in workers {
-        match &w.running {
-            Some(r) => {
-                add(&mut running, &r.request.base_labels);
-                add(&mut running_bots, &w.labels);
-            }
-            None => add(&mut idle_bots, &w.labels),
-        }
-    }
     let mut counts: HashMap<Arc<str>, [u64; 4]> = HashMap::new();
     for (l, n) in pool.scheduler().queued_base_label_counts() {
         counts.entry(l).or_default()[0] += n;
     }
-    for (labels, n) in running.values() {
-        for l in labels.iter() {
-            counts.entry(l.clone()).or_default()[1] += n;
+    for w in workers {
+        if let Some(r) = &w.running {
+            for l in r.request.base_labels.iter() {
+                counts.entry(l.clone()).or_default()[1] += 1;
+            }
         }
     }
     // Bots count only towards labels that tasks use, as in the original:
     // bots carry many labels nobody asks for.
-    for (i, sets) in [(2, &idle_bots), (3, &running_bots)] {
-        for (labels, n) in sets.values() {
-            for l in labels.iter() {
-                if let Some(c) = counts.get_mut(l) {
-                    c[i] += n;
-                }
+    for w in workers {
+        let i = if w.running.is_some() { 3 } else { 2 };
+        for l in w.labels.iter() {
+            if let Some(c) = counts.get_mut(l) {
+                c[i] += 1;
             }
         }
     }

@@ -4,10 +4,10 @@
 //! these; every list comes sorted by id so that nothing downstream depends
 //! on internal storage order.
 
-use super::{Place, Scheduler};
-use crate::account::Balance;
 use std::sync::Arc;
 
+use super::{Place, Scheduler};
+use crate::account::Balance;
 use crate::event::Labels;
 use crate::time::Time;
 
