@@ -20,8 +20,8 @@ use rustc_hash::FxHashSet;
 use super::idmap::hash_ids;
 use super::slab::Slab;
 use super::{
-    Account, Bucket, Container, Group, LEVELS, LabelEntry, NO_GROUP, Place, QKey, Request, SETTLED,
-    Scheduler, SetEntry, TaskRun, Virt, Worker,
+    Account, Bucket, Cell, CellKind, CellRef, Container, Group, LEVELS, LabelEntry, NO_GROUP,
+    Place, QKey, Request, SETTLED, Scheduler, SetEntry, TaskRun, Virt, Worker,
 };
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
@@ -166,7 +166,7 @@ impl Scheduler {
             queued_prov: 0,
             req_refs: 0,
             anchor: None,
-            cell: None,
+            cell: CellRef::NONE,
         });
         let sets = &self.sets;
         self.set_ids
@@ -195,7 +195,7 @@ impl Scheduler {
     // ----------------------------------------------------------- eligibility
 
     /// Counts a queued request's use of a set as base or provisionable
-    /// labels; the cell of a base set exists while it has queued requests.
+    /// labels.
     fn set_queued(&mut self, s: u32, as_base: bool, add: bool) {
         let e = &mut self.sets[s];
         let n = if as_base {
@@ -207,14 +207,6 @@ impl Scheduler {
             *n += 1;
         } else {
             *n -= 1;
-        }
-        if as_base {
-            if e.queued_base > 0 && e.cell.is_none() {
-                e.cell = Some(Box::default());
-            } else if e.queued_base == 0 {
-                debug_assert!(e.cell.as_ref().is_none_or(|c| c.heads.is_empty()));
-                e.cell = None;
-            }
         }
     }
 
@@ -962,10 +954,46 @@ impl Scheduler {
             virt: v,
             base,
             buckets: SmallVec::new(),
-            heads: Default::default(),
+            heads: None,
         });
         self.virt_mut(v).containers.insert(base, c);
+        match self.sets[base].cell.kind() {
+            CellKind::None => self.sets[base].cell = CellRef::single(c),
+            CellKind::Single(c0) => {
+                let mut cell = self.derived_cell(c0);
+                cell.containers += 1;
+                let i = self.cells.insert(cell);
+                self.sets[base].cell = CellRef::many(i);
+            }
+            CellKind::Many(i) => self.cells[i].containers += 1,
+        }
         c
+    }
+
+    /// The cell of a base set whose only container is `c`, as it would be
+    /// stored.
+    fn derived_cell(&self, c: u32) -> Cell {
+        let cont = &self.containers[c];
+        let mut cell = Cell {
+            containers: 1,
+            ..Cell::default()
+        };
+        if let Some(head) = self.container_head(c) {
+            let mut k = self.translate(cont.virt, head);
+            k.c = c;
+            cell.heads.insert(k);
+            cell.per_level[self.virt(cont.virt).level as usize] = 1;
+        }
+        for &(prov, b) in &cont.buckets {
+            if let Some(head) = self.buckets[b].members.first() {
+                let mut k = self.translate(cont.virt, head);
+                k.c = c;
+                let mut sub = super::ordset::OrdSet::default();
+                sub.insert(k);
+                cell.by_prov.push((prov, sub));
+            }
+        }
+        cell
     }
 
     /// Puts bucket `b` into placement `v`'s container for its base set,
@@ -973,6 +1001,15 @@ impl Scheduler {
     fn attach_bucket(&mut self, b: u32, v: u32) {
         let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
         let c = self.container_for(v, base);
+        if self.containers[c].buckets.len() == 1 {
+            // A second bucket: the container's head needs an order of its
+            // own from now on.
+            let mut heads = super::ordset::OrdSet::default();
+            if let Some(head) = self.container_head(c) {
+                heads.insert(head.clone());
+            }
+            self.containers[c].heads = Some(Box::new(heads));
+        }
         let cb = &mut self.containers[c].buckets;
         let i = cb.partition_point(|&(p, _)| p < prov);
         cb.insert(i, (prov, b));
@@ -981,7 +1018,19 @@ impl Scheduler {
         bucket.container = c;
         if let Some(head) = self.buckets[b].members.first().cloned() {
             self.bucket_head_entry(b, None, Some(&head));
-            self.container_head_insert(c, head);
+            self.container_head_changed(c, None, Some(head));
+        }
+    }
+
+    /// The head of container `c`: the best head of its buckets.
+    pub(crate) fn container_head(&self, c: u32) -> Option<&QKey> {
+        let cont = &self.containers[c];
+        match &cont.heads {
+            Some(heads) => heads.first(),
+            None => cont
+                .buckets
+                .first()
+                .and_then(|&(_, b)| self.buckets[b].members.first()),
         }
     }
 
@@ -991,17 +1040,37 @@ impl Scheduler {
         let (c, prov) = (self.buckets[b].container, self.buckets[b].prov);
         if let Some(head) = self.buckets[b].members.first().cloned() {
             self.bucket_head_entry(b, Some(&head), None);
-            self.container_head_remove(c, &head);
+            self.container_head_changed(c, Some(head), None);
         }
         let cont = &mut self.containers[c];
         if let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) {
             cont.buckets.remove(i);
         }
+        if cont.buckets.len() == 1 {
+            // The remaining bucket's head is the container's head already.
+            cont.heads = None;
+        }
         if cont.buckets.is_empty() {
-            debug_assert!(cont.heads.is_empty());
+            debug_assert!(cont.heads.is_none());
             let (v, base) = (cont.virt, cont.base);
             self.virt_mut(v).containers.remove(&base);
             self.containers.remove(c);
+            match self.sets[base].cell.kind() {
+                CellKind::None => debug_assert!(false, "container without a cell"),
+                CellKind::Single(c0) => {
+                    debug_assert_eq!(c0, c);
+                    self.sets[base].cell = CellRef::NONE;
+                }
+                CellKind::Many(i) => {
+                    let cell = &mut self.cells[i];
+                    cell.containers -= 1;
+                    if cell.containers == 0 {
+                        debug_assert!(cell.heads.is_empty() && cell.by_prov.is_empty());
+                        self.cells.remove(i);
+                        self.sets[base].cell = CellRef::NONE;
+                    }
+                }
+            }
         }
     }
 
@@ -1103,12 +1172,7 @@ impl Scheduler {
         }
         self.bucket_head_entry(b, old_head.as_ref(), new_head.as_ref());
         let c = self.buckets[b].container;
-        if let Some(o) = &old_head {
-            self.container_head_remove(c, o);
-        }
-        if let Some(n) = new_head {
-            self.container_head_insert(c, n);
-        }
+        self.container_head_changed(c, old_head, new_head);
     }
 
     /// Replaces bucket `b`'s head in its cell's provisionable sub-cell.
@@ -1117,15 +1181,17 @@ impl Scheduler {
             let bucket = &self.buckets[b];
             (bucket.virt, bucket.base, bucket.prov, bucket.container)
         };
+        let CellKind::Many(ci) = self.sets[base].cell.kind() else {
+            // A derived cell stores nothing.
+            return;
+        };
         let old = old.map(|k| self.translate(v, k));
         let new = new.map(|k| {
             let mut k = self.translate(v, k);
             k.c = c;
             k
         });
-        let Some(cell) = self.sets[base].cell.as_mut() else {
-            return;
-        };
+        let cell = &mut self.cells[ci];
         let i = match cell.by_prov.binary_search_by_key(&prov, |(p, _)| *p) {
             Ok(i) => i,
             Err(i) => {
@@ -1148,21 +1214,24 @@ impl Scheduler {
         }
     }
 
-    fn container_head_insert(&mut self, c: u32, head: QKey) {
-        let old = self.containers[c].heads.first().cloned();
-        self.containers[c].heads.insert(head);
-        let new = self.containers[c].heads.first().cloned();
-        if old != new {
+    /// One of container `c`'s buckets changed its head from `old` to
+    /// `new`: keeps the container's order and its entry in the cell.
+    fn container_head_changed(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
+        let Some(heads) = self.containers[c].heads.as_deref_mut() else {
+            // One bucket: its head is the container's.
             self.cell_replace(c, old, new);
+            return;
+        };
+        let before = heads.first().cloned();
+        if let Some(o) = &old {
+            heads.remove(o);
         }
-    }
-
-    fn container_head_remove(&mut self, c: u32, head: &QKey) {
-        let old = self.containers[c].heads.first().cloned();
-        self.containers[c].heads.remove(head);
-        let new = self.containers[c].heads.first().cloned();
-        if old != new {
-            self.cell_replace(c, old, new);
+        if let Some(n) = new {
+            heads.insert(n);
+        }
+        let after = heads.first().cloned();
+        if before != after {
+            self.cell_replace(c, before, after);
         }
     }
 
@@ -1171,25 +1240,25 @@ impl Scheduler {
     fn cell_replace(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
         let (v, base) = (self.containers[c].virt, self.containers[c].base);
         let level = self.virt(v).level as usize;
-        let old = old.map(|k| self.translate(v, &k));
-        let new = new.map(|k| {
-            let mut k = self.translate(v, &k);
-            k.c = c;
-            k
-        });
-        let Some(cell) = self.sets[base].cell.as_mut() else {
-            return;
-        };
-        if let Some(o) = &old {
-            cell.heads.remove(o);
-        }
         let delta: i32 = match (&old, &new) {
             (None, Some(_)) => 1,
             (Some(_), None) => -1,
             _ => 0,
         };
-        if let Some(n) = new {
-            cell.heads.insert(n);
+        if let CellKind::Many(ci) = self.sets[base].cell.kind() {
+            let old = old.map(|k| self.translate(v, &k));
+            let new = new.map(|k| {
+                let mut k = self.translate(v, &k);
+                k.c = c;
+                k
+            });
+            let cell = &mut self.cells[ci];
+            if let Some(o) = &old {
+                cell.heads.remove(o);
+            }
+            if let Some(n) = new {
+                cell.heads.insert(n);
+            }
         }
         if delta != 0 {
             self.count_cell_level(base, level, delta);
@@ -1199,16 +1268,21 @@ impl Scheduler {
     /// Adjusts how many entries of `base`'s cell sit at `level`, keeping the
     /// per-level count of non-empty cells.
     fn count_cell_level(&mut self, base: u32, level: usize, delta: i32) {
-        let Some(cell) = self.sets[base].cell.as_mut() else {
-            return;
+        let (was, now) = match self.sets[base].cell.kind() {
+            CellKind::None => return,
+            // One container: its head is the only entry.
+            CellKind::Single(_) => (u32::from(delta < 0), u32::from(delta > 0)),
+            CellKind::Many(ci) => {
+                let n = &mut self.cells[ci].per_level[level];
+                let was = *n;
+                *n = n.wrapping_add_signed(delta);
+                (was, *n)
+            }
         };
-        let n = &mut cell.per_level[level];
-        let was = *n;
-        *n = n.wrapping_add_signed(delta);
         if level < LEVELS {
-            if was == 0 && *n > 0 {
+            if was == 0 && now > 0 {
                 self.nonempty_cells[level] += 1;
-            } else if was > 0 && *n == 0 {
+            } else if was > 0 && now == 0 {
                 self.nonempty_cells[level] -= 1;
             }
         }
@@ -1224,7 +1298,7 @@ impl Scheduler {
         self.virt_mut(v).level = level;
         let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
         for c in conts {
-            if self.containers[c].heads.is_empty() {
+            if self.container_head(c).is_none() {
                 continue;
             }
             let base = self.containers[c].base;
@@ -1240,6 +1314,11 @@ impl Scheduler {
     pub(crate) fn virt_cell_entries(&mut self, v: u32, insert: bool) {
         let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
         for c in conts {
+            let base = self.containers[c].base;
+            let CellKind::Many(ci) = self.sets[base].cell.kind() else {
+                // Derived cells read keys under the current translation.
+                continue;
+            };
             let buckets: Vec<u32> = self.containers[c].buckets.iter().map(|&(_, b)| b).collect();
             for b in buckets {
                 if let Some(h) = self.buckets[b].members.first().cloned() {
@@ -1250,18 +1329,16 @@ impl Scheduler {
                     }
                 }
             }
-            if let Some(h) = self.containers[c].heads.first().cloned() {
+            if let Some(h) = self.container_head(c).cloned() {
                 // Entries leave and return at the same level: the counts
                 // stay as they are.
-                let base = self.containers[c].base;
                 let mut k = self.translate(v, &h);
                 k.c = c;
-                if let Some(cell) = self.sets[base].cell.as_mut() {
-                    if insert {
-                        cell.heads.insert(k);
-                    } else {
-                        cell.heads.remove(&k);
-                    }
+                let cell = &mut self.cells[ci];
+                if insert {
+                    cell.heads.insert(k);
+                } else {
+                    cell.heads.remove(&k);
                 }
             }
         }
@@ -1315,13 +1392,15 @@ impl Scheduler {
             self.bucket_members_changed(b, old_head);
         } else {
             let new_head = self.buckets[b].members.first().cloned();
-            if old_head != new_head {
-                let c = self.buckets[b].container;
+            let c = self.buckets[b].container;
+            if old_head != new_head
+                && let Some(heads) = self.containers[c].heads.as_deref_mut()
+            {
                 if let Some(o) = &old_head {
-                    self.containers[c].heads.remove(o);
+                    heads.remove(o);
                 }
                 if let Some(n) = new_head {
-                    self.containers[c].heads.insert(n);
+                    heads.insert(n);
                 }
             }
         }
@@ -1490,44 +1569,56 @@ impl Scheduler {
                 heads.push(head);
             }
             heads.sort();
-            assert_eq!(heads, cont.heads.to_vec());
+            match &cont.heads {
+                Some(h) => assert_eq!(heads, h.to_vec()),
+                None => assert_eq!(heads.len(), 1, "container {c} without an order"),
+            }
+            assert_eq!(cont.heads.is_some(), cont.buckets.len() > 1);
             let level = self.virt(cont.virt).level;
             expect_cells.entry(cont.base).or_default().push((
-                self.translate(cont.virt, &cont.heads.first().cloned().unwrap()),
+                self.translate(cont.virt, self.container_head(c).unwrap()),
                 c,
                 level,
             ));
         }
         let mut nonempty = [0usize; LEVELS];
+        let mut stored_cells = 0;
+        let mut containers_of: BTreeMap<u32, u32> = BTreeMap::new();
+        for (_, cont) in self.containers.iter() {
+            *containers_of.entry(cont.base).or_default() += 1;
+        }
         for (s, set) in self.sets.iter() {
-            if let Some(cell) = &set.cell {
-                let mut want = expect_cells.remove(&s).unwrap_or_default();
-                want.sort_by(|a, b| a.0.cmp(&b.0));
-                let have = cell.heads.to_vec();
-                assert_eq!(have.len(), want.len(), "cell of set {s}");
-                let mut per_level = [0u32; LEVELS + 1];
-                for (h, (k, c, level)) in have.iter().zip(&want) {
-                    assert_eq!(h, k, "cell of set {s}");
-                    assert_eq!(h.c, *c, "cell entry names its container");
-                    per_level[*level as usize] += 1;
+            let n_containers = containers_of.get(&s).copied().unwrap_or(0);
+            match set.cell.kind() {
+                CellKind::None => {
+                    assert_eq!(n_containers, 0, "containers of set {s} without a cell")
                 }
-                assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
-                for (prov, sub) in &cell.by_prov {
-                    let mut want = expect_provs.remove(&(s, *prov)).unwrap_or_default();
-                    want.sort();
-                    let have = sub.to_vec();
-                    assert_eq!(have, want, "provisionable sub-cell ({s}, {prov})");
-                    for (h, k) in have.iter().zip(&want) {
-                        assert_eq!(h.c, k.c, "sub-cell entry names its container");
+                CellKind::Single(c) => {
+                    assert_eq!(n_containers, 1, "derived cell of set {s}");
+                    assert_eq!(self.containers[c].base, s, "derived cell of set {s}");
+                    let want = expect_cells.remove(&s).unwrap_or_default();
+                    assert_eq!(want.len(), 1);
+                    assert_eq!(want[0].1, c);
+                    if (want[0].2 as usize) < LEVELS {
+                        nonempty[want[0].2 as usize] += 1;
+                    }
+                    for &(prov, _) in &self.containers[c].buckets {
+                        assert!(expect_provs.remove(&(s, prov)).is_some());
                     }
                 }
-                for level in 0..LEVELS {
-                    if per_level[level] > 0 {
-                        nonempty[level] += 1;
-                    }
+                CellKind::Many(ci) => {
+                    stored_cells += 1;
+                    let cell = &self.cells[ci];
+                    assert_eq!(cell.containers, n_containers, "containers of cell {s}");
+                    self.check_stored_cell(
+                        s,
+                        cell,
+                        &mut expect_cells,
+                        &mut expect_provs,
+                        &mut nonempty,
+                    );
                 }
             }
-            assert_eq!(set.cell.is_some(), set.queued_base > 0);
             let uses = self
                 .requests
                 .iter()
@@ -1535,9 +1626,51 @@ impl Scheduler {
                 .sum::<u32>();
             assert_eq!(uses, set.req_refs, "request references of set {s}");
         }
+        assert_eq!(stored_cells, self.cells.len(), "stored cells without a set");
         assert!(expect_cells.is_empty());
         assert!(expect_provs.is_empty(), "missing provisionable sub-cells");
         assert_eq!(nonempty, self.nonempty_cells);
+        self.check_workers_and_groups();
+    }
+
+    /// Compares a stored cell with what its containers say it should hold.
+    #[allow(clippy::type_complexity)]
+    fn check_stored_cell(
+        &self,
+        s: u32,
+        cell: &Cell,
+        expect_cells: &mut std::collections::BTreeMap<u32, Vec<(QKey, u32, u8)>>,
+        expect_provs: &mut std::collections::BTreeMap<(u32, u32), Vec<QKey>>,
+        nonempty: &mut [usize; LEVELS],
+    ) {
+        let mut want = expect_cells.remove(&s).unwrap_or_default();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        let have = cell.heads.to_vec();
+        assert_eq!(have.len(), want.len(), "cell of set {s}");
+        let mut per_level = [0u32; LEVELS + 1];
+        for (h, (k, c, level)) in have.iter().zip(&want) {
+            assert_eq!(h, k, "cell of set {s}");
+            assert_eq!(h.c, *c, "cell entry names its container");
+            per_level[*level as usize] += 1;
+        }
+        assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
+        for (prov, sub) in &cell.by_prov {
+            let mut want = expect_provs.remove(&(s, *prov)).unwrap_or_default();
+            want.sort();
+            let have = sub.to_vec();
+            assert_eq!(have, want, "provisionable sub-cell ({s}, {prov})");
+            for (h, k) in have.iter().zip(&want) {
+                assert_eq!(h.c, k.c, "sub-cell entry names its container");
+            }
+        }
+        for level in 0..LEVELS {
+            if per_level[level] > 0 {
+                nonempty[level] += 1;
+            }
+        }
+    }
+
+    fn check_workers_and_groups(&self) {
         // Eligibility.
         for (w, worker) in self.workers.iter() {
             let mut want: Vec<u32> = self

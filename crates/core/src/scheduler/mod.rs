@@ -173,13 +173,70 @@ pub(crate) struct SetEntry {
     /// While active: the label under which the set is registered for
     /// eligibility.
     pub(crate) anchor: Option<u32>,
-    /// While used as base labels by queued requests: the cell.
-    pub(crate) cell: Option<Box<Cell>>,
+    /// While some container has this base set: its cell.
+    pub(crate) cell: CellRef,
 }
 
 impl SetEntry {
     fn active(&self) -> bool {
         self.req_refs > 0
+    }
+}
+
+/// How a base set's cell is stored.
+///
+/// Most base sets with queued work have one container (one account uses
+/// them): every task with labels of its own brings one. Such a cell is
+/// [`CellKind::Single`]: nothing is stored, its one entry is read from the
+/// container when a pass looks. A second container makes it a stored
+/// [`Cell`], which stays until the set's last container goes. Packed in a
+/// `u32` because every label set carries one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CellRef(u32);
+
+/// [`CellRef`] unpacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CellKind {
+    /// No container has this base set.
+    None,
+    /// Exactly this container has it; the cell is derived from it.
+    Single(u32),
+    /// A stored cell, in `Scheduler::cells`.
+    Many(u32),
+}
+
+impl CellRef {
+    pub(crate) const NONE: CellRef = CellRef(u32::MAX);
+    const MANY: u32 = 1 << 31;
+
+    pub(crate) fn single(c: u32) -> CellRef {
+        assert!(c < Self::MANY, "container index out of range");
+        CellRef(c)
+    }
+
+    pub(crate) fn many(i: u32) -> CellRef {
+        assert!(i < Self::MANY - 1, "cell index out of range");
+        CellRef(Self::MANY | i)
+    }
+
+    pub(crate) fn kind(self) -> CellKind {
+        if self == Self::NONE {
+            CellKind::None
+        } else if self.0 & Self::MANY != 0 {
+            CellKind::Many(self.0 & !Self::MANY)
+        } else {
+            CellKind::Single(self.0)
+        }
+    }
+
+    pub(crate) fn is_some(self) -> bool {
+        self != Self::NONE
+    }
+}
+
+impl std::fmt::Debug for CellRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind().fmt(f)
     }
 }
 
@@ -202,6 +259,8 @@ pub(crate) struct Cell {
     /// worker looking for provisioned work looks only at the provisionable
     /// sets it has. Each key's `c` names the bucket's container.
     pub(crate) by_prov: SmallVec<[(u32, OrdSet<QKey>); 1]>,
+    /// Containers with this base set (with or without a head).
+    pub(crate) containers: u32,
 }
 
 /// Where a request is.
@@ -291,7 +350,10 @@ pub(crate) struct Container {
     pub(crate) base: u32,
     /// Provisionable set → bucket, sorted by set id.
     pub(crate) buckets: SmallVec<[(u32, u32); 1]>,
-    pub(crate) heads: OrdSet<QKey>,
+    /// The heads of the buckets, while there are two or more; the head of
+    /// a container with one bucket is that bucket's head (see
+    /// `Scheduler::container_head`).
+    pub(crate) heads: Option<Box<OrdSet<QKey>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -341,6 +403,8 @@ pub struct Scheduler {
     pub(crate) set_ids: idmap::SlotIndex,
     pub(crate) sets: Slab<SetEntry>,
     pub(crate) empty_set: u32,
+    /// Stored cells ([`CellKind::Many`]).
+    pub(crate) cells: Slab<Cell>,
 
     pub(crate) account_ids: FxHashMap<Arc<str>, u32>,
     pub(crate) accounts: Slab<Account>,
@@ -395,6 +459,7 @@ impl Scheduler {
             set_ids: idmap::SlotIndex::default(),
             sets: Slab::default(),
             empty_set: 0,
+            cells: Slab::default(),
             account_ids: FxHashMap::default(),
             accounts: Slab::default(),
             configured: BTreeMap::new(),
@@ -556,6 +621,30 @@ impl Scheduler {
             } else {
                 break;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// The index's per-task structures: these sizes are what a queued task
+    /// with labels of its own costs, so growth here should be deliberate.
+    #[test]
+    fn index_structures_stay_small() {
+        for (name, size, limit) in [
+            ("QKey", size_of::<QKey>(), 40),
+            ("OrdSet<QKey>", size_of::<OrdSet<QKey>>(), 48),
+            ("Request", size_of::<Request>(), 72),
+            ("SetEntry", size_of::<SetEntry>(), 48),
+            ("Cell", size_of::<Cell>(), 144),
+            ("Container", size_of::<Container>(), 80),
+            ("Bucket", size_of::<Bucket>(), 80),
+            ("Group", size_of::<Group>(), 64),
+        ] {
+            assert!(size <= limit, "{name} is {size} bytes, more than {limit}");
         }
     }
 }

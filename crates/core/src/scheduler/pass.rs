@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::index::is_subset;
-use super::{LEVELS, NO_GROUP, OMITTED, QKey, Scheduler};
+use super::{Cell, CellKind, LEVELS, NO_GROUP, OMITTED, QKey, Scheduler};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
 
@@ -21,6 +21,14 @@ struct PassCtx {
     limits: Limits,
     /// Scratch space: a worker's eligible provisionable sets.
     provs: Vec<u32>,
+}
+
+/// A base set's cell as a pass reads it.
+enum CellView<'a> {
+    Stored(&'a Cell),
+    /// Derived from the set's only container, whose head is at the level
+    /// being looked at.
+    Derived(u32),
 }
 
 /// Per-label task limits for one pass.
@@ -186,6 +194,27 @@ impl Scheduler {
         self.virt(self.containers[c].virt).level
     }
 
+    /// Base set `s`'s cell, unless it surely has no entry at level `p`.
+    fn cell_at_level(&self, s: u32, p: u8) -> Option<CellView<'_>> {
+        match self.sets[s].cell.kind() {
+            CellKind::None => None,
+            CellKind::Many(ci) => {
+                let cell = &self.cells[ci];
+                (cell.per_level[p as usize] > 0).then_some(CellView::Stored(cell))
+            }
+            CellKind::Single(c) => (self.container_level(c) == p
+                && self.container_head(c).is_some())
+            .then_some(CellView::Derived(c)),
+        }
+    }
+
+    /// `head` (a key of container `c`) as a cell would store it.
+    fn cell_key(&self, c: u32, head: &QKey) -> QKey {
+        let mut k = self.translate(self.containers[c].virt, head);
+        k.c = c;
+        k
+    }
+
     /// The best-ranked request at level `p` for idle worker `w`.
     fn best_idle_match(
         &self,
@@ -211,48 +240,63 @@ impl Scheduler {
         let provs = &cx.provs;
         let limits = &cx.limits;
         let mut best: Option<(usize, QKey)> = None;
-        // Visits `heads` in order and offers the first acceptable entry at
-        // level `p` as a candidate of quality `q`.
+        // Offers a cell entry (in cell order) as a candidate of quality `q`;
+        // returns whether later entries could still be better.
+        let offer = |head: &QKey, q: usize, best: &mut Option<(usize, QKey)>| {
+            if self.key_examined(head) > modified {
+                return false;
+            }
+            if let Some((bq, bk)) = best.as_ref()
+                && *bq == q
+                && head >= bk
+            {
+                return false;
+            }
+            if self.container_level(head.c) != p {
+                return true;
+            }
+            let a = self.requests[head.req].account;
+            if self.label_blocked(limits, a, w) {
+                return true;
+            }
+            *best = Some((q, head.clone()));
+            false
+        };
         let scan =
             |heads: &super::ordset::OrdSet<QKey>, q: usize, best: &mut Option<(usize, QKey)>| {
-                heads.for_each_while(|head| {
-                    if self.key_examined(head) > modified {
-                        return false;
-                    }
-                    if let Some((bq, bk)) = best.as_ref()
-                        && *bq == q
-                        && head >= bk
-                    {
-                        return false;
-                    }
-                    if self.container_level(head.c) != p {
-                        return true;
-                    }
-                    let a = self.requests[head.req].account;
-                    if self.label_blocked(limits, a, w) {
-                        return true;
-                    }
-                    *best = Some((q, head.clone()));
-                    false
-                });
+                heads.for_each_while(|head| offer(head, q, best));
             };
         for s in self.base_candidates(w) {
-            let set = &self.sets[s];
-            let Some(cell) = &set.cell else { continue };
-            if cell.per_level[p as usize] == 0 {
+            let Some(view) = self.cell_at_level(s, p) else {
                 continue;
-            }
-            let q = set.labels.len();
+            };
+            let q = self.sets[s].labels.len();
             if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
                 continue;
             }
-            if !require_provision {
-                scan(&cell.heads, q, &mut best);
-                continue;
-            }
-            for prov in provs {
-                if let Ok(i) = cell.by_prov.binary_search_by_key(prov, |(p, _)| *p) {
-                    scan(&cell.by_prov[i].1, q, &mut best);
+            match view {
+                CellView::Stored(cell) if !require_provision => scan(&cell.heads, q, &mut best),
+                CellView::Stored(cell) => {
+                    for prov in provs {
+                        if let Ok(i) = cell.by_prov.binary_search_by_key(prov, |(p, _)| *p) {
+                            scan(&cell.by_prov[i].1, q, &mut best);
+                        }
+                    }
+                }
+                CellView::Derived(c) if !require_provision => {
+                    if let Some(head) = self.container_head(c) {
+                        offer(&self.cell_key(c, head), q, &mut best);
+                    }
+                }
+                CellView::Derived(c) => {
+                    let buckets = &self.containers[c].buckets;
+                    for prov in provs {
+                        if let Ok(i) = buckets.binary_search_by_key(prov, |&(p, _)| p)
+                            && let Some(head) = self.buckets[buckets[i].1].members.first()
+                        {
+                            offer(&self.cell_key(c, head), q, &mut best);
+                        }
+                    }
                 }
             }
         }
@@ -485,36 +529,46 @@ impl Scheduler {
     fn best_preempt_match(&self, cx: &PassCtx, w: u32, p: u8, banned: &[bool]) -> Option<u32> {
         let cost = self.task_cost(w);
         let mut best: Option<(usize, QKey)> = None;
-        for s in self.base_candidates(w) {
-            let set = &self.sets[s];
-            let Some(cell) = &set.cell else { continue };
-            if cell.per_level[p as usize] == 0 {
-                continue;
+        // Offers a cell entry (in cell order) as a candidate of quality `q`;
+        // returns whether later entries could still be better.
+        let offer = |head: &QKey, q: usize, best: &mut Option<(usize, QKey)>| {
+            if let Some((bq, bk)) = best.as_ref()
+                && *bq == q
+                && head >= bk
+            {
+                return false;
             }
-            let q = set.labels.len();
+            if self.container_level(head.c) != p {
+                return true;
+            }
+            let a = self.requests[head.req].account;
+            if banned.get(a as usize).copied().unwrap_or(false)
+                || !cost.lex_less(&self.offered_balance(a))
+                || self.label_blocked(&cx.limits, a, w)
+            {
+                return true;
+            }
+            *best = Some((q, head.clone()));
+            false
+        };
+        for s in self.base_candidates(w) {
+            let Some(view) = self.cell_at_level(s, p) else {
+                continue;
+            };
+            let q = self.sets[s].labels.len();
             if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
                 continue;
             }
-            cell.heads.for_each_while(|head| {
-                if let Some((bq, bk)) = &best
-                    && *bq == q
-                    && head >= bk
-                {
-                    return false;
+            match view {
+                CellView::Stored(cell) => {
+                    cell.heads.for_each_while(|head| offer(head, q, &mut best))
                 }
-                if self.container_level(head.c) != p {
-                    return true;
+                CellView::Derived(c) => {
+                    if let Some(head) = self.container_head(c) {
+                        offer(&self.cell_key(c, head), q, &mut best);
+                    }
                 }
-                let a = self.requests[head.req].account;
-                if banned.get(a as usize).copied().unwrap_or(false)
-                    || !cost.lex_less(&self.offered_balance(a))
-                    || self.label_blocked(&cx.limits, a, w)
-                {
-                    return true;
-                }
-                best = Some((q, head.clone()));
-                false
-            });
+            }
         }
         best.map(|(_, k)| k.req)
     }
