@@ -73,6 +73,11 @@ impl SlotIndex {
             e.remove();
         }
     }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
 }
 
 /// The hash of a sorted label-id sequence.

@@ -20,8 +20,8 @@ use rustc_hash::FxHashSet;
 use super::idmap::hash_ids;
 use super::slab::Slab;
 use super::{
-    Account, Bucket, Cell, CellKind, CellRef, Container, Group, LEVELS, LabelEntry, NO_GROUP,
-    Place, QKey, Request, SETTLED, Scheduler, SetEntry, TaskRun, Virt, Worker,
+    Account, Bucket, Cell, CellKind, CellRef, Container, Group, LEVELS, LONE, LabelEntry, NO_GROUP,
+    Place, QKey, Request, SETTLED, Scheduler, SetEntry, TaskRun, Virt, Worker, has_group,
 };
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
@@ -52,6 +52,37 @@ fn same_union(sets: &Slab<SetEntry>, x: (u32, u32), y: (u32, u32)) -> bool {
 /// The hash of a fanout group's key: its account and label union.
 fn group_hash(sets: &Slab<SetEntry>, a: u32, base: u32, prov: u32) -> u64 {
     hash_ids(std::iter::once(a).chain(union_ids(&sets[base].labels, &sets[prov].labels)))
+}
+
+/// Marks a lone request's slot in `group_ids`.
+const LONE_TAG: u32 = 1 << 31;
+
+fn lone_slot(r: u32) -> u32 {
+    assert!(r < LONE_TAG, "request index out of range");
+    r | LONE_TAG
+}
+
+/// The (account, base, provisionable) sets that key an entry of the group
+/// index: a group, or a lone request (tagged).
+fn group_key_of(groups: &Slab<Group>, requests: &Slab<Request>, x: u32) -> (u32, u32, u32) {
+    if x & LONE_TAG != 0 {
+        let req = &requests[x & !LONE_TAG];
+        (req.account, req.base, req.prov)
+    } else {
+        let g = &groups[x];
+        (g.account, g.base, g.prov)
+    }
+}
+
+/// The hash of an entry of the group index: a group or a lone request.
+fn group_slot_hash(
+    sets: &Slab<SetEntry>,
+    groups: &Slab<Group>,
+    requests: &Slab<Request>,
+    x: u32,
+) -> u64 {
+    let (a, base, prov) = group_key_of(groups, requests, x);
+    group_hash(sets, a, base, prov)
 }
 
 /// `small ⊆ big` for sorted, duplicate-free slices.
@@ -499,23 +530,20 @@ impl Scheduler {
             .map(|(r, _)| r)
             .collect();
         for r in reqs {
-            let (base, prov, place) = {
-                let req = &self.requests[r];
-                (req.base, req.prov, req.place)
-            };
-            let g = self.group_ref(a, base, prov);
+            let place = self.requests[r].place;
+            let g = self.group_ref(r);
             self.requests[r].group = g;
             match place {
-                Place::Running(_) => self.groups[g].running += 1,
+                Place::Running(_) if has_group(g) => self.groups[g].running += 1,
                 Place::Queued(b) => {
                     if self.buckets[b].group == NO_GROUP {
                         self.buckets[b].group = g;
-                        if g != NO_GROUP {
+                        if has_group(g) {
                             self.groups[g].buckets.push(b);
                         }
                     }
                 }
-                Place::Detached => {}
+                Place::Running(_) | Place::Detached => {}
             }
         }
     }
@@ -542,8 +570,15 @@ impl Scheduler {
             .map(|(r, _)| r)
             .collect();
         for r in reqs {
-            let g = std::mem::replace(&mut self.requests[r].group, NO_GROUP);
-            self.group_unref(g);
+            if self.requests[r].group == LONE {
+                self.lone_forget(r);
+                if let Place::Queued(b) = self.requests[r].place {
+                    self.buckets[b].group = NO_GROUP;
+                }
+            } else {
+                self.group_unref(self.requests[r].group);
+            }
+            self.requests[r].group = NO_GROUP;
         }
     }
 
@@ -589,18 +624,13 @@ impl Scheduler {
         self.accounts[a].requests += 1;
         self.set_request_ref(base, true);
         self.set_request_ref(prov, true);
-        let group = if self.max_fanout(a) > 0 {
-            self.group_ref(a, base, prov)
-        } else {
-            NO_GROUP
-        };
         let id: Arc<str> = Arc::from(id);
         let r = self.requests.insert(Request {
             id: id.clone(),
             account: a,
             base,
             prov,
-            group,
+            group: NO_GROUP,
             enqueue,
             confirmed,
             examined,
@@ -609,6 +639,9 @@ impl Scheduler {
         });
         let requests = &self.requests;
         self.request_ids.insert(&id, r, |x| &requests[x].id);
+        if self.max_fanout(a) > 0 {
+            self.requests[r].group = self.group_ref(r);
+        }
         r
     }
 
@@ -617,6 +650,12 @@ impl Scheduler {
         let Some(id) = self.requests.get(r).map(|req| req.id.clone()) else {
             return;
         };
+        match self.requests[r].group {
+            NO_GROUP => {}
+            // Before its sets go: they make its key.
+            LONE => self.lone_forget(r),
+            g => self.group_unref(g),
+        }
         let requests = &self.requests;
         self.request_ids.remove(&id, |x| &requests[x].id);
         let Some(req) = self.requests.remove(r) else {
@@ -627,9 +666,6 @@ impl Scheduler {
         self.set_request_ref(req.prov, false);
         self.release_set(req.base);
         self.release_set(req.prov);
-        if req.group != NO_GROUP {
-            self.group_unref(req.group);
-        }
         self.accounts[req.account].requests -= 1;
         self.account_maybe_free(req.account);
     }
@@ -669,30 +705,51 @@ impl Scheduler {
 
     // ---------------------------------------------------------------- groups
 
-    /// The fanout group of account `a`'s requests with these labels: groups
-    /// are keyed by the union of base and provisionable labels (reference
-    /// §6.14), compared exactly. A group holds a reference to the sets of
-    /// the request that created it and recomputes the union from them when
-    /// needed, rather than interning the union as a set of its own.
-    fn group_ref(&mut self, a: u32, base: u32, prov: u32) -> u32 {
+    /// The fanout group of request `r` (of an account with fanout): groups
+    /// are keyed by account and the union of base and provisionable labels
+    /// (reference §6.14), compared exactly. A group holds a reference to the
+    /// sets of the request that created it and recomputes the union from
+    /// them when needed, rather than interning the union as a set of its own.
+    ///
+    /// The first request with a key gets [`LONE`] and is indexed itself; the
+    /// second builds the group for both.
+    fn group_ref(&mut self, r: u32) -> u32 {
+        let (a, base, prov) = {
+            let req = &self.requests[r];
+            (req.account, req.base, req.prov)
+        };
         let hash = group_hash(&self.sets, a, base, prov);
-        let (sets, groups) = (&self.sets, &self.groups);
-        let found = self.group_ids.get(hash, |g| {
-            let group = &groups[g];
-            group.account == a && same_union(sets, (group.base, group.prov), (base, prov))
+        let (sets, groups, requests) = (&self.sets, &self.groups, &self.requests);
+        let found = self.group_ids.get(hash, |x| {
+            let (xa, xbase, xprov) = group_key_of(groups, requests, x);
+            xa == a && same_union(sets, (xbase, xprov), (base, prov))
         });
-        if let Some(g) = found {
-            self.groups[g].requests += 1;
-            return g;
+        let Some(x) = found else {
+            let (sets, groups, requests) = (&self.sets, &self.groups, &self.requests);
+            self.group_ids.insert(hash, lone_slot(r), |x| {
+                group_slot_hash(sets, groups, requests, x)
+            });
+            return LONE;
+        };
+        if x & LONE_TAG == 0 {
+            self.groups[x].requests += 1;
+            return x;
         }
-        self.sets[base].refs += 1;
-        self.sets[prov].refs += 1;
+        // A second request with the key of a lone one: build their group.
+        let r0 = x & !LONE_TAG;
+        self.group_ids.remove(hash, x);
+        let (base0, prov0, place0) = {
+            let req = &self.requests[r0];
+            (req.base, req.prov, req.place)
+        };
+        self.sets[base0].refs += 1;
+        self.sets[prov0].refs += 1;
         let g = self.groups.insert(Group {
             account: a,
-            base,
-            prov,
-            requests: 1,
-            running: 0,
+            base: base0,
+            prov: prov0,
+            requests: 2,
+            running: u32::from(matches!(place0, Place::Running(_))),
             buckets: SmallVec::new(),
             throttled: false,
             dirty: false,
@@ -700,12 +757,24 @@ impl Scheduler {
             pass_base: 0,
             pass_assigned: 0,
         });
-        let (sets, groups) = (&self.sets, &self.groups);
-        self.group_ids.insert(hash, g, |x| {
-            let group = &groups[x];
-            group_hash(sets, group.account, group.base, group.prov)
-        });
+        self.requests[r0].group = g;
+        if let Place::Queued(b0) = place0 {
+            self.buckets[b0].group = g;
+            self.groups[g].buckets.push(b0);
+        }
+        // Throttling follows the running count from the next pass on, as
+        // for any group whose running count changed.
+        self.mark_group_dirty(g);
+        let (sets, groups, requests) = (&self.sets, &self.groups, &self.requests);
+        self.group_ids
+            .insert(hash, g, |x| group_slot_hash(sets, groups, requests, x));
         g
+    }
+
+    /// Takes lone request `r` out of the group index.
+    fn lone_forget(&mut self, r: u32) {
+        let hash = group_slot_hash(&self.sets, &self.groups, &self.requests, lone_slot(r));
+        self.group_ids.remove(hash, lone_slot(r));
     }
 
     fn group_unref(&mut self, g: u32) {
@@ -723,7 +792,7 @@ impl Scheduler {
     }
 
     fn mark_group_dirty(&mut self, g: u32) {
-        if g == NO_GROUP {
+        if !has_group(g) {
             return;
         }
         let group = &self.groups[g];
@@ -775,7 +844,7 @@ impl Scheduler {
         acc.running_by_prio[priority as usize] += 1;
         acc.running.insert(w);
         let g = self.requests[r].group;
-        if g != NO_GROUP {
+        if has_group(g) {
             self.groups[g].running += 1;
             self.mark_group_dirty(g);
         }
@@ -795,7 +864,7 @@ impl Scheduler {
         acc.running_by_prio[run.priority as usize] -= 1;
         acc.running.remove(&w);
         let g = self.requests[r].group;
-        if g != NO_GROUP {
+        if has_group(g) {
             self.groups[g].running -= 1;
             self.mark_group_dirty(g);
         }
@@ -921,7 +990,7 @@ impl Scheduler {
         {
             return b;
         }
-        let throttled = g != NO_GROUP && self.groups[g].throttled;
+        let throttled = has_group(g) && self.groups[g].throttled;
         let v = a * 2 + u32::from(throttled);
         let b = self.buckets.insert(Bucket {
             virt: v,
@@ -935,7 +1004,7 @@ impl Scheduler {
             dirty: false,
         });
         self.attach_bucket(b, v);
-        if g != NO_GROUP {
+        if has_group(g) {
             self.groups[g].buckets.push(b);
         }
         let buckets = &self.buckets;
@@ -1079,7 +1148,7 @@ impl Scheduler {
         let Some(bucket) = self.buckets.remove(b) else {
             return;
         };
-        if bucket.group != NO_GROUP {
+        if has_group(bucket.group) {
             let gb = &mut self.groups[bucket.group].buckets;
             if let Some(i) = gb.iter().position(|&x| x == b) {
                 gb.swap_remove(i);
@@ -1516,7 +1585,7 @@ impl Scheduler {
                     assert_eq!(
                         bucket.virt,
                         req.account * 2
-                            + u32::from(req.group != NO_GROUP && self.groups[req.group].throttled)
+                            + u32::from(has_group(req.group) && self.groups[req.group].throttled)
                     );
                     let stamp = self.virt(bucket.virt).stamp;
                     assert!(
@@ -1671,6 +1740,52 @@ impl Scheduler {
     }
 
     fn check_workers_and_groups(&self) {
+        // Fanout groups: requests with one key share one group, or the only
+        // one is lone; both are findable in the group index.
+        let mut by_key: std::collections::BTreeMap<(u32, Vec<u32>), Vec<u32>> = Default::default();
+        for (r, req) in self.requests.iter() {
+            let fanout = self.max_fanout_of(req.account) > 0;
+            assert_eq!(req.group != NO_GROUP, fanout, "group of request {}", req.id);
+            if fanout {
+                let union = union_ids(&self.sets[req.base].labels, &self.sets[req.prov].labels);
+                by_key
+                    .entry((req.account, union.collect()))
+                    .or_default()
+                    .push(r);
+            }
+        }
+        let mut indexed = 0;
+        for reqs in by_key.values() {
+            let g = self.requests[reqs[0]].group;
+            assert!(
+                reqs.iter().all(|&r| self.requests[r].group == g),
+                "one key, one group"
+            );
+            indexed += 1;
+            if g == LONE {
+                assert_eq!(reqs.len(), 1, "a lone request is alone with its key");
+                let r = reqs[0];
+                let hash = group_slot_hash(&self.sets, &self.groups, &self.requests, lone_slot(r));
+                assert_eq!(
+                    self.group_ids.get(hash, |x| x == lone_slot(r)),
+                    Some(lone_slot(r))
+                );
+            } else {
+                assert_eq!(
+                    self.groups[g].requests as usize,
+                    reqs.len(),
+                    "requests of group {g}"
+                );
+            }
+        }
+        assert_eq!(indexed, self.group_ids.len(), "group index entries");
+        assert_eq!(
+            self.groups.len(),
+            by_key
+                .values()
+                .filter(|r| self.requests[r[0]].group != LONE)
+                .count()
+        );
         // Eligibility.
         for (w, worker) in self.workers.iter() {
             let mut want: Vec<u32> = self

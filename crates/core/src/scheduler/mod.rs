@@ -99,6 +99,18 @@ pub struct NotAssigned {
 /// entry and references to two label sets, which most accounts never need.
 pub(crate) const NO_GROUP: u32 = u32::MAX;
 
+/// The group of a request whose account uses fanout but which is, so far,
+/// the only request with its key: a group of one can never be throttled,
+/// so it is not built until a second request joins (see
+/// `Scheduler::group_ref`). With labels of its own per task, that saves a
+/// group per task.
+pub(crate) const LONE: u32 = u32::MAX - 1;
+
+/// Whether a request's or bucket's `group` names a built group.
+pub(crate) fn has_group(g: u32) -> bool {
+    g < LONE
+}
+
 /// Marks a level cell for accounts that sit out the pass (free level with
 /// free tasks disabled).
 pub(crate) const OMITTED: u8 = 6;
@@ -369,7 +381,8 @@ pub(crate) struct Bucket {
     pub(crate) dirty: bool,
 }
 
-/// A fanout group: one account's requests with identical labels.
+/// A fanout group: one account's requests with identical labels, once
+/// there are two or more (see [`LONE`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Group {
     pub(crate) account: u32,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::index::is_subset;
-use super::{Cell, CellKind, LEVELS, NO_GROUP, OMITTED, QKey, Scheduler};
+use super::{Cell, CellKind, LEVELS, OMITTED, QKey, Scheduler, has_group};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
 
@@ -344,7 +344,7 @@ impl Scheduler {
     /// group, throttling the group at once when it reaches its limit.
     fn count_fanout(&mut self, r: u32, p: u8) {
         let g = self.requests[r].group;
-        if g == NO_GROUP {
+        if !has_group(g) {
             return;
         }
         let max = self.max_fanout(self.groups[g].account);
@@ -366,7 +366,7 @@ impl Scheduler {
     /// tasks (which does not give the group its slot back until the next
     /// pass).
     fn fanout_snapshot(&mut self, g: u32) {
-        if g == NO_GROUP {
+        if !has_group(g) {
             return;
         }
         let pass_no = self.pass_no;
