@@ -20,8 +20,9 @@ use rustc_hash::FxHashSet;
 use super::idmap::hash_ids;
 use super::slab::Slab;
 use super::{
-    Account, Bucket, Cell, CellKind, CellRef, Container, Group, LEVELS, LONE, LabelEntry, NO_GROUP,
-    Place, QKey, Request, SETTLED, Scheduler, SetEntry, TaskRun, Virt, Worker, has_group,
+    Account, Bucket, CONTAINER_TAG, Cell, CellKind, CellRef, Container, Group, LEVELS, LONE,
+    LabelEntry, NO_CONTAINER, NO_GROUP, Place, QKey, Request, SETTLED, Scheduler, SetEntry,
+    TaskRun, Virt, Worker, has_group,
 };
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
@@ -690,7 +691,7 @@ impl Scheduler {
             enq: req.enqueue.as_nanos(),
             id: req.id.clone(),
             req: r,
-            c: 0,
+            v: 0,
         }
     }
 
@@ -994,7 +995,7 @@ impl Scheduler {
         let v = a * 2 + u32::from(throttled);
         let b = self.buckets.insert(Bucket {
             virt: v,
-            container: 0,
+            container: NO_CONTAINER,
             account: a,
             base,
             prov,
@@ -1003,6 +1004,8 @@ impl Scheduler {
             explicit: 0,
             dirty: false,
         });
+        // Bucket ids double as entry ids (see `super::Container`).
+        assert!(b < CONTAINER_TAG, "too many buckets");
         self.attach_bucket(b, v);
         if has_group(g) {
             self.groups[g].buckets.push(b);
@@ -1015,48 +1018,116 @@ impl Scheduler {
         b
     }
 
-    fn container_for(&mut self, v: u32, base: u32) -> u32 {
-        if let Some(&c) = self.virt(v).containers.get(&base) {
-            return c;
+    /// The placement of entry `e` (see [`super::Container`]).
+    pub(crate) fn entry_virt(&self, e: u32) -> u32 {
+        if e & CONTAINER_TAG != 0 {
+            self.containers[e & !CONTAINER_TAG].virt
+        } else {
+            self.buckets[e].virt
         }
-        let c = self.containers.insert(Container {
-            virt: v,
-            base,
-            buckets: SmallVec::new(),
-            heads: None,
-        });
-        self.virt_mut(v).containers.insert(base, c);
+    }
+
+    /// The head of entry `e`: the best head of its buckets.
+    pub(crate) fn entry_head(&self, e: u32) -> Option<&QKey> {
+        if e & CONTAINER_TAG != 0 {
+            let cont = &self.containers[e & !CONTAINER_TAG];
+            cont.heads.first()
+        } else {
+            self.buckets[e].members.first()
+        }
+    }
+
+    /// The buckets of entry `e`, as (provisionable set, bucket) sorted by
+    /// set.
+    pub(crate) fn entry_buckets(&self, e: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let (lone, many): (Option<(u32, u32)>, &[(u32, u32)]) = if e & CONTAINER_TAG != 0 {
+            (None, &self.containers[e & !CONTAINER_TAG].buckets)
+        } else {
+            (Some((self.buckets[e].prov, e)), &[])
+        };
+        lone.into_iter().chain(many.iter().copied())
+    }
+
+    /// Entry `e`'s bucket for provisionable set `prov`, if any.
+    pub(crate) fn entry_bucket_for(&self, e: u32, prov: u32) -> Option<u32> {
+        if e & CONTAINER_TAG != 0 {
+            let buckets = &self.containers[e & !CONTAINER_TAG].buckets;
+            let i = buckets.binary_search_by_key(&prov, |&(p, _)| p).ok()?;
+            Some(buckets[i].1)
+        } else {
+            (self.buckets[e].prov == prov).then_some(e)
+        }
+    }
+
+    /// The entry bucket `b` belongs to.
+    pub(crate) fn entry_of(&self, b: u32) -> u32 {
+        match self.buckets[b].container {
+            NO_CONTAINER => b,
+            c => c | CONTAINER_TAG,
+        }
+    }
+
+    /// Counts a new entry in base set `base`'s cell.
+    fn cell_add_entry(&mut self, base: u32, e: u32) {
         match self.sets[base].cell.kind() {
-            CellKind::None => self.sets[base].cell = CellRef::single(c),
-            CellKind::Single(c0) => {
-                let mut cell = self.derived_cell(c0);
-                cell.containers += 1;
+            CellKind::None => self.sets[base].cell = CellRef::single(e),
+            CellKind::Single(e0) => {
+                let mut cell = self.derived_cell(e0);
+                cell.entries += 1;
                 let i = self.cells.insert(cell);
                 self.sets[base].cell = CellRef::many(i);
             }
-            CellKind::Many(i) => self.cells[i].containers += 1,
+            CellKind::Many(i) => self.cells[i].entries += 1,
         }
-        c
     }
 
-    /// The cell of a base set whose only container is `c`, as it would be
+    /// Forgets entry `e` of base set `base`'s cell (its head is out).
+    fn cell_remove_entry(&mut self, base: u32, e: u32) {
+        match self.sets[base].cell.kind() {
+            CellKind::None => debug_assert!(false, "entry without a cell"),
+            CellKind::Single(e0) => {
+                debug_assert_eq!(e0, e);
+                self.sets[base].cell = CellRef::NONE;
+            }
+            CellKind::Many(i) => {
+                let cell = &mut self.cells[i];
+                cell.entries -= 1;
+                if cell.entries == 0 {
+                    debug_assert!(cell.heads.is_empty() && cell.by_prov.is_empty());
+                    self.cells.remove(i);
+                    self.sets[base].cell = CellRef::NONE;
+                }
+            }
+        }
+    }
+
+    /// Entry `old` of base set `base` becomes `new` (a lone bucket gains a
+    /// container or a container goes back to its last bucket). The head,
+    /// and so the cell's stored keys, stay the same.
+    fn cell_rename_entry(&mut self, base: u32, old: u32, new: u32) {
+        if self.sets[base].cell.kind() == CellKind::Single(old) {
+            self.sets[base].cell = CellRef::single(new);
+        }
+    }
+
+    /// The cell of a base set whose only entry is `e`, as it would be
     /// stored.
-    fn derived_cell(&self, c: u32) -> Cell {
-        let cont = &self.containers[c];
+    fn derived_cell(&self, e: u32) -> Cell {
+        let v = self.entry_virt(e);
         let mut cell = Cell {
-            containers: 1,
+            entries: 1,
             ..Cell::default()
         };
-        if let Some(head) = self.container_head(c) {
-            let mut k = self.translate(cont.virt, head);
-            k.c = c;
+        if let Some(head) = self.entry_head(e) {
+            let mut k = self.translate(v, head);
+            k.v = v;
             cell.heads.insert(k);
-            cell.per_level[self.virt(cont.virt).level as usize] = 1;
+            cell.per_level[self.virt(v).level as usize] = 1;
         }
-        for &(prov, b) in &cont.buckets {
+        for (prov, b) in self.entry_buckets(e) {
             if let Some(head) = self.buckets[b].members.first() {
-                let mut k = self.translate(cont.virt, head);
-                k.c = c;
+                let mut k = self.translate(v, head);
+                k.v = v;
                 let mut sub = super::ordset::OrdSet::default();
                 sub.insert(k);
                 cell.by_prov.push((prov, sub));
@@ -1065,81 +1136,91 @@ impl Scheduler {
         cell
     }
 
-    /// Puts bucket `b` into placement `v`'s container for its base set,
-    /// with its head in the cells.
+    /// Puts bucket `b` into placement `v`: it becomes the entry for its
+    /// base set there, or joins (or creates) that entry's container; its
+    /// head goes into the cells.
     fn attach_bucket(&mut self, b: u32, v: u32) {
         let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
-        let c = self.container_for(v, base);
-        if self.containers[c].buckets.len() == 1 {
-            // A second bucket: the container's head needs an order of its
-            // own from now on.
-            let mut heads = super::ordset::OrdSet::default();
-            if let Some(head) = self.container_head(c) {
-                heads.insert(head.clone());
-            }
-            self.containers[c].heads = Some(Box::new(heads));
-        }
-        let cb = &mut self.containers[c].buckets;
-        let i = cb.partition_point(|&(p, _)| p < prov);
-        cb.insert(i, (prov, b));
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
-        bucket.container = c;
+        bucket.container = NO_CONTAINER;
+        let e = match self.virt(v).containers.get(&base).copied() {
+            None => {
+                self.virt_mut(v).containers.insert(base, b);
+                self.cell_add_entry(base, b);
+                b
+            }
+            Some(e0) if e0 & CONTAINER_TAG == 0 => {
+                // A second bucket: the pair needs a container and an order
+                // of heads.
+                let b0 = e0;
+                let prov0 = self.buckets[b0].prov;
+                let mut heads = super::ordset::OrdSet::default();
+                if let Some(head) = self.buckets[b0].members.first() {
+                    heads.insert(head.clone());
+                }
+                let mut buckets: SmallVec<[(u32, u32); 2]> = SmallVec::new();
+                buckets.push((prov0, b0));
+                buckets.push((prov, b));
+                buckets.sort_unstable();
+                let c = self.containers.insert(Container {
+                    virt: v,
+                    base,
+                    buckets,
+                    heads,
+                });
+                assert!(c < CONTAINER_TAG, "too many containers");
+                self.buckets[b0].container = c;
+                self.buckets[b].container = c;
+                let e = c | CONTAINER_TAG;
+                self.virt_mut(v).containers.insert(base, e);
+                self.cell_rename_entry(base, b0, e);
+                e
+            }
+            Some(e) => {
+                let c = e & !CONTAINER_TAG;
+                let cb = &mut self.containers[c].buckets;
+                let i = cb.partition_point(|&(p, _)| p < prov);
+                cb.insert(i, (prov, b));
+                self.buckets[b].container = c;
+                e
+            }
+        };
         if let Some(head) = self.buckets[b].members.first().cloned() {
             self.bucket_head_entry(b, None, Some(&head));
-            self.container_head_changed(c, None, Some(head));
+            self.entry_head_changed(e, None, Some(head));
         }
     }
 
-    /// The head of container `c`: the best head of its buckets.
-    pub(crate) fn container_head(&self, c: u32) -> Option<&QKey> {
-        let cont = &self.containers[c];
-        match &cont.heads {
-            Some(heads) => heads.first(),
-            None => cont
-                .buckets
-                .first()
-                .and_then(|&(_, b)| self.buckets[b].members.first()),
-        }
-    }
-
-    /// Takes bucket `b` out of its container (and its head out of the
-    /// cells), freeing the container if it empties.
+    /// Takes bucket `b` out of its placement (and its head out of the
+    /// cells), undoing what `attach_bucket` did.
     fn detach_bucket(&mut self, b: u32) {
-        let (c, prov) = (self.buckets[b].container, self.buckets[b].prov);
+        let e = self.entry_of(b);
         if let Some(head) = self.buckets[b].members.first().cloned() {
             self.bucket_head_entry(b, Some(&head), None);
-            self.container_head_changed(c, Some(head), None);
+            self.entry_head_changed(e, Some(head), None);
+        }
+        let bucket = &mut self.buckets[b];
+        let (v, base, prov, c) = (bucket.virt, bucket.base, bucket.prov, bucket.container);
+        bucket.container = NO_CONTAINER;
+        if c == NO_CONTAINER {
+            self.virt_mut(v).containers.remove(&base);
+            self.cell_remove_entry(base, b);
+            return;
         }
         let cont = &mut self.containers[c];
         if let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) {
             cont.buckets.remove(i);
         }
         if cont.buckets.len() == 1 {
-            // The remaining bucket's head is the container's head already.
-            cont.heads = None;
-        }
-        if cont.buckets.is_empty() {
-            debug_assert!(cont.heads.is_none());
-            let (v, base) = (cont.virt, cont.base);
-            self.virt_mut(v).containers.remove(&base);
+            // The last bucket stands alone again; its head is the
+            // container's head already.
+            let b1 = cont.buckets[0].1;
+            debug_assert!(cont.heads.len() <= 1);
             self.containers.remove(c);
-            match self.sets[base].cell.kind() {
-                CellKind::None => debug_assert!(false, "container without a cell"),
-                CellKind::Single(c0) => {
-                    debug_assert_eq!(c0, c);
-                    self.sets[base].cell = CellRef::NONE;
-                }
-                CellKind::Many(i) => {
-                    let cell = &mut self.cells[i];
-                    cell.containers -= 1;
-                    if cell.containers == 0 {
-                        debug_assert!(cell.heads.is_empty() && cell.by_prov.is_empty());
-                        self.cells.remove(i);
-                        self.sets[base].cell = CellRef::NONE;
-                    }
-                }
-            }
+            self.buckets[b1].container = NO_CONTAINER;
+            self.virt_mut(v).containers.insert(base, b1);
+            self.cell_rename_entry(base, c | CONTAINER_TAG, b1);
         }
     }
 
@@ -1240,15 +1321,14 @@ impl Scheduler {
             return;
         }
         self.bucket_head_entry(b, old_head.as_ref(), new_head.as_ref());
-        let c = self.buckets[b].container;
-        self.container_head_changed(c, old_head, new_head);
+        self.entry_head_changed(self.entry_of(b), old_head, new_head);
     }
 
     /// Replaces bucket `b`'s head in its cell's provisionable sub-cell.
     fn bucket_head_entry(&mut self, b: u32, old: Option<&QKey>, new: Option<&QKey>) {
-        let (v, base, prov, c) = {
+        let (v, base, prov) = {
             let bucket = &self.buckets[b];
-            (bucket.virt, bucket.base, bucket.prov, bucket.container)
+            (bucket.virt, bucket.base, bucket.prov)
         };
         let CellKind::Many(ci) = self.sets[base].cell.kind() else {
             // A derived cell stores nothing.
@@ -1257,7 +1337,7 @@ impl Scheduler {
         let old = old.map(|k| self.translate(v, k));
         let new = new.map(|k| {
             let mut k = self.translate(v, k);
-            k.c = c;
+            k.v = v;
             k
         });
         let cell = &mut self.cells[ci];
@@ -1283,14 +1363,15 @@ impl Scheduler {
         }
     }
 
-    /// One of container `c`'s buckets changed its head from `old` to
-    /// `new`: keeps the container's order and its entry in the cell.
-    fn container_head_changed(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
-        let Some(heads) = self.containers[c].heads.as_deref_mut() else {
-            // One bucket: its head is the container's.
-            self.cell_replace(c, old, new);
+    /// One of entry `e`'s buckets changed its head from `old` to `new`:
+    /// keeps the container's order, if any, and the entry's key in the cell.
+    fn entry_head_changed(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
+        if e & CONTAINER_TAG == 0 {
+            // A lone bucket's head is the entry's.
+            self.cell_replace(e, old, new);
             return;
-        };
+        }
+        let heads = &mut self.containers[e & !CONTAINER_TAG].heads;
         let before = heads.first().cloned();
         if let Some(o) = &old {
             heads.remove(o);
@@ -1300,14 +1381,19 @@ impl Scheduler {
         }
         let after = heads.first().cloned();
         if before != after {
-            self.cell_replace(c, before, after);
+            self.cell_replace(e, before, after);
         }
     }
 
-    /// Replaces container `c`'s head (placement-relative keys) in its base
-    /// set's cell.
-    fn cell_replace(&mut self, c: u32, old: Option<QKey>, new: Option<QKey>) {
-        let (v, base) = (self.containers[c].virt, self.containers[c].base);
+    /// Replaces entry `e`'s head (placement-relative keys) in its base set's
+    /// cell.
+    fn cell_replace(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
+        let v = self.entry_virt(e);
+        let base = if e & CONTAINER_TAG != 0 {
+            self.containers[e & !CONTAINER_TAG].base
+        } else {
+            self.buckets[e].base
+        };
         let level = self.virt(v).level as usize;
         let delta: i32 = match (&old, &new) {
             (None, Some(_)) => 1,
@@ -1318,7 +1404,7 @@ impl Scheduler {
             let old = old.map(|k| self.translate(v, &k));
             let new = new.map(|k| {
                 let mut k = self.translate(v, &k);
-                k.c = c;
+                k.v = v;
                 k
             });
             let cell = &mut self.cells[ci];
@@ -1365,12 +1451,16 @@ impl Scheduler {
             return;
         }
         self.virt_mut(v).level = level;
-        let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
-        for c in conts {
-            if self.container_head(c).is_none() {
+        let entries: Vec<(u32, u32)> = self
+            .virt(v)
+            .containers
+            .iter()
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (base, e) in entries {
+            if self.entry_head(e).is_none() {
                 continue;
             }
-            let base = self.containers[c].base;
             self.count_cell_level(base, old as usize, -1);
             self.count_cell_level(base, level as usize, 1);
         }
@@ -1381,14 +1471,18 @@ impl Scheduler {
     /// change of the placement's stamp or of the last pass's time, which
     /// changes how its settled heads read pool-wide.
     pub(crate) fn virt_cell_entries(&mut self, v: u32, insert: bool) {
-        let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
-        for c in conts {
-            let base = self.containers[c].base;
+        let entries: Vec<(u32, u32)> = self
+            .virt(v)
+            .containers
+            .iter()
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (base, e) in entries {
             let CellKind::Many(ci) = self.sets[base].cell.kind() else {
                 // Derived cells read keys under the current translation.
                 continue;
             };
-            let buckets: Vec<u32> = self.containers[c].buckets.iter().map(|&(_, b)| b).collect();
+            let buckets: SmallVec<[u32; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
             for b in buckets {
                 if let Some(h) = self.buckets[b].members.first().cloned() {
                     if insert {
@@ -1398,11 +1492,11 @@ impl Scheduler {
                     }
                 }
             }
-            if let Some(h) = self.container_head(c).cloned() {
+            if let Some(h) = self.entry_head(e).cloned() {
                 // Entries leave and return at the same level: the counts
                 // stay as they are.
                 let mut k = self.translate(v, &h);
-                k.c = c;
+                k.v = v;
                 let cell = &mut self.cells[ci];
                 if insert {
                     cell.heads.insert(k);
@@ -1462,9 +1556,8 @@ impl Scheduler {
         } else {
             let new_head = self.buckets[b].members.first().cloned();
             let c = self.buckets[b].container;
-            if old_head != new_head
-                && let Some(heads) = self.containers[c].heads.as_deref_mut()
-            {
+            if old_head != new_head && c != NO_CONTAINER {
+                let heads = &mut self.containers[c].heads;
                 if let Some(o) = &old_head {
                     heads.remove(o);
                 }
@@ -1531,9 +1624,9 @@ impl Scheduler {
     /// The settled members of placement `v` are restated as explicitly
     /// examined at `at` (its stamp), so that the stamp can change.
     pub(crate) fn unsettle_virt(&mut self, v: u32, at: Time) {
-        let conts: Vec<u32> = self.virt(v).containers.values().copied().collect();
-        for c in conts {
-            let buckets: Vec<u32> = self.containers[c].buckets.iter().map(|&(_, b)| b).collect();
+        let entries: Vec<u32> = self.virt(v).containers.values().copied().collect();
+        for e in entries {
+            let buckets: SmallVec<[u32; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
             for b in buckets {
                 let mut settled = Vec::new();
                 self.buckets[b].members.for_each_while(|k| {
@@ -1608,77 +1701,100 @@ impl Scheduler {
         assert_eq!(queued, self.queued);
         assert_eq!(self.request_ids.len(), self.requests.len());
         assert_eq!(self.worker_ids.len(), self.workers.len());
-        // Buckets and containers.
+        // Entries: lone buckets and containers, reached through their
+        // placements.
         let mut expect_cells: BTreeMap<u32, Vec<(QKey, u32, u8)>> = BTreeMap::new();
         let mut expect_provs: BTreeMap<(u32, u32), Vec<QKey>> = BTreeMap::new();
-        for (c, cont) in self.containers.iter() {
-            let mut heads = Vec::new();
-            for &(prov, b) in &cont.buckets {
-                let bucket = &self.buckets[b];
-                assert_eq!(
-                    (bucket.container, bucket.prov, bucket.virt),
-                    (c, prov, cont.virt)
-                );
-                assert!(!bucket.members.is_empty());
-                let explicit = bucket
-                    .members
-                    .to_vec()
-                    .iter()
-                    .filter(|k| k.ex != SETTLED)
-                    .count();
-                assert_eq!(explicit as u32, bucket.explicit);
-                if explicit > 0 {
-                    assert!(bucket.dirty);
-                    assert!(self.virt(bucket.virt).dirty.contains(&b));
+        let mut entries_of: BTreeMap<u32, u32> = BTreeMap::new();
+        let (mut buckets_seen, mut containers_seen) = (0, 0);
+        for (a, acc) in self.accounts.iter() {
+            for (half, virt) in acc.virt.iter().enumerate() {
+                let v = a * 2 + half as u32;
+                for (&base, &e) in &virt.containers {
+                    *entries_of.entry(base).or_default() += 1;
+                    assert_eq!(self.entry_virt(e), v);
+                    if e & CONTAINER_TAG != 0 {
+                        containers_seen += 1;
+                        let c = e & !CONTAINER_TAG;
+                        let cont = &self.containers[c];
+                        assert_eq!(cont.base, base);
+                        assert!(
+                            cont.buckets.len() >= 2,
+                            "container {c} of fewer than two buckets"
+                        );
+                        assert!(cont.buckets.windows(2).all(|w| w[0].0 < w[1].0));
+                    }
+                    let mut heads = Vec::new();
+                    for (prov, b) in self.entry_buckets(e) {
+                        buckets_seen += 1;
+                        let bucket = &self.buckets[b];
+                        assert_eq!(self.entry_of(b), e);
+                        assert_eq!((bucket.base, bucket.prov, bucket.virt), (base, prov, v));
+                        assert!(!bucket.members.is_empty());
+                        let explicit = bucket
+                            .members
+                            .to_vec()
+                            .iter()
+                            .filter(|k| k.ex != SETTLED)
+                            .count();
+                        assert_eq!(explicit as u32, bucket.explicit);
+                        if explicit > 0 {
+                            assert!(bucket.dirty);
+                            assert!(self.virt(bucket.virt).dirty.contains(&b));
+                        }
+                        let head = bucket.members.first().cloned().unwrap();
+                        let mut t = self.translate(v, &head);
+                        t.v = v;
+                        expect_provs.entry((base, prov)).or_default().push(t);
+                        heads.push(head);
+                    }
+                    heads.sort();
+                    if e & CONTAINER_TAG != 0 {
+                        assert_eq!(heads, self.containers[e & !CONTAINER_TAG].heads.to_vec());
+                    }
+                    let mut t = self.translate(v, self.entry_head(e).unwrap());
+                    t.v = v;
+                    expect_cells
+                        .entry(base)
+                        .or_default()
+                        .push((t, e, virt.level));
                 }
-                let head = bucket.members.first().cloned().unwrap();
-                let mut t = self.translate(bucket.virt, &head);
-                t.c = c;
-                expect_provs.entry((cont.base, prov)).or_default().push(t);
-                heads.push(head);
             }
-            heads.sort();
-            match &cont.heads {
-                Some(h) => assert_eq!(heads, h.to_vec()),
-                None => assert_eq!(heads.len(), 1, "container {c} without an order"),
-            }
-            assert_eq!(cont.heads.is_some(), cont.buckets.len() > 1);
-            let level = self.virt(cont.virt).level;
-            expect_cells.entry(cont.base).or_default().push((
-                self.translate(cont.virt, self.container_head(c).unwrap()),
-                c,
-                level,
-            ));
         }
+        assert_eq!(
+            buckets_seen,
+            self.buckets.len(),
+            "buckets outside their placement"
+        );
+        assert_eq!(
+            containers_seen,
+            self.containers.len(),
+            "containers outside their placement"
+        );
         let mut nonempty = [0usize; LEVELS];
         let mut stored_cells = 0;
-        let mut containers_of: BTreeMap<u32, u32> = BTreeMap::new();
-        for (_, cont) in self.containers.iter() {
-            *containers_of.entry(cont.base).or_default() += 1;
-        }
         for (s, set) in self.sets.iter() {
-            let n_containers = containers_of.get(&s).copied().unwrap_or(0);
+            let n_entries = entries_of.get(&s).copied().unwrap_or(0);
             match set.cell.kind() {
                 CellKind::None => {
-                    assert_eq!(n_containers, 0, "containers of set {s} without a cell")
+                    assert_eq!(n_entries, 0, "entries of set {s} without a cell")
                 }
-                CellKind::Single(c) => {
-                    assert_eq!(n_containers, 1, "derived cell of set {s}");
-                    assert_eq!(self.containers[c].base, s, "derived cell of set {s}");
+                CellKind::Single(e) => {
+                    assert_eq!(n_entries, 1, "derived cell of set {s}");
                     let want = expect_cells.remove(&s).unwrap_or_default();
                     assert_eq!(want.len(), 1);
-                    assert_eq!(want[0].1, c);
+                    assert_eq!(want[0].1, e);
                     if (want[0].2 as usize) < LEVELS {
                         nonempty[want[0].2 as usize] += 1;
                     }
-                    for &(prov, _) in &self.containers[c].buckets {
+                    for (prov, _) in self.entry_buckets(e) {
                         assert!(expect_provs.remove(&(s, prov)).is_some());
                     }
                 }
                 CellKind::Many(ci) => {
                     stored_cells += 1;
                     let cell = &self.cells[ci];
-                    assert_eq!(cell.containers, n_containers, "containers of cell {s}");
+                    assert_eq!(cell.entries, n_entries, "entries of cell {s}");
                     self.check_stored_cell(
                         s,
                         cell,
@@ -1702,7 +1818,7 @@ impl Scheduler {
         self.check_workers_and_groups();
     }
 
-    /// Compares a stored cell with what its containers say it should hold.
+    /// Compares a stored cell with what its entries say it should hold.
     #[allow(clippy::type_complexity)]
     fn check_stored_cell(
         &self,
@@ -1717,9 +1833,9 @@ impl Scheduler {
         let have = cell.heads.to_vec();
         assert_eq!(have.len(), want.len(), "cell of set {s}");
         let mut per_level = [0u32; LEVELS + 1];
-        for (h, (k, c, level)) in have.iter().zip(&want) {
+        for (h, (k, _, level)) in have.iter().zip(&want) {
             assert_eq!(h, k, "cell of set {s}");
-            assert_eq!(h.c, *c, "cell entry names its container");
+            assert_eq!(h.v, k.v, "cell entry names its placement");
             per_level[*level as usize] += 1;
         }
         assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
@@ -1729,7 +1845,7 @@ impl Scheduler {
             let have = sub.to_vec();
             assert_eq!(have, want, "provisionable sub-cell ({s}, {prov})");
             for (h, k) in have.iter().zip(&want) {
-                assert_eq!(h.c, k.c, "sub-cell entry names its container");
+                assert_eq!(h.v, k.v, "sub-cell entry names its placement");
             }
         }
         for level in 0..LEVELS {

@@ -129,8 +129,9 @@ pub(crate) struct QKey {
     pub(crate) enq: i64,
     pub(crate) id: Arc<str>,
     pub(crate) req: u32,
-    /// In a cell: the container whose head this is (unused elsewhere).
-    pub(crate) c: u32,
+    /// In a cell: the placement (see [`Virt`]) of the entry whose head
+    /// this is, which gives its level (unused elsewhere).
+    pub(crate) v: u32,
 }
 
 impl PartialEq for QKey {
@@ -209,9 +210,10 @@ pub(crate) struct CellRef(u32);
 /// [`CellRef`] unpacked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CellKind {
-    /// No container has this base set.
+    /// No placement has queued work with this base set.
     None,
-    /// Exactly this container has it; the cell is derived from it.
+    /// It has exactly this entry (see [`Container`]); the cell is derived
+    /// from it.
     Single(u32),
     /// A stored cell, in `Scheduler::cells`.
     Many(u32),
@@ -221,9 +223,9 @@ impl CellRef {
     pub(crate) const NONE: CellRef = CellRef(u32::MAX);
     const MANY: u32 = 1 << 31;
 
-    pub(crate) fn single(c: u32) -> CellRef {
-        assert!(c < Self::MANY, "container index out of range");
-        CellRef(c)
+    pub(crate) fn single(e: u32) -> CellRef {
+        assert!(e < Self::MANY, "entry id out of range");
+        CellRef(e)
     }
 
     pub(crate) fn many(i: u32) -> CellRef {
@@ -271,8 +273,8 @@ pub(crate) struct Cell {
     /// worker looking for provisioned work looks only at the provisionable
     /// sets it has. Each key's `c` names the bucket's container.
     pub(crate) by_prov: SmallVec<[(u32, OrdSet<QKey>); 1]>,
-    /// Containers with this base set (with or without a head).
-    pub(crate) containers: u32,
+    /// Entries with this base set (with or without a head).
+    pub(crate) entries: u32,
 }
 
 /// Where a request is.
@@ -334,7 +336,7 @@ pub(crate) struct Virt {
     /// it took part in. Requests of placements that sat out later passes
     /// keep this older time without being touched.
     pub(crate) stamp: Time,
-    /// Base set → container.
+    /// Base set → entry (see [`Container`]).
     pub(crate) containers: FxHashMap<u32, u32>,
     /// Buckets that may hold explicit (unsettled) members.
     pub(crate) dirty: Vec<u32>,
@@ -356,17 +358,29 @@ pub(crate) struct Account {
     pub(crate) virt: [Virt; 2],
 }
 
+/// The buckets of one placement with the same base set, when there are two
+/// or more of them.
+///
+/// The queue index keeps one **entry** per (placement, base set) in the
+/// base set's cell: a lone bucket, or a container holding the order of its
+/// buckets' heads. Entry ids are bucket ids, or container ids tagged with
+/// [`CONTAINER_TAG`]. With labels of their own, most tasks sit in a lone
+/// bucket, so a container is built only for a second bucket and goes when
+/// one is left.
 #[derive(Clone, Debug)]
 pub(crate) struct Container {
     pub(crate) virt: u32,
     pub(crate) base: u32,
-    /// Provisionable set → bucket, sorted by set id.
-    pub(crate) buckets: SmallVec<[(u32, u32); 1]>,
-    /// The heads of the buckets, while there are two or more; the head of
-    /// a container with one bucket is that bucket's head (see
-    /// `Scheduler::container_head`).
-    pub(crate) heads: Option<Box<OrdSet<QKey>>>,
+    /// Provisionable set → bucket, sorted by set id (two or more).
+    pub(crate) buckets: SmallVec<[(u32, u32); 2]>,
+    /// The heads of the buckets.
+    pub(crate) heads: OrdSet<QKey>,
 }
+
+/// Marks a container's id among entry ids (see [`Container`]).
+pub(crate) const CONTAINER_TAG: u32 = 1 << 30;
+/// `Bucket::container` of a lone bucket.
+pub(crate) const NO_CONTAINER: u32 = u32::MAX;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {

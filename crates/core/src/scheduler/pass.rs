@@ -26,8 +26,8 @@ struct PassCtx {
 /// A base set's cell as a pass reads it.
 enum CellView<'a> {
     Stored(&'a Cell),
-    /// Derived from the set's only container, whose head is at the level
-    /// being looked at.
+    /// Derived from the set's only entry (see `super::Container`), whose
+    /// head is at the level being looked at.
     Derived(u32),
 }
 
@@ -189,9 +189,9 @@ impl Scheduler {
         cx.idle = idle;
     }
 
-    /// The level a container's account sits at in this pass.
-    fn container_level(&self, c: u32) -> u8 {
-        self.virt(self.containers[c].virt).level
+    /// The level placement `v` sits at in this pass.
+    fn virt_level(&self, v: u32) -> u8 {
+        self.virt(v).level
     }
 
     /// Base set `s`'s cell, unless it surely has no entry at level `p`.
@@ -202,16 +202,17 @@ impl Scheduler {
                 let cell = &self.cells[ci];
                 (cell.per_level[p as usize] > 0).then_some(CellView::Stored(cell))
             }
-            CellKind::Single(c) => (self.container_level(c) == p
-                && self.container_head(c).is_some())
-            .then_some(CellView::Derived(c)),
+            CellKind::Single(e) => (self.virt_level(self.entry_virt(e)) == p
+                && self.entry_head(e).is_some())
+            .then_some(CellView::Derived(e)),
         }
     }
 
-    /// `head` (a key of container `c`) as a cell would store it.
-    fn cell_key(&self, c: u32, head: &QKey) -> QKey {
-        let mut k = self.translate(self.containers[c].virt, head);
-        k.c = c;
+    /// `head` (a key of entry `e`) as a cell would store it.
+    fn cell_key(&self, e: u32, head: &QKey) -> QKey {
+        let v = self.entry_virt(e);
+        let mut k = self.translate(v, head);
+        k.v = v;
         k
     }
 
@@ -252,7 +253,7 @@ impl Scheduler {
             {
                 return false;
             }
-            if self.container_level(head.c) != p {
+            if self.virt_level(head.v) != p {
                 return true;
             }
             let a = self.requests[head.req].account;
@@ -283,18 +284,17 @@ impl Scheduler {
                         }
                     }
                 }
-                CellView::Derived(c) if !require_provision => {
-                    if let Some(head) = self.container_head(c) {
-                        offer(&self.cell_key(c, head), q, &mut best);
+                CellView::Derived(e) if !require_provision => {
+                    if let Some(head) = self.entry_head(e) {
+                        offer(&self.cell_key(e, head), q, &mut best);
                     }
                 }
-                CellView::Derived(c) => {
-                    let buckets = &self.containers[c].buckets;
-                    for prov in provs {
-                        if let Ok(i) = buckets.binary_search_by_key(prov, |&(p, _)| p)
-                            && let Some(head) = self.buckets[buckets[i].1].members.first()
+                CellView::Derived(e) => {
+                    for &prov in provs {
+                        if let Some(b) = self.entry_bucket_for(e, prov)
+                            && let Some(head) = self.buckets[b].members.first()
                         {
-                            offer(&self.cell_key(c, head), q, &mut best);
+                            offer(&self.cell_key(e, head), q, &mut best);
                         }
                     }
                 }
@@ -538,7 +538,7 @@ impl Scheduler {
             {
                 return false;
             }
-            if self.container_level(head.c) != p {
+            if self.virt_level(head.v) != p {
                 return true;
             }
             let a = self.requests[head.req].account;
@@ -563,9 +563,9 @@ impl Scheduler {
                 CellView::Stored(cell) => {
                     cell.heads.for_each_while(|head| offer(head, q, &mut best))
                 }
-                CellView::Derived(c) => {
-                    if let Some(head) = self.container_head(c) {
-                        offer(&self.cell_key(c, head), q, &mut best);
+                CellView::Derived(e) => {
+                    if let Some(head) = self.entry_head(e) {
+                        offer(&self.cell_key(e, head), q, &mut best);
                     }
                 }
             }
