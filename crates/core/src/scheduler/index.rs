@@ -1040,11 +1040,13 @@ impl Scheduler {
     /// The buckets of entry `e`, as (provisionable set, bucket) sorted by
     /// set.
     pub(crate) fn entry_buckets(&self, e: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let (lone, many): (Option<(u32, u32)>, &[(u32, u32)]) = if e & CONTAINER_TAG != 0 {
-            (None, &self.containers[e & !CONTAINER_TAG].buckets)
+        let mut lone = None;
+        let mut many: &[(u32, u32)] = &[];
+        if e & CONTAINER_TAG != 0 {
+            many = &self.containers[e & !CONTAINER_TAG].buckets;
         } else {
-            (Some((self.buckets[e].prov, e)), &[])
-        };
+            lone = Some((self.buckets[e].prov, e));
+        }
         lone.into_iter().chain(many.iter().copied())
     }
 
