@@ -47,6 +47,11 @@ impl Time {
             .ok_or(err)
     }
 
+    /// Not an instant: the examined time of a settled queued request,
+    /// which is its placement's stamp (see the scheduler's docs). The
+    /// public constructors never produce it.
+    pub(crate) const SETTLED_MARK: Time = Time(-1);
+
     /// An instant `secs` whole seconds after the epoch (saturating).
     pub fn from_secs(secs: i64) -> Time {
         Time(secs.max(0).saturating_mul(NANOS_PER_SEC))

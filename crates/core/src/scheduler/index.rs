@@ -21,8 +21,8 @@ use super::idmap::hash_ids;
 use super::slab::Slab;
 use super::{
     Account, Bucket, CONTAINER_TAG, Cell, CellKind, CellRef, Container, Group, LEVELS, LONE,
-    LabelEntry, NO_CONTAINER, NO_GROUP, Place, QKey, Request, SETTLED, Scheduler, SetEntry,
-    TaskRun, Virt, Worker, has_group,
+    LabelEntry, NO_ANCHOR, NO_CONTAINER, NO_GROUP, Place, QKey, Request, SETTLED, Scheduler,
+    SetEntry, TaskRun, Virt, Worker, has_group,
 };
 use crate::account::{AccountConfig, Balance};
 use crate::event::Labels;
@@ -197,7 +197,7 @@ impl Scheduler {
             queued_base: 0,
             queued_prov: 0,
             req_refs: 0,
-            anchor: None,
+            anchor: NO_ANCHOR,
             cell: CellRef::NONE,
         });
         let sets = &self.sets;
@@ -277,7 +277,7 @@ impl Scheduler {
         for &l in labels.iter() {
             self.labels[l].active_sets += 1;
         }
-        self.sets[s].anchor = Some(anchor);
+        self.sets[s].anchor = anchor;
         self.labels[anchor].anchored.push(s);
         for &w in &self.labels[anchor].workers {
             let worker = &mut self.workers[w];
@@ -288,9 +288,10 @@ impl Scheduler {
     }
 
     fn deactivate_set(&mut self, s: u32) {
-        let Some(anchor) = self.sets[s].anchor.take() else {
+        let anchor = std::mem::replace(&mut self.sets[s].anchor, NO_ANCHOR);
+        if anchor == NO_ANCHOR {
             return;
-        };
+        }
         let labels = self.sets[s].labels.clone();
         for &l in labels.iter() {
             self.labels[l].active_sets -= 1;
@@ -635,7 +636,6 @@ impl Scheduler {
             enqueue,
             confirmed,
             examined,
-            settled: false,
             place: Place::Detached,
         });
         let requests = &self.requests;
@@ -675,7 +675,7 @@ impl Scheduler {
     pub(crate) fn examined(&self, r: u32) -> Time {
         let req = &self.requests[r];
         match req.place {
-            Place::Queued(b) if req.settled => self.virt(self.buckets[b].virt).stamp,
+            Place::Queued(b) if req.settled() => self.virt(self.buckets[b].virt).stamp,
             _ => req.examined,
         }
     }
@@ -683,7 +683,7 @@ impl Scheduler {
     fn qkey(&self, r: u32) -> QKey {
         let req = &self.requests[r];
         QKey {
-            ex: if req.settled {
+            ex: if req.settled() {
                 SETTLED
             } else {
                 req.examined.as_nanos()
@@ -927,7 +927,9 @@ impl Scheduler {
             self.raise_stamp(v, examined);
         }
         let settled = examined == self.virt(v).stamp;
-        self.requests[r].settled = settled;
+        if settled {
+            self.requests[r].examined = Time::SETTLED_MARK;
+        }
         self.requests[r].place = Place::Queued(b);
         let key = self.qkey(r);
         let old_head = self.buckets[b].members.first().cloned();
@@ -953,7 +955,7 @@ impl Scheduler {
         let old_head = self.buckets[b].members.first().cloned();
         self.buckets[b].members.remove(&key);
         let v = self.buckets[b].virt;
-        if self.requests[r].settled {
+        if self.requests[r].settled() {
             self.virt_mut(v).settled -= 1;
         } else {
             self.buckets[b].explicit -= 1;
@@ -967,7 +969,6 @@ impl Scheduler {
         self.set_queued(prov, false, false);
         let req = &mut self.requests[r];
         req.examined = examined;
-        req.settled = false;
         req.place = Place::Detached;
         self.queued -= 1;
     }
@@ -1281,10 +1282,9 @@ impl Scheduler {
                 let req = &mut self.requests[k.req];
                 if t == stamp {
                     k.ex = SETTLED;
-                    req.settled = true;
+                    req.examined = Time::SETTLED_MARK;
                 } else {
                     k.ex = t.as_nanos();
-                    req.settled = false;
                     req.examined = t;
                     explicit += 1;
                 }
@@ -1526,7 +1526,7 @@ impl Scheduler {
             for k in members.iter_mut() {
                 if k.ex != SETTLED {
                     k.ex = SETTLED;
-                    self.requests[k.req].settled = true;
+                    self.requests[k.req].examined = Time::SETTLED_MARK;
                 }
             }
             members.sort_unstable();
@@ -1543,7 +1543,7 @@ impl Scheduler {
             });
             for mut k in explicit {
                 self.buckets[b].members.remove(&k);
-                self.requests[k.req].settled = true;
+                self.requests[k.req].examined = Time::SETTLED_MARK;
                 k.ex = SETTLED;
                 self.buckets[b].members.insert(k);
             }
@@ -1600,9 +1600,10 @@ impl Scheduler {
             let (mut settled, mut explicit) = (0u64, 0u32);
             for &(_, r) in &by_bucket[i..j] {
                 let req = &mut self.requests[r];
-                req.settled = req.examined == stamp;
+                let is_settled = req.examined == stamp;
                 req.place = Place::Queued(b);
-                if req.settled {
+                if is_settled {
+                    req.examined = Time::SETTLED_MARK;
                     settled += 1;
                 } else {
                     explicit += 1;
@@ -1645,7 +1646,6 @@ impl Scheduler {
                 for mut k in settled {
                     self.buckets[b].members.remove(&k);
                     let req = &mut self.requests[k.req];
-                    req.settled = false;
                     req.examined = at;
                     k.ex = at.as_nanos();
                     self.buckets[b].members.insert(k);
@@ -1687,7 +1687,7 @@ impl Scheduler {
                         stamp <= self.last_pass,
                         "a placement stamp after the last pass"
                     );
-                    if !req.settled {
+                    if !req.settled() {
                         assert!(
                             req.examined < stamp,
                             "explicit examined time not earlier than its placement's stamp"

@@ -184,9 +184,9 @@ pub(crate) struct SetEntry {
     /// in and out as their last queued request comes and goes.
     pub(crate) req_refs: u32,
     /// While active: the label under which the set is registered for
-    /// eligibility.
-    pub(crate) anchor: Option<u32>,
-    /// While some container has this base set: its cell.
+    /// eligibility; [`NO_ANCHOR`] otherwise.
+    pub(crate) anchor: u32,
+    /// While some placement has an entry with this base set: its cell.
     pub(crate) cell: CellRef,
 }
 
@@ -195,6 +195,9 @@ impl SetEntry {
         self.req_refs > 0
     }
 }
+
+/// `SetEntry::anchor` of an inactive set.
+pub(crate) const NO_ANCHOR: u32 = u32::MAX;
 
 /// How a base set's cell is stored.
 ///
@@ -297,10 +300,16 @@ pub(crate) struct Request {
     pub(crate) group: u32,
     pub(crate) enqueue: Time,
     pub(crate) confirmed: Time,
-    /// Examined time, unless `settled` (then it is the last pass's time).
+    /// Examined time, or [`Time::SETTLED_MARK`] while settled: examined at
+    /// its placement's stamp (see [`Scheduler::examined`]).
     pub(crate) examined: Time,
-    pub(crate) settled: bool,
     pub(crate) place: Place,
+}
+
+impl Request {
+    pub(crate) fn settled(&self) -> bool {
+        self.examined == Time::SETTLED_MARK
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -664,9 +673,9 @@ mod layout_tests {
         for (name, size, limit) in [
             ("QKey", size_of::<QKey>(), 40),
             ("OrdSet<QKey>", size_of::<OrdSet<QKey>>(), 48),
-            ("Request", size_of::<Request>(), 72),
-            ("SetEntry", size_of::<SetEntry>(), 48),
-            ("Cell", size_of::<Cell>(), 144),
+            ("Request", size_of::<Request>(), 64),
+            ("SetEntry", size_of::<SetEntry>(), 40),
+            ("Cell", size_of::<Cell>(), 152),
             ("Container", size_of::<Container>(), 80),
             ("Bucket", size_of::<Bucket>(), 80),
             ("Group", size_of::<Group>(), 64),
