@@ -113,7 +113,7 @@ impl Scheduler {
         let l = self.labels.insert(LabelEntry {
             name: name.clone(),
             refs: 1,
-            workers: FxHashSet::default(),
+            workers: Vec::new(),
             anchored: Vec::new(),
             active_sets: 0,
         });
@@ -366,7 +366,10 @@ impl Scheduler {
     fn attach_worker_labels(&mut self, w: u32) {
         let labels = self.workers[w].labels.clone();
         for &l in labels.iter() {
-            self.labels[l].workers.insert(w);
+            let workers = &mut self.labels[l].workers;
+            if let Err(i) = workers.binary_search(&w) {
+                workers.insert(i, w);
+            }
         }
         self.workers[w].eligible = self.compute_eligible(&labels);
     }
@@ -374,7 +377,13 @@ impl Scheduler {
     fn detach_worker_labels(&mut self, w: u32) {
         let labels = std::mem::take(&mut self.workers[w].labels);
         for &l in labels.iter() {
-            self.labels[l].workers.remove(&w);
+            let workers = &mut self.labels[l].workers;
+            if let Ok(i) = workers.binary_search(&w) {
+                workers.remove(i);
+                if workers.capacity() > 4 * workers.len() {
+                    workers.shrink_to(2 * workers.len());
+                }
+            }
             self.release_label(l);
         }
         self.workers[w].eligible = Vec::new();
