@@ -5,9 +5,11 @@
 //!
 //! * a queued request is a member of exactly one bucket, the one for its
 //!   (account, base set, provisionable set), placed in its account's normal
-//!   or throttled container according to its fanout group;
-//! * a container's `heads` are the heads of its buckets; a cell holds the
-//!   head of every container of its base set whose placement is at that level;
+//!   or throttled placement according to its fanout group;
+//! * a placement has one entry per base set: a lone bucket, or a container
+//!   of two or more buckets whose `heads` are their heads; a base set's cell
+//!   is derived from its only entry, or stored and holding the head of every
+//!   entry, whatever its placement's level;
 //! * a worker's `eligible` list holds exactly the active non-empty sets its
 //!   labels include;
 //! * a request key is settled (`ex == SETTLED`) iff its examined time equals

@@ -11,16 +11,19 @@
 //!   sit together in a **bucket**, ordered by the in-level order (examined
 //!   time, enqueue time, id). Every member of a bucket is interchangeable
 //!   for matching, so only the bucket's head matters.
-//! * Buckets of one account with the same base labels form a **container**;
-//!   its head is the best of its buckets.
-//! * For each base label set and each level there is a **cell**: the heads of
-//!   the containers of all accounts currently at that level. A worker's best
-//!   candidate at a level is found by looking only at the cells of the base
-//!   label sets it can run (usually a few dozen), not at the queue.
+//! * Each account placement (`Virt`) has one **entry** per base label
+//!   set: its only bucket with those base labels, or a **container** of two
+//!   or more such buckets, ordered by their heads.
+//! * For each base label set there is a **cell**: the heads of its entries
+//!   in every placement, each marked with its placement and so its level. A
+//!   worker's best candidate at a level is found by looking only at the
+//!   cells of the base label sets it can run (usually a few dozen), not at
+//!   the queue.
 //! * Each worker keeps the list of active label sets it is a superset of
 //!   ("eligible sets"), maintained when sets appear or disappear and when
 //!   workers change labels, through per-label posting lists.
-//! * When an account changes level, only its containers move between cells.
+//! * When an account changes level, only counters change: cells are ordered
+//!   by key, whatever the level.
 //! * After a pass every listed request's examined time becomes the pass
 //!   time. Rather than re-key the whole queue, requests are "settled": their
 //!   key carries a marker meaning "examined at the last pass", which keeps
@@ -31,9 +34,16 @@
 //! # How it stays small
 //!
 //! Memory per queued task is dominated by the index when tasks have label
-//! sets of their own (each brings a set, a cell, a container, a bucket and,
-//! with fanout, a group). So derived data is not stored twice:
+//! sets of their own: each brings a label set, a bucket and, in principle, a
+//! cell, a container and a fanout group. So structures of one are not built,
+//! and derived data is not stored twice:
 //!
+//! * a base set with one entry has no stored cell: a pass reads its one
+//!   entry directly (`CellKind::Single`);
+//! * a lone bucket is its own entry; a container is built for a second
+//!   bucket and goes when one is left;
+//! * a fanout group is built for a second request with its key; a group of
+//!   one cannot be throttled (`LONE`);
 //! * label names live once, in the label table; sets and workers keep ids,
 //!   and sorted names are built when an event or a view needs them;
 //! * the set, bucket and group tables store slot numbers only and compare
@@ -41,7 +51,11 @@
 //! * a fanout group keeps references to its first request's sets instead of
 //!   interning the union of their labels;
 //! * slabs grow in fixed chunks, never by doubling;
-//! * one-element ordered sets and lists are stored inline.
+//! * one-element ordered sets and lists are stored inline;
+//! * flags and optional ids ride in sentinel values of fields that are
+//!   there anyway, where a separate field would pad a struct per task.
+//!
+//! `layout_tests` pins the sizes of the per-task structures.
 //!
 //! The rules implemented are those of the crate documentation; the test
 //! suite checks this implementation against a direct, slow transcription of
