@@ -489,7 +489,7 @@ impl Scheduler {
     pub(crate) fn account_maybe_free(&mut self, a: u32) {
         let acc = &self.accounts[a];
         if acc.requests == 0 && acc.config.is_none() {
-            debug_assert!(acc.virt.iter().all(|v| v.containers.is_empty()));
+            debug_assert!(acc.virt.iter().all(|v| v.entries.is_empty()));
             let id = acc.id.clone();
             self.account_ids.remove(&id);
             self.accounts.remove(a);
@@ -1158,9 +1158,9 @@ impl Scheduler {
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
         bucket.container = NO_CONTAINER;
-        let e = match self.virt(v).containers.get(&base).copied() {
+        let e = match self.virt(v).entries.get(&base).copied() {
             None => {
-                self.virt_mut(v).containers.insert(base, b);
+                self.virt_mut(v).entries.insert(base, b);
                 self.cell_add_entry(base, b);
                 b
             }
@@ -1187,7 +1187,7 @@ impl Scheduler {
                 self.buckets[b0].container = c;
                 self.buckets[b].container = c;
                 let e = c | CONTAINER_TAG;
-                self.virt_mut(v).containers.insert(base, e);
+                self.virt_mut(v).entries.insert(base, e);
                 self.cell_rename_entry(base, b0, e);
                 e
             }
@@ -1218,7 +1218,7 @@ impl Scheduler {
         let (v, base, prov, c) = (bucket.virt, bucket.base, bucket.prov, bucket.container);
         bucket.container = NO_CONTAINER;
         if c == NO_CONTAINER {
-            self.virt_mut(v).containers.remove(&base);
+            self.virt_mut(v).entries.remove(&base);
             self.cell_remove_entry(base, b);
             return;
         }
@@ -1233,7 +1233,7 @@ impl Scheduler {
             debug_assert!(cont.heads.len() <= 1);
             self.containers.remove(c);
             self.buckets[b1].container = NO_CONTAINER;
-            self.virt_mut(v).containers.insert(base, b1);
+            self.virt_mut(v).entries.insert(base, b1);
             self.cell_rename_entry(base, c | CONTAINER_TAG, b1);
         }
     }
@@ -1456,7 +1456,13 @@ impl Scheduler {
         }
     }
 
-    /// Places an account's containers at another level: only counters
+    /// Placement `v`'s entries as (base set, entry), for walking them
+    /// while changing the index.
+    fn virt_entries(&self, v: u32) -> Vec<(u32, u32)> {
+        self.virt(v).entries.iter().map(|(&s, &e)| (s, e)).collect()
+    }
+
+    /// Places an account's entries at another level: only counters
     /// change, the cells' order does not depend on levels.
     pub(crate) fn set_virt_level(&mut self, v: u32, level: u8) {
         let old = self.virt(v).level;
@@ -1464,12 +1470,7 @@ impl Scheduler {
             return;
         }
         self.virt_mut(v).level = level;
-        let entries: Vec<(u32, u32)> = self
-            .virt(v)
-            .containers
-            .iter()
-            .map(|(&s, &e)| (s, e))
-            .collect();
+        let entries = self.virt_entries(v);
         for (base, e) in entries {
             if self.entry_head(e).is_none() {
                 continue;
@@ -1484,12 +1485,7 @@ impl Scheduler {
     /// change of the placement's stamp or of the last pass's time, which
     /// changes how its settled heads read pool-wide.
     pub(crate) fn virt_cell_entries(&mut self, v: u32, insert: bool) {
-        let entries: Vec<(u32, u32)> = self
-            .virt(v)
-            .containers
-            .iter()
-            .map(|(&s, &e)| (s, e))
-            .collect();
+        let entries = self.virt_entries(v);
         for (base, e) in entries {
             let CellKind::Many(ci) = self.sets[base].cell.kind() else {
                 // Derived cells read keys under the current translation.
@@ -1638,8 +1634,7 @@ impl Scheduler {
     /// The settled members of placement `v` are restated as explicitly
     /// examined at `at` (its stamp), so that the stamp can change.
     pub(crate) fn unsettle_virt(&mut self, v: u32, at: Time) {
-        let entries: Vec<u32> = self.virt(v).containers.values().copied().collect();
-        for e in entries {
+        for (_, e) in self.virt_entries(v) {
             let buckets: SmallVec<[u32; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
             for b in buckets {
                 let mut settled = Vec::new();
@@ -1723,7 +1718,7 @@ impl Scheduler {
         for (a, acc) in self.accounts.iter() {
             for (half, virt) in acc.virt.iter().enumerate() {
                 let v = a * 2 + half as u32;
-                for (&base, &e) in &virt.containers {
+                for (&base, &e) in &virt.entries {
                     *entries_of.entry(base).or_default() += 1;
                     assert_eq!(self.entry_virt(e), v);
                     if e & CONTAINER_TAG != 0 {

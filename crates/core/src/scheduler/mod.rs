@@ -363,7 +363,7 @@ pub(crate) struct Virt {
     /// keep this older time without being touched.
     pub(crate) stamp: Time,
     /// Base set → entry (see [`Container`]).
-    pub(crate) containers: FxHashMap<u32, u32>,
+    pub(crate) entries: FxHashMap<u32, u32>,
     /// Buckets that may hold explicit (unsettled) members.
     pub(crate) dirty: Vec<u32>,
     /// Number of settled members in this placement's buckets.

@@ -487,7 +487,7 @@ impl Scheduler {
             if banned[a as usize] || acc.config.is_none() {
                 continue;
             }
-            if acc.virt[0].level != p || acc.virt[0].containers.is_empty() {
+            if acc.virt[0].level != p || acc.virt[0].entries.is_empty() {
                 continue;
             }
             let bal = acc.balance;
