@@ -910,11 +910,13 @@ impl Scheduler {
         &self.accounts[v >> 1].virt[(v & 1) as usize]
     }
 
-    /// A placement-relative key in pool-wide terms (see [`super::Cell`]):
-    /// a settled key of a placement whose stamp is older than the last pass
-    /// carries the stamp.
+    /// Placement `v`'s key `k` as a cell stores it: in pool-wide terms (see
+    /// [`super::Cell`]), where a settled key of a placement whose stamp is
+    /// older than the last pass carries the stamp, and marked with the
+    /// placement.
     pub(crate) fn translate(&self, v: u32, k: &QKey) -> QKey {
         let mut k = k.clone();
+        k.v = v;
         if k.ex == SETTLED {
             let stamp = self.virt(v).stamp;
             if stamp != self.last_pass {
@@ -1133,17 +1135,13 @@ impl Scheduler {
             ..Cell::default()
         };
         if let Some(head) = self.entry_head(e) {
-            let mut k = self.translate(v, head);
-            k.v = v;
-            cell.heads.insert(k);
+            cell.heads.insert(self.translate(v, head));
             cell.per_level[self.virt(v).level as usize] = 1;
         }
         for (prov, b) in self.entry_buckets(e) {
             if let Some(head) = self.buckets[b].members.first() {
-                let mut k = self.translate(v, head);
-                k.v = v;
                 let mut sub = super::ordset::OrdSet::default();
-                sub.insert(k);
+                sub.insert(self.translate(v, head));
                 cell.by_prov.push((prov, sub));
             }
         }
@@ -1348,11 +1346,7 @@ impl Scheduler {
             return;
         };
         let old = old.map(|k| self.translate(v, k));
-        let new = new.map(|k| {
-            let mut k = self.translate(v, k);
-            k.v = v;
-            k
-        });
+        let new = new.map(|k| self.translate(v, k));
         let cell = &mut self.cells[ci];
         let i = match cell.by_prov.binary_search_by_key(&prov, |(p, _)| *p) {
             Ok(i) => i,
@@ -1415,11 +1409,7 @@ impl Scheduler {
         };
         if let CellKind::Many(ci) = self.sets[base].cell.kind() {
             let old = old.map(|k| self.translate(v, &k));
-            let new = new.map(|k| {
-                let mut k = self.translate(v, &k);
-                k.v = v;
-                k
-            });
+            let new = new.map(|k| self.translate(v, &k));
             let cell = &mut self.cells[ci];
             if let Some(o) = &old {
                 cell.heads.remove(o);
@@ -1501,11 +1491,9 @@ impl Scheduler {
                     }
                 }
             }
-            if let Some(h) = self.entry_head(e).cloned() {
+            if let Some(k) = self.entry_head(e).map(|h| self.translate(v, h)) {
                 // Entries leave and return at the same level: the counts
                 // stay as they are.
-                let mut k = self.translate(v, &h);
-                k.v = v;
                 let cell = &mut self.cells[ci];
                 if insert {
                     cell.heads.insert(k);
@@ -1751,8 +1739,7 @@ impl Scheduler {
                             assert!(self.virt(bucket.virt).dirty.contains(&b));
                         }
                         let head = bucket.members.first().cloned().unwrap();
-                        let mut t = self.translate(v, &head);
-                        t.v = v;
+                        let t = self.translate(v, &head);
                         expect_provs.entry((base, prov)).or_default().push(t);
                         heads.push(head);
                     }
@@ -1760,8 +1747,7 @@ impl Scheduler {
                     if e & CONTAINER_TAG != 0 {
                         assert_eq!(heads, self.containers[e & !CONTAINER_TAG].heads.to_vec());
                     }
-                    let mut t = self.translate(v, self.entry_head(e).unwrap());
-                    t.v = v;
+                    let t = self.translate(v, self.entry_head(e).unwrap());
                     expect_cells
                         .entry(base)
                         .or_default()

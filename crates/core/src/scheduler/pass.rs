@@ -210,10 +210,80 @@ impl Scheduler {
 
     /// `head` (a key of entry `e`) as a cell would store it.
     fn cell_key(&self, e: u32, head: &QKey) -> QKey {
-        let v = self.entry_virt(e);
-        let mut k = self.translate(v, head);
-        k.v = v;
-        k
+        self.translate(self.entry_virt(e), head)
+    }
+
+    /// The best match at level `p` for worker `w` among the heads of the
+    /// cells of the base sets it can run: the most base labels first, then
+    /// the earliest key. With `provs`, only heads of buckets with one of
+    /// those provisionable sets count. Each cell is read in key order until
+    /// `stop` holds for a head (no later head can do) or a head at level `p`
+    /// is `acceptable`.
+    fn best_in_cells(
+        &self,
+        w: u32,
+        p: u8,
+        provs: Option<&[u32]>,
+        stop: impl Fn(&QKey) -> bool,
+        acceptable: impl Fn(&QKey) -> bool,
+    ) -> Option<u32> {
+        let mut best: Option<(usize, QKey)> = None;
+        // Offers a head as a candidate of quality `q`; returns whether later
+        // heads of the same cell could still be better.
+        let offer = |head: &QKey, q: usize, best: &mut Option<(usize, QKey)>| {
+            if stop(head) {
+                return false;
+            }
+            if let Some((bq, bk)) = best.as_ref()
+                && *bq == q
+                && head >= bk
+            {
+                return false;
+            }
+            if self.virt_level(head.v) != p || !acceptable(head) {
+                return true;
+            }
+            *best = Some((q, head.clone()));
+            false
+        };
+        let scan =
+            |heads: &super::ordset::OrdSet<QKey>, q: usize, best: &mut Option<(usize, QKey)>| {
+                heads.for_each_while(|head| offer(head, q, best));
+            };
+        for s in self.base_candidates(w) {
+            let Some(view) = self.cell_at_level(s, p) else {
+                continue;
+            };
+            let q = self.sets[s].labels.len();
+            if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
+                continue;
+            }
+            match (view, provs) {
+                (CellView::Stored(cell), None) => scan(&cell.heads, q, &mut best),
+                (CellView::Stored(cell), Some(provs)) => {
+                    for prov in provs {
+                        if let Ok(i) = cell.by_prov.binary_search_by_key(prov, |(p, _)| *p) {
+                            scan(&cell.by_prov[i].1, q, &mut best);
+                        }
+                    }
+                }
+                (CellView::Derived(e), None) => {
+                    if let Some(head) = self.entry_head(e) {
+                        offer(&self.cell_key(e, head), q, &mut best);
+                    }
+                }
+                (CellView::Derived(e), Some(provs)) => {
+                    for &prov in provs {
+                        if let Some(b) = self.entry_bucket_for(e, prov)
+                            && let Some(head) = self.buckets[b].members.first()
+                        {
+                            offer(&self.cell_key(e, head), q, &mut best);
+                        }
+                    }
+                }
+            }
+        }
+        best.map(|(_, k)| k.req)
     }
 
     /// The best-ranked request at level `p` for idle worker `w`.
@@ -238,69 +308,14 @@ impl Scheduler {
                     .filter(|&s| self.sets[s].queued_prov > 0),
             );
         }
-        let provs = &cx.provs;
         let limits = &cx.limits;
-        let mut best: Option<(usize, QKey)> = None;
-        // Offers a cell entry (in cell order) as a candidate of quality `q`;
-        // returns whether later entries could still be better.
-        let offer = |head: &QKey, q: usize, best: &mut Option<(usize, QKey)>| {
-            if self.key_examined(head) > modified {
-                return false;
-            }
-            if let Some((bq, bk)) = best.as_ref()
-                && *bq == q
-                && head >= bk
-            {
-                return false;
-            }
-            if self.virt_level(head.v) != p {
-                return true;
-            }
-            let a = self.requests[head.req].account;
-            if self.label_blocked(limits, a, w) {
-                return true;
-            }
-            *best = Some((q, head.clone()));
-            false
-        };
-        let scan =
-            |heads: &super::ordset::OrdSet<QKey>, q: usize, best: &mut Option<(usize, QKey)>| {
-                heads.for_each_while(|head| offer(head, q, best));
-            };
-        for s in self.base_candidates(w) {
-            let Some(view) = self.cell_at_level(s, p) else {
-                continue;
-            };
-            let q = self.sets[s].labels.len();
-            if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
-                continue;
-            }
-            match view {
-                CellView::Stored(cell) if !require_provision => scan(&cell.heads, q, &mut best),
-                CellView::Stored(cell) => {
-                    for prov in provs {
-                        if let Ok(i) = cell.by_prov.binary_search_by_key(prov, |(p, _)| *p) {
-                            scan(&cell.by_prov[i].1, q, &mut best);
-                        }
-                    }
-                }
-                CellView::Derived(e) if !require_provision => {
-                    if let Some(head) = self.entry_head(e) {
-                        offer(&self.cell_key(e, head), q, &mut best);
-                    }
-                }
-                CellView::Derived(e) => {
-                    for &prov in provs {
-                        if let Some(b) = self.entry_bucket_for(e, prov)
-                            && let Some(head) = self.buckets[b].members.first()
-                        {
-                            offer(&self.cell_key(e, head), q, &mut best);
-                        }
-                    }
-                }
-            }
-        }
-        best.map(|(_, k)| k.req)
+        self.best_in_cells(
+            w,
+            p,
+            require_provision.then_some(&cx.provs[..]),
+            |head| self.key_examined(head) > modified,
+            |head| !self.label_blocked(limits, self.requests[head.req].account, w),
+        )
     }
 
     fn assign_to_idle(&mut self, cx: &mut PassCtx, w: u32, r: u32, p: u8) {
@@ -528,49 +543,18 @@ impl Scheduler {
 
     fn best_preempt_match(&self, cx: &PassCtx, w: u32, p: u8, banned: &[bool]) -> Option<u32> {
         let cost = self.task_cost(w);
-        let mut best: Option<(usize, QKey)> = None;
-        // Offers a cell entry (in cell order) as a candidate of quality `q`;
-        // returns whether later entries could still be better.
-        let offer = |head: &QKey, q: usize, best: &mut Option<(usize, QKey)>| {
-            if let Some((bq, bk)) = best.as_ref()
-                && *bq == q
-                && head >= bk
-            {
-                return false;
-            }
-            if self.virt_level(head.v) != p {
-                return true;
-            }
-            let a = self.requests[head.req].account;
-            if banned.get(a as usize).copied().unwrap_or(false)
-                || !cost.lex_less(&self.offered_balance(a))
-                || self.label_blocked(&cx.limits, a, w)
-            {
-                return true;
-            }
-            *best = Some((q, head.clone()));
-            false
-        };
-        for s in self.base_candidates(w) {
-            let Some(view) = self.cell_at_level(s, p) else {
-                continue;
-            };
-            let q = self.sets[s].labels.len();
-            if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
-                continue;
-            }
-            match view {
-                CellView::Stored(cell) => {
-                    cell.heads.for_each_while(|head| offer(head, q, &mut best))
-                }
-                CellView::Derived(e) => {
-                    if let Some(head) = self.entry_head(e) {
-                        offer(&self.cell_key(e, head), q, &mut best);
-                    }
-                }
-            }
-        }
-        best.map(|(_, k)| k.req)
+        self.best_in_cells(
+            w,
+            p,
+            None,
+            |_| false,
+            |head| {
+                let a = self.requests[head.req].account;
+                !banned.get(a as usize).copied().unwrap_or(false)
+                    && cost.lex_less(&self.offered_balance(a))
+                    && !self.label_blocked(&cx.limits, a, w)
+            },
+        )
     }
 
     fn preempt_worker(&mut self, cx: &mut PassCtx, w: u32, r: u32, p: u8) {
