@@ -10,7 +10,8 @@ mod telemetry;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Under load the server allocates many small, short-lived buffers per RPC
 /// on one thread and frees them on another; glibc's allocator spent about a
@@ -21,6 +22,15 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version `--version` prints and the server logs at start: the
+/// crate's version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("QSCHEDULER_COMMIT"),
+    ")"
+);
+
 /// A quota scheduler for fleets of bots: Swarming's external scheduler.
 ///
 /// `qscheduler serve` runs the server (gRPC and pRPC on one port) with an
@@ -28,7 +38,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `account`, `inspect` and `apply` administer a running server (see
 /// --server on each).
 #[derive(Parser)]
-#[command(name = "qscheduler", version, about, long_about)]
+#[command(name = "qscheduler", version = VERSION, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,22 +68,44 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
+    /// Print a shell completion script.
+    ///
+    /// bash: `qscheduler completions bash > /etc/bash_completion.d/qscheduler`;
+    /// zsh: write it as `_qscheduler` into a directory of your `fpath`;
+    /// fish: `qscheduler completions fish > ~/.config/fish/completions/qscheduler.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (qscheduler.1 and one per subcommand, such as
+    /// qscheduler-pool-list.1) into DIR, from the same definitions as --help.
+    ///
+    /// Read one with `man -l DIR/qscheduler-serve.1`, or install them into
+    /// a man1 directory of your MANPATH.
+    Man {
+        /// The directory (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
+/// Exit status of a command line clap cannot parse (clap's convention, and
+/// that of most Unix tools); every other failure exits with 1.
+const USAGE_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
-    // Usage errors exit with 1 like every other failure (clap's own
-    // convention is 2); --help and --version are not failures.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            return ExitCode::FAILURE;
+            return ExitCode::from(USAGE_ERROR);
         }
         Err(e) if e.use_stderr() => {
             // clap's message starts with "error: "; the prefix gives it the
             // same shape as every other error of the tool.
             eprint!("qscheduler: {}", e.render());
-            return ExitCode::FAILURE;
+            return ExitCode::from(USAGE_ERROR);
         }
         Err(e) => {
             let _ = e.print();
@@ -86,14 +118,38 @@ fn main() -> ExitCode {
         Command::Replay { trace, json } => replay::run(&trace, json),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Client(command) => cli::run(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "qscheduler",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => write_man_pages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qscheduler: error: {}", describe(&e));
-            ExitCode::FAILURE
+            if e.downcast_ref::<cli::UsageError>().is_some() {
+                ExitCode::from(USAGE_ERROR)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Writes `qscheduler.1` and a page per subcommand into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command().version(VERSION);
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("writing manual pages into {}", dir.display()))?;
+    println!("Wrote the manual pages into {}.", dir.display());
+    Ok(())
 }
 
 /// An error and its causes joined by ": ", like `{:#}`, except that a cause

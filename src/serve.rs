@@ -17,7 +17,9 @@ use qscheduler_server::config::{Config, LogFormat, check_postgres_url};
 use crate::telemetry;
 
 /// Options of `qscheduler serve`. Flags without a value keep the setting
-/// of the configuration file, or the default shown.
+/// of the configuration file, or the default shown. Every flag can also be
+/// given as the environment variable shown (handy in containers); a flag on
+/// the command line wins over the variable.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Configuration file (TOML); see docs/qscheduler.example.toml. Flags
@@ -26,12 +28,12 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     /// Address to listen on for gRPC, pRPC and HTTP (/healthz, /metrics)
     /// [default: 127.0.0.1:8082].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "QSCHEDULER_LISTEN", value_name = "HOST:PORT")]
     listen: Option<SocketAddr>,
     /// Directory of the embedded store (created if missing), also the home
     /// of the event log files. Only one server may use it at a time
     /// [default: qscheduler-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "QSCHEDULER_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Use this PostgreSQL database instead of the data directory, e.g.
     /// postgres://user@host:5432/db (several replicas may share it).
@@ -39,34 +41,37 @@ pub struct ServeArgs {
     store: Option<String>,
     /// How long the first call of a batch waits for others, in
     /// milliseconds (0 = take whatever is already queued) [default: 2].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, env = "QSCHEDULER_BATCH_WINDOW_MS", value_name = "MS")]
     batch_window_ms: Option<u64>,
     /// Most calls per batch [default: 1000].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "QSCHEDULER_MAX_BATCH", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_batch: Option<u64>,
     /// Most calls waiting per pool before new ones get RESOURCE_EXHAUSTED
     /// [default: 10000].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "QSCHEDULER_QUEUE_CAPACITY", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     queue_capacity: Option<u64>,
     /// Upper bound on every call's deadline, in seconds [default: 60].
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "QSCHEDULER_REQUEST_TIMEOUT", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout: Option<u64>,
     /// This replica's id in the PostgreSQL lease and replica tables; unique
     /// per live process. Restarting with the same id takes the replica's
-    /// pools back at once instead of after the lease expires.
+    /// pools back at once instead of after the lease expires [default: the
+    /// host name, which in Kubernetes is the pod's name; give each replica
+    /// its own id when several run on one host].
     #[arg(long, value_name = "ID", env = "QSCHEDULER_REPLICA_ID")]
     replica_id: Option<String>,
     /// Address other replicas use to forward calls to this one
-    /// [default: the address the server binds].
-    #[arg(long, value_name = "HOST:PORT")]
+    /// [default: the address the server binds; a replica listening on all
+    /// interfaces (0.0.0.0, ::) must set it].
+    #[arg(long, env = "QSCHEDULER_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// Write a pool snapshot at least every N log records (smaller means
     /// faster recovery and more snapshot writes) [default: 100000].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "QSCHEDULER_SNAPSHOT_EVERY_RECORDS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every_records: Option<u64>,
     /// Log format: "text" for people, "json" for log collectors
     /// [default: text].
-    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    #[arg(long, env = "QSCHEDULER_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
 }
 
@@ -158,6 +163,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // The OTLP exporter spawns onto the runtime, so logging starts inside it.
     let telemetry = rt.block_on(async { telemetry::init(&config.logging, &config.tracing) })?;
+    tracing::info!(version = crate::VERSION, "qscheduler starting");
     if let Some(path) = &args.config {
         tracing::info!(config = %path.display(), "configuration loaded");
     }

@@ -45,7 +45,9 @@ fn pool_create_mod_delete() {
     let v = cli(&s, &["inspect", "p-life", "--output", "json"]).json();
     assert_eq!(v["disablePreemption"], json!(false));
 
-    let err = cli(&s, &["pool", "mod", "p-life"]).fails().to_string();
+    let err = cli(&s, &["pool", "mod", "p-life"])
+        .usage_error()
+        .to_string();
     assert!(err.contains("nothing to change"), "{err}");
 
     assert_eq!(
@@ -323,13 +325,15 @@ fn bad_values_are_refused_before_sending() {
             &["inspect", "p", "--output", "json", "--tasks"],
             "cannot be combined",
         ),
-        (&["inspect", "p", "--output", "yaml"], "invalid value"),
+        (&["inspect", "p", "--output", "xml"], "invalid value"),
         (&["inspect"], "required"),
         (&["account", "add", "p"], "required"),
     ];
+    // Each is a usage error (exit status 2): clap refuses the value, or the
+    // command refuses a combination before connecting.
     for (args, expected) in cases {
         let out = run_env(args, Some(NOWHERE));
-        let err = out.fails();
+        let err = out.usage_error();
         assert!(
             err.contains(expected),
             "{args:?}: expected {expected:?} in {err}"
@@ -568,7 +572,7 @@ fn inspect_views_and_wipe() {
 
     // A wipe needs its confirmation; then it drops tasks and bots, not
     // accounts.
-    let err = cli(&s, &["pool", "wipe", pool]).fails().to_string();
+    let err = cli(&s, &["pool", "wipe", pool]).usage_error().to_string();
     assert!(err.contains("--yes-wipe-everything"), "{err}");
     assert_eq!(
         cli(&s, &["inspect", pool, "--output", "json"]).json()["numRunningTasks"],
@@ -605,11 +609,104 @@ fn help_explains_units_and_exit_codes() {
             .ok()
             .contains("--yes-wipe-everything")
     );
-    // Usage errors exit with 1 too.
+    // Usage errors exit with 2 (clap's convention), other failures with 1.
     let out = run_env(&["pool", "frobnicate"], None);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.starts_with("qscheduler: error: "), "{out:?}");
+    out.usage_error();
     let out = run_env(&["pool"], None);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("Usage: qscheduler pool"), "{out:?}");
+}
+
+#[test]
+fn pool_list_in_every_output_format() {
+    let s = server();
+    for p in ["pl-a", "pl-b"] {
+        cli(&s, &["pool", "create", p]).ok();
+    }
+    // The server is shared with other tests: look for our pools only.
+    let table = cli(&s, &["pool", "list"]).ok().to_string();
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("POOL") && header.contains("STATE"),
+        "{table}"
+    );
+    for p in ["pl-a", "pl-b"] {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(p))
+            .unwrap_or_else(|| panic!("{p} missing: {table}"));
+        assert!(line.contains("SERVING"), "{line}");
+    }
+
+    let v = cli(&s, &["pool", "list", "-o", "json"]).json();
+    let pools = v["pools"].as_array().expect("pools");
+    let ids: Vec<&str> = pools.iter().filter_map(|p| p["poolId"].as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted, "sorted by id");
+    let a = pools.iter().find(|p| p["poolId"] == "pl-a").expect("pl-a");
+    assert_eq!(a["state"], json!("SERVING"));
+    assert!(
+        !a["replicaId"].as_str().unwrap_or_default().is_empty(),
+        "{a}"
+    );
+
+    // YAML carries the same document as JSON.
+    let yaml = cli(&s, &["pool", "list", "--output", "yaml"])
+        .ok()
+        .to_string();
+    let from_yaml: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+    assert_eq!(from_yaml, v, "{yaml}");
+
+    // So do the other read commands.
+    let yaml = cli(&s, &["inspect", "pl-a", "-o", "yaml"]).ok().to_string();
+    let from_yaml: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+    assert_eq!(from_yaml["numWaitingTasks"], json!(0), "{yaml}");
+    let yaml = cli(&s, &["account", "list", "pl-a", "-o", "yaml"])
+        .ok()
+        .to_string();
+    let from_yaml: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+    assert_eq!(from_yaml["accounts"], json!({}), "{yaml}");
+}
+
+#[test]
+fn version_completions_and_man_pages() {
+    let version = run_env(&["--version"], None).ok().to_string();
+    assert!(
+        version.starts_with(&format!(
+            "qscheduler {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run_env(&["completions", shell], None).ok().to_string();
+        // Subcommands and their flags are in the script.
+        for word in ["inspect", "pool", "output"] {
+            assert!(script.contains(word), "{shell}: {word} missing");
+        }
+    }
+    run_env(&["completions", "tcsh"], None).usage_error();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("man");
+    let path = out.to_str().expect("utf-8 path");
+    run_env(&["man", path], None).ok();
+    for page in [
+        "qscheduler.1",
+        "qscheduler-serve.1",
+        "qscheduler-pool-list.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is not a man page"
+        );
+    }
+    let serve = std::fs::read_to_string(out.join("qscheduler-serve.1")).expect("serve page");
+    assert!(
+        serve.contains("QSCHEDULER_LISTEN"),
+        "env vars are documented"
+    );
 }

@@ -518,4 +518,12 @@ impl QSchedulerView for CoreServices {
             _ => Ok(Response::new(Default::default())),
         }
     }
+
+    async fn list_pools(
+        &self,
+        _: Request<adm::ListPoolsRequest>,
+    ) -> Result<Response<adm::ListPoolsResponse>, Status> {
+        // The stand-in serves one pool at a time; listing it touches no state.
+        Ok(Response::new(adm::ListPoolsResponse::default()))
+    }
 }

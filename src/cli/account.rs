@@ -14,7 +14,7 @@ use super::values::{
     join_label_limits, join_rates, parse_account_id, parse_bool, parse_charge_seconds,
     parse_fanout, parse_label_limit, parse_pool_id, parse_rates,
 };
-use super::{Conn, Output, block_on, proto_json};
+use super::{Conn, OutputArg, block_on, usage};
 
 /// Arguments of `qscheduler account`.
 #[derive(Args, Debug)]
@@ -75,14 +75,17 @@ impl AccountFlags {
             return Ok(None);
         }
         let groups: Vec<Vec<f32>> = self.rate.iter().map(|r| r.0.clone()).collect();
-        Ok(Some(
-            join_rates(&groups).map_err(|e| anyhow::anyhow!("--rate: {e}"))?,
-        ))
+        match join_rates(&groups) {
+            Ok(rates) => Ok(Some(rates)),
+            Err(e) => usage!("--rate: {e}"),
+        }
     }
 
     fn limits(&self) -> anyhow::Result<BTreeMap<String, i32>> {
-        join_label_limits(&self.per_label_limit)
-            .map_err(|e| anyhow::anyhow!("--per-label-limit: {e}"))
+        match join_label_limits(&self.per_label_limit) {
+            Ok(limits) => Ok(limits),
+            Err(e) => usage!("--per-label-limit: {e}"),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -160,9 +163,8 @@ Example: qscheduler account mod pool1 team-a --rate 10 --fanout 20")]
         /// The pool id.
         #[arg(value_name = "POOL", value_parser = parse_pool_id)]
         pool: String,
-        /// "table" for people, "json" for scripts (ListAccounts' response).
-        #[arg(long, value_enum, default_value = "table")]
-        output: Output,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -182,7 +184,7 @@ pub fn run(args: AccountArgs) -> anyhow::Result<()> {
             flags.rates()?;
             flags.limits()?;
             if flags.is_empty() && !reset_balance {
-                bail!(
+                usage!(
                     "nothing to change: give at least one of --rate, --charge-time, --fanout, \
                      --disable-free-tasks, --description, --per-label-limit, --reset-balance"
                 );
@@ -253,9 +255,10 @@ pub fn run(args: AccountArgs) -> anyhow::Result<()> {
                         },
                     )
                     .await?;
-                match output {
-                    Output::Json => print!("{}", proto_json(&resp)?),
-                    Output::Table => print!("{}", accounts_table(&resp.accounts)),
+                if output.is_document() {
+                    print!("{}", output.document(&resp)?);
+                } else {
+                    print!("{}", accounts_table(&resp.accounts));
                 }
                 Ok(())
             }

@@ -212,5 +212,8 @@ impl Client {
         /// `InspectPool`.
         inspect_pool: VIEW / "InspectPool", view,
             adm::InspectPoolRequest => adm::InspectPoolResponse;
+        /// `ListPools`.
+        list_pools: VIEW / "ListPools", view,
+            adm::ListPoolsRequest => adm::ListPoolsResponse;
     }
 }

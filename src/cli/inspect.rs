@@ -11,7 +11,7 @@ use qscheduler_wire::qscheduler as adm;
 use super::account::rate_cells;
 use super::table::Table;
 use super::values::parse_pool_id;
-use super::{Conn, Output, block_on, proto_json};
+use super::{Conn, OutputArg, block_on};
 
 /// Arguments of `qscheduler inspect`.
 #[derive(Args, Debug)]
@@ -37,19 +37,16 @@ pub struct InspectArgs {
     /// Running and waiting tasks.
     #[arg(long)]
     tasks: bool,
-    /// "table" for people; "json" prints the whole InspectPool response for
-    /// scripts (field names as in pRPC's JSON: numWaitingTasks,
-    /// accountBalances, ...).
-    #[arg(long, value_enum, default_value = "table")]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 /// Runs `qscheduler inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    if args.output == Output::Json && (args.accounts || args.bots || args.tasks) {
-        anyhow::bail!(
-            "--output json prints the whole response; it cannot be combined with --accounts, \
-             --bots or --tasks"
+    if args.output.is_document() && (args.accounts || args.bots || args.tasks) {
+        super::usage!(
+            "--output json and yaml print the whole response; they cannot be combined with \
+             --accounts, --bots or --tasks"
         );
     }
     block_on(async move {
@@ -62,8 +59,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 },
             )
             .await?;
-        let text = if args.output == Output::Json {
-            proto_json(&resp)?
+        let text = if args.output.is_document() {
+            args.output.document(&resp)?
         } else {
             let mut parts = Vec::new();
             if args.accounts {

@@ -13,8 +13,8 @@
 //!   explicitly allowed (see [`apply`]).
 //!
 //! Output meant for people goes to stdout, errors to stderr as
-//! `qscheduler: error: ...` (printed by `main`), and every failure exits
-//! with status 1.
+//! `qscheduler: error: ...` (printed by `main`). A command line that cannot
+//! be parsed exits with status 2, every other failure with 1.
 //!
 //! # Differences from the original tool (reference §9.3)
 //!
@@ -49,6 +49,29 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 pub use client::{Client, Transport, code_name};
+
+/// A command line that parsed but makes no sense (flags that contradict
+/// each other, nothing to do, a missing confirmation). Like clap's own
+/// usage errors it exits with status 2, so scripts can tell "you called it
+/// wrong" from "it failed".
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns a [`UsageError`] from the enclosing function.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::cli::UsageError(format!($($arg)*)).into())
+    };
+}
+pub(crate) use usage;
 
 /// How to reach the server; accepted by every administration command.
 #[derive(Args, Debug, Clone)]
@@ -96,6 +119,36 @@ pub enum Output {
     /// The whole response as JSON (the protobuf JSON mapping, as pRPC's
     /// JSON encoding returns it, with zero values included).
     Json,
+    /// The same document as `json`, in YAML.
+    Yaml,
+}
+
+/// `-o/--output`, the same on every command that prints a view.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArg {
+    /// "table" for people; "json" or "yaml" print the whole response for
+    /// scripts (field names as in pRPC's JSON: numWaitingTasks,
+    /// accountBalances, ...).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: Output,
+}
+
+impl OutputArg {
+    /// True when the output is a document (JSON or YAML), not a table.
+    pub fn is_document(self) -> bool {
+        self.format != Output::Table
+    }
+
+    /// `message` as the chosen document format. Panics never; a table is the
+    /// caller's to print, so asking for one here is an error.
+    pub fn document<M: prost::Message + prost::Name>(self, message: &M) -> anyhow::Result<String> {
+        let value = proto_value(message)?;
+        match self.format {
+            Output::Json => json_text(&value),
+            Output::Yaml => yaml_text(&value),
+            Output::Table => anyhow::bail!("a table is printed by the command itself"),
+        }
+    }
 }
 
 /// The administration commands, as top-level subcommands of `qscheduler`.
@@ -139,10 +192,10 @@ fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
-/// A response as pretty JSON in the protobuf JSON mapping (the names and
+/// A response as a JSON value in the protobuf JSON mapping (the names and
 /// shapes pRPC's JSON encoding and grpcurl use), with zero values spelled
 /// out so scripts need not know the proto defaults.
-fn proto_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<String> {
+fn proto_value<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<serde_json::Value> {
     let name = M::full_name();
     let desc = qscheduler_wire::descriptor_pool()
         .get_message_by_name(&name)
@@ -159,9 +212,15 @@ fn proto_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<St
     dynamic
         .serialize_with_options(&mut serde_json::Serializer::new(&mut compact), &options)
         .with_context(|| format!("writing {name} as JSON"))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&compact).with_context(|| format!("re-reading {name} as JSON"))?;
-    let mut text = serde_json::to_string_pretty(&value).context("writing JSON")?;
+    serde_json::from_slice(&compact).with_context(|| format!("re-reading {name} as JSON"))
+}
+
+fn json_text(value: &serde_json::Value) -> anyhow::Result<String> {
+    let mut text = serde_json::to_string_pretty(value).context("writing JSON")?;
     text.push('\n');
     Ok(text)
+}
+
+fn yaml_text(value: &serde_json::Value) -> anyhow::Result<String> {
+    serde_yaml_ng::to_string(value).context("writing YAML")
 }

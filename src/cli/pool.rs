@@ -1,11 +1,11 @@
 //! `qscheduler pool create|mod|delete|wipe`.
 
-use anyhow::bail;
 use clap::{Args, Subcommand};
 use qscheduler_wire::qscheduler as adm;
 
+use super::table::Table;
 use super::values::{parse_bool, parse_bot_expiration, parse_pool_id};
-use super::{Conn, block_on};
+use super::{Conn, OutputArg, block_on, usage};
 
 /// Arguments of `qscheduler pool`.
 #[derive(Args, Debug)]
@@ -49,6 +49,16 @@ impl PoolSettings {
 
 #[derive(Subcommand, Debug)]
 enum PoolCommand {
+    /// List every pool of the server's store, and which replica serves it.
+    ///
+    /// With several replicas on PostgreSQL, any replica answers for all of
+    /// them. A pool whose stored data could not be recovered is FAILED, with
+    /// the error; one nobody holds right now is UNOWNED (it is adopted
+    /// within seconds).
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Create a pool.
     ///
     /// A new pool has no accounts (until some are added, every task runs at
@@ -101,12 +111,12 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
     // server is down.
     match &args.command {
         PoolCommand::Mod { settings, .. } if settings.is_empty() => {
-            bail!("nothing to change: give --allow-preemption and/or --bot-expiration")
+            usage!("nothing to change: give --allow-preemption and/or --bot-expiration")
         }
         PoolCommand::Wipe {
             pool,
             yes_wipe_everything: false,
-        } => bail!(
+        } => usage!(
             "refusing to wipe pool {pool:?} without --yes-wipe-everything: a wipe forgets \
              every task, bot and balance of the pool (its accounts and settings stay)"
         ),
@@ -115,6 +125,16 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
     block_on(async move {
         let client = args.conn.client()?;
         match args.command {
+            PoolCommand::List { output } => {
+                let resp = client
+                    .list_pools("listing pools", adm::ListPoolsRequest {})
+                    .await?;
+                if output.is_document() {
+                    print!("{}", output.document(&resp)?);
+                } else {
+                    print!("{}", pools_table(&resp));
+                }
+            }
             PoolCommand::Create { pool, settings } => {
                 client
                     .create_scheduler_pool(
@@ -166,4 +186,28 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?
+}
+
+/// `pool list` for people: one line per pool.
+fn pools_table(resp: &adm::ListPoolsResponse) -> String {
+    use adm::list_pools_response::pool::State;
+    if resp.pools.is_empty() {
+        return "No pools. Create one with `qscheduler pool create POOL`.\n".to_string();
+    }
+    let mut t = Table::new(&["POOL", "STATE", "REPLICA", "ERROR"]);
+    for p in &resp.pools {
+        let state = match State::try_from(p.state) {
+            Ok(State::Serving) => "SERVING",
+            Ok(State::Unowned) => "UNOWNED",
+            Ok(State::Failed) => "FAILED",
+            Ok(State::Unspecified) | Err(_) => "UNKNOWN",
+        };
+        t.row(vec![
+            p.pool_id.clone(),
+            state.to_string(),
+            p.replica_id.clone(),
+            p.error.clone(),
+        ]);
+    }
+    t.render()
 }

@@ -119,6 +119,18 @@ impl Run {
         &self.stderr
     }
 
+    /// Asserts exit status 2 (the command line could not be parsed) and
+    /// returns stderr.
+    #[track_caller]
+    pub fn usage_error(&self) -> &str {
+        assert_eq!(self.code, 2, "expected a usage error: {self:#?}");
+        assert!(
+            self.stderr.starts_with("qscheduler: error: "),
+            "error not in the usual form: {self:#?}"
+        );
+        &self.stderr
+    }
+
     /// stdout as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {

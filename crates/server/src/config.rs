@@ -78,7 +78,8 @@ pub struct StoreSection {
     #[serde(deserialize_with = "postgres_url_opt")]
     pub postgres_url: Option<String>,
     /// This replica's id among the replicas sharing a PostgreSQL store.
-    /// `None`: `replica-<process id>`.
+    /// `None`: the host name (a pod's name in Kubernetes), or
+    /// `replica-<process id>` when it has none.
     #[serde(deserialize_with = "non_empty_opt")]
     pub replica_id: Option<String>,
     /// Address other replicas use to reach this one. `None`: the listen
@@ -399,6 +400,20 @@ impl ConfigError {
     }
 }
 
+/// The host name, when it is a usable replica id: in a container it is the
+/// pod's (or container's) name, unique among the live replicas, and stable
+/// across restarts of a StatefulSet's pod.
+fn default_replica_id() -> Option<String> {
+    let name = gethostname::gethostname().into_string().ok()?;
+    let name = name.trim();
+    let usable = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    usable.then(|| name.to_owned())
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -464,9 +479,10 @@ impl Config {
             ..ServerOptions::default()
         };
         let so = &mut options.store_options;
-        if let Some(id) = &self.store.replica_id {
-            so.replica_id = id.clone();
-        }
+        so.replica_id = match &self.store.replica_id {
+            Some(id) => id.clone(),
+            None => default_replica_id().unwrap_or_else(|| so.replica_id.clone()),
+        };
         // Empty means the address the server actually binds (so port 0
         // works for replicas too).
         so.advertise_address = self.store.advertise_address.clone().unwrap_or_default();

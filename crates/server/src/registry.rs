@@ -146,6 +146,23 @@ struct Failure {
     error: Arc<str>,
 }
 
+/// Who serves a stored pool, as this replica sees it (ListPools).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolStatus {
+    /// Served by the replica with this id (this one, or the lease holder).
+    Serving {
+        /// The serving replica.
+        replica_id: String,
+    },
+    /// Nobody holds the pool's lease now; its home adopts it shortly.
+    Unowned,
+    /// Its recovery failed here (the error), and it is retried later.
+    Failed {
+        /// Why.
+        error: Arc<str>,
+    },
+}
+
 /// The pools of this server.
 pub struct Registry {
     store: Store,
@@ -585,6 +602,40 @@ impl Registry {
             .filter(|p| !p.is_closed())
             .cloned()
             .collect()
+    }
+
+    /// Every stored pool, in id order, with who serves it.
+    pub async fn list(&self) -> Result<Vec<(String, PoolStatus)>, RegistryError> {
+        let mut ids = self.store.list_pools().await?;
+        ids.sort();
+        let unowned: std::collections::BTreeSet<String> = if self.store.is_shared() {
+            self.store.unowned_pools().await?.into_iter().collect()
+        } else {
+            Default::default()
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let status = if self.running(&id).is_some() {
+                PoolStatus::Serving {
+                    replica_id: self.me.clone(),
+                }
+            } else if let Some(f) = self.failed_map().get(&id) {
+                PoolStatus::Failed {
+                    error: f.error.clone(),
+                }
+            } else if self.store.is_shared() && !unowned.contains(&id) {
+                match self.store.owner_of(&id).await? {
+                    Some(owner) => PoolStatus::Serving {
+                        replica_id: owner.replica_id,
+                    },
+                    None => PoolStatus::Unowned,
+                }
+            } else {
+                PoolStatus::Unowned
+            };
+            out.push((id, status));
+        }
+        Ok(out)
     }
 
     /// Ids of the pools open here.

@@ -87,6 +87,18 @@ pub enum ServerError {
     /// The event log could not start.
     #[error(transparent)]
     EventLog(#[from] EventLogError),
+    /// Other replicas could not reach this one at the address it would
+    /// advertise.
+    #[error(
+        "cannot advertise {address} to the other replicas: it is not an address they can \
+         reach (the server listens on all interfaces); set --advertise HOST:PORT, \
+         QSCHEDULER_ADVERTISE or store.advertise_address to this replica's own address \
+         (in Kubernetes, the pod IP from the downward API)"
+    )]
+    Advertise {
+        /// The unusable address.
+        address: String,
+    },
     /// Route assembly failed.
     #[error("routes: {0}")]
     Routes(#[from] qscheduler_wire::serve::WireError),
@@ -156,6 +168,21 @@ pub fn router(
         .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
 }
 
+/// True when `location` names a store several replicas share (PostgreSQL),
+/// so that the advertised address matters.
+fn is_shared_store(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// False for an address no other host can connect to: an unspecified IP
+/// (0.0.0.0, ::) or port 0. Host names are taken as they are.
+fn is_reachable(address: &str) -> bool {
+    match address.parse::<SocketAddr>() {
+        Ok(a) => !a.ip().is_unspecified() && a.port() != 0,
+        Err(_) => !address.trim().is_empty(),
+    }
+}
+
 impl Server {
     /// Opens the store, recovers every pool, and binds the listener.
     pub async fn start(options: ServerOptions) -> Result<Server, ServerError> {
@@ -183,6 +210,11 @@ impl Server {
             && let Ok(addr) = listener.local_addr()
         {
             store_options.advertise_address = addr.to_string();
+        }
+        if is_shared_store(&options.store) && !is_reachable(&store_options.advertise_address) {
+            return Err(ServerError::Advertise {
+                address: store_options.advertise_address,
+            });
         }
         let store = Store::open(&options.store, store_options)
             .await
@@ -244,5 +276,23 @@ impl Server {
         self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
         info!("stopped");
         res.map_err(ServerError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_cannot_be_advertised() {
+        for bad in ["0.0.0.0:8082", "[::]:8082", "10.0.0.5:0", ""] {
+            assert!(!is_reachable(bad), "{bad}");
+        }
+        for good in ["10.0.0.5:8082", "[fd00::5]:8082", "qscheduler-0.peers:8082"] {
+            assert!(is_reachable(good), "{good}");
+        }
+        assert!(is_shared_store("postgres://u@h/db"));
+        assert!(is_shared_store("postgresql://u@h/db"));
+        assert!(!is_shared_store("qscheduler-data"));
     }
 }

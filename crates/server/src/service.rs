@@ -46,7 +46,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::pool::{PoolError, PoolRef};
-use crate::registry::{Location, Registry, RegistryError};
+use crate::registry::{Location, PoolStatus, Registry, RegistryError};
 use crate::rpc_layer::record_pool;
 use crate::translate;
 
@@ -738,6 +738,39 @@ impl QSchedulerView for Scheduler {
             |c, r| async move { view_client(c).inspect_pool(r).await },
         )
         .await
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<adm::ListPoolsRequest>,
+    ) -> Result<Response<adm::ListPoolsResponse>, Status> {
+        use adm::list_pools_response::{Pool, pool::State};
+        let pools = self
+            .registry
+            .list()
+            .await?
+            .into_iter()
+            .map(|(pool_id, status)| match status {
+                PoolStatus::Serving { replica_id } => Pool {
+                    pool_id,
+                    state: State::Serving.into(),
+                    replica_id,
+                    error: String::new(),
+                },
+                PoolStatus::Unowned => Pool {
+                    pool_id,
+                    state: State::Unowned.into(),
+                    ..Default::default()
+                },
+                PoolStatus::Failed { error } => Pool {
+                    pool_id,
+                    state: State::Failed.into(),
+                    replica_id: String::new(),
+                    error: error.to_string(),
+                },
+            })
+            .collect();
+        Ok(Response::new(adm::ListPoolsResponse { pools }))
     }
 }
 

@@ -260,6 +260,7 @@ impl PrpcRouter {
         register_service!(self, q_scheduler_view_server::SERVICE_NAME, svc, {
             "ListAccounts" => list_accounts,
             "InspectPool" => inspect_pool,
+            "ListPools" => list_pools,
         })
     }
 

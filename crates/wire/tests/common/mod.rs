@@ -285,6 +285,19 @@ impl QSchedulerView for Dummy {
             disable_preemption: true,
         }))
     }
+    async fn list_pools(
+        &self,
+        _: Request<ListPoolsRequest>,
+    ) -> Result<Response<ListPoolsResponse>, Status> {
+        Ok(Response::new(ListPoolsResponse {
+            pools: vec![list_pools_response::Pool {
+                pool_id: "p".into(),
+                state: list_pools_response::pool::State::Serving.into(),
+                replica_id: "r1".into(),
+                error: String::new(),
+            }],
+        }))
+    }
 }
 
 /// All three services on the dummy.
