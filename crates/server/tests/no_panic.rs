@@ -268,7 +268,7 @@ fn req() -> impl Strategy<Value = Req> {
             Req::DeleteAccount(adm::DeleteAccountRequest { pool_id, account_id })
         }),
         1 => pool_id().prop_map(|pool_id| Req::Wipe(adm::WipeRequest { pool_id })),
-        1 => pool_id().prop_map(|pool_id| Req::Inspect(adm::InspectPoolRequest { pool_id })),
+        1 => pool_id().prop_map(|pool_id| Req::Inspect(adm::InspectPoolRequest { pool_id, ..Default::default() })),
         1 => pool_id().prop_map(|pool_id| Req::List(adm::ListAccountsRequest { pool_id })),
     ]
 }
@@ -323,10 +323,18 @@ impl Req {
                     assigns: vec![c],
                 })
             }),
-            Req::CreateAccount(r) => service::create_account_command(r),
-            Req::ModAccount(r) => service::mod_account_command(r),
-            Req::ModPool(r) => service::mod_pool_command(r),
-            Req::DeleteAccount(r) => service::delete_account_command(r),
+            Req::CreateAccount(r) => {
+                service::create_account_command(r, &qscheduler_server::limits::Limits::default())
+            }
+            Req::ModAccount(r) => {
+                service::mod_account_command(r, &qscheduler_server::limits::Limits::default())
+            }
+            Req::ModPool(r) => {
+                service::mod_pool_command(r, &qscheduler_server::limits::Limits::default())
+            }
+            Req::DeleteAccount(r) => {
+                service::delete_account_command(r, &qscheduler_server::limits::Limits::default())
+            }
             Req::Wipe(_) => Ok(Command::Wipe {
                 time: Time::from_secs(BASE),
             }),

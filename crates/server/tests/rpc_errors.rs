@@ -259,6 +259,7 @@ async fn protocol_errors_of_the_real_server() {
     // about the call changes (it is a read).
     let inspect = adm::InspectPoolRequest {
         pool_id: "p".into(),
+        ..Default::default()
     }
     .encode_to_vec();
     let r = http_raw(
@@ -531,6 +532,7 @@ async fn invalid_arguments_name_the_item_and_field() {
             let r = rpc
                 .inspect_pool(adm::InspectPoolRequest {
                     pool_id: id.clone(),
+                    ..Default::default()
                 })
                 .await;
             expect(r, inv, message, t);
@@ -628,6 +630,7 @@ async fn missing_and_existing_things() {
         let r = rpc
             .inspect_pool(adm::InspectPoolRequest {
                 pool_id: ghost.into(),
+                ..Default::default()
             })
             .await;
         expect(r, nf, named, t);
@@ -894,7 +897,10 @@ async fn odd_pool_ids_are_just_names() {
     }
     for id in ids {
         let e = rpc
-            .inspect_pool(adm::InspectPoolRequest { pool_id: id.into() })
+            .inspect_pool(adm::InspectPoolRequest {
+                pool_id: id.into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{id:?}");
