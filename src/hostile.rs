@@ -49,6 +49,10 @@ pub struct HostileArgs {
     /// Pools to try to create in the pool-cap case (0 skips it).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_pools_probe: u32,
+    /// Most seconds to wait for the server to close idle and slow
+    /// connections.
+    #[arg(long, default_value_t = 200, value_name = "SECONDS")]
+    pub close_wait: u64,
 }
 
 /// What one case saw.
@@ -583,7 +587,7 @@ pub async fn run(server: &str, args: &HostileArgs, json_out: bool) -> anyhow::Re
         // How long until the server closes them (bounded wait).
         let started = Instant::now();
         let mut closed = 0usize;
-        let deadline = Duration::from_secs(200);
+        let deadline = Duration::from_secs(args.close_wait);
         for s in &idle {
             let left = deadline.saturating_sub(started.elapsed());
             let mut buf = [0u8; 1];
@@ -601,7 +605,8 @@ pub async fn run(server: &str, args: &HostileArgs, json_out: bool) -> anyhow::Re
     // 9. A slow body: headers, a few bytes, then nothing.
     {
         let started = Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || slow_body(addr)).await?;
+        let wait = Duration::from_secs(args.close_wait);
+        let outcome = tokio::task::spawn_blocking(move || slow_body(addr, wait)).await?;
         let mut c = Case {
             name: "slow_body",
             status: outcome,
@@ -851,11 +856,11 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 }
 
 /// Sends a pRPC call's headers (with a 2 s timeout) and 10 of its 1000
-/// bytes of body, then nothing; reports what the server did.
-fn slow_body(addr: SocketAddr) -> String {
+/// bytes of body, then nothing; reports what the server did within `wait`.
+fn slow_body(addr: SocketAddr, wait: Duration) -> String {
     let run = || -> std::io::Result<String> {
         let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(200)))?;
+        s.set_read_timeout(Some(wait))?;
         let head = format!(
             "POST /prpc/{SCHED}/NotifyTasks HTTP/1.1\r\nHost: {addr}\r\n\
              Content-Type: application/prpc; encoding=binary\r\nX-Prpc-Timeout: 2S\r\n\
@@ -872,7 +877,8 @@ fn slow_body(addr: SocketAddr) -> String {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
                 Err(e) => {
                     return Ok(format!(
-                        "still open after 200 s ({e}); answered: {}",
+                        "still open after {} s ({e}); answered: {}",
+                        wait.as_secs(),
                         !resp.is_empty()
                     ));
                 }

@@ -1450,6 +1450,56 @@ mod tests {
     }
 
     #[test]
+    fn files_stay_within_their_disk_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = FileSinkOptions::new(dir.path().to_owned());
+        options.max_file_bytes = 25;
+        options.max_files = 100;
+        // Room for the current file (counted as full) and two more.
+        options.max_total_bytes = 3 * 15 + 25;
+        let mut w = FileWriter::open(options).unwrap();
+        let lines: Vec<String> = (0..10).map(|i| format!("line number {i:02}")).collect();
+        w.write_lines(lines.iter().map(String::as_str)).unwrap();
+        w.close().unwrap();
+        let files = list_files(dir.path()).unwrap();
+        let total: u64 = files
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(
+            total <= 3 * 15 + 25,
+            "{total} bytes in {} files",
+            files.len()
+        );
+        assert_eq!(files.last().unwrap().0, 10, "the newest file is kept");
+    }
+
+    #[tokio::test]
+    async fn a_disk_without_room_drops_events_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = FileSinkOptions::new(dir.path().to_owned());
+        // No disk has this much free.
+        options.min_free_disk_bytes = u64::MAX;
+        let stats = SinkStats::new("files");
+        let queue = Queue::new(100, stats.clone());
+        let writer = FileWriter::open(options).unwrap();
+        let sink = tokio::spawn(run_file_sink(queue.clone(), writer));
+        let pool: Arc<str> = Arc::from("p");
+        queue.push(
+            &pool,
+            &[event(EventKind::Enqueued {
+                tags: Arc::from(Vec::<String>::new()),
+            })],
+        );
+        queue.closed.send_replace(true);
+        sink.await.unwrap();
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 0);
+        let files = list_files(dir.path()).unwrap();
+        assert!(files.is_empty(), "{files:?}");
+    }
+
+    #[test]
     fn files_rotate_by_size_and_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let mut options = FileSinkOptions::new(dir.path().to_owned());

@@ -74,7 +74,7 @@ impl Default for Limits {
             max_tags_per_task: 256,
             max_items_per_call: 100_000,
             max_label_bytes: 1024,
-            max_id_bytes: 512,
+            max_id_bytes: 1024,
             max_id_chars: 256,
             max_clock_skew: Duration::from_secs(3600),
             max_bot_expiration: Duration::from_secs(7 * 24 * 3600),
@@ -251,9 +251,10 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
             assert!(e.message().starts_with("bot_id"), "{e}");
         }
-        let e = check_id(&"x".repeat(513), "task_id", &l).unwrap_err();
+        let e = check_id(&"x".repeat(1025), "task_id", &l).unwrap_err();
         assert!(e.message().contains("limits.max_id_bytes"), "{e}");
-        let e = check_id(&"é".repeat(257), "task_id", &l).unwrap_err();
+        let id = format!("{}{}", "x".repeat(200), "é".repeat(57));
+        let e = check_id(&id, "task_id", &l).unwrap_err();
         assert!(e.message().contains("limits.max_id_chars"), "{e}");
     }
 

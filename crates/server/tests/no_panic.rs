@@ -15,6 +15,7 @@
 //! on every test run, in a few seconds. A panic anywhere in the process
 //! (pool writers and blocking store tasks included) fails the test.
 
+use qscheduler_server::limits::Limits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -311,30 +312,22 @@ impl Req {
     fn command(&self) -> Option<Result<Command, tonic::Status>> {
         let batch = |b: Batch| Command::Batch(b);
         Some(match self {
-            Req::Notify(r) => translate::notify_call(r).map(|c| {
+            Req::Notify(r) => translate::notify_call(r, &Limits::default(), Time::MAX).map(|c| {
                 batch(Batch {
                     notifies: vec![c],
                     assigns: vec![],
                 })
             }),
-            Req::Assign(r) => translate::assign_call(r).map(|c| {
+            Req::Assign(r) => translate::assign_call(r, &Limits::default(), Time::MAX).map(|c| {
                 batch(Batch {
                     notifies: vec![],
                     assigns: vec![c],
                 })
             }),
-            Req::CreateAccount(r) => {
-                service::create_account_command(r, &qscheduler_server::limits::Limits::default())
-            }
-            Req::ModAccount(r) => {
-                service::mod_account_command(r, &qscheduler_server::limits::Limits::default())
-            }
-            Req::ModPool(r) => {
-                service::mod_pool_command(r, &qscheduler_server::limits::Limits::default())
-            }
-            Req::DeleteAccount(r) => {
-                service::delete_account_command(r, &qscheduler_server::limits::Limits::default())
-            }
+            Req::CreateAccount(r) => service::create_account_command(r, &Limits::default()),
+            Req::ModAccount(r) => service::mod_account_command(r, &Limits::default()),
+            Req::ModPool(r) => service::mod_pool_command(r, &Limits::default()),
+            Req::DeleteAccount(r) => service::delete_account_command(r, &Limits::default()),
             Req::Wipe(_) => Ok(Command::Wipe {
                 time: Time::from_secs(BASE),
             }),

@@ -519,8 +519,15 @@ async fn invalid_arguments_name_the_item_and_field() {
         expect(r, inv, "config: deprecated", t);
         for (id, message) in [
             (String::new(), "pool_id is required"),
-            ("a\0b".to_owned(), "pool_id contains a NUL byte"),
-            ("x".repeat(1025), "pool_id is longer than 1024 bytes"),
+            ("a\0b".to_owned(), "pool_id: control character U+0000"),
+            (
+                "a\nINFO forged".to_owned(),
+                "pool_id: control character U+000A",
+            ),
+            (
+                "x".repeat(1025),
+                "pool_id: length 1025 bytes exceeds the limit of 1024 (setting limits.max_id_bytes)",
+            ),
         ] {
             let r = rpc
                 .create_scheduler_pool(adm::CreateSchedulerPoolRequest {
@@ -832,10 +839,11 @@ async fn expired_calls_are_deadline_exceeded_and_not_applied() {
         }
         // A call without a deadline, queued after them, is applied; they
         // are not.
-        let patient = qscheduler_server::translate::notify_call(&notify_req(
-            &pool,
-            vec![item(2, pending("patient", None, &["x"], 0))],
-        ))
+        let patient = qscheduler_server::translate::notify_call(
+            &notify_req(&pool, vec![item(2, pending("patient", None, &["x"], 0))]),
+            &qscheduler_server::limits::Limits::default(),
+            qscheduler_core::Time::MAX,
+        )
         .unwrap();
         let p = server.registry.get(&pool).await.unwrap();
         p.notify(patient, None).await.unwrap();
@@ -861,7 +869,10 @@ async fn expired_calls_are_deadline_exceeded_and_not_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_pool_ids_are_just_names() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(options(dir.path())).await;
+    let mut options = options(dir.path());
+    // Ids as long as the store allows.
+    options.limits.max_id_chars = 1024;
+    let server = TestServer::start(options).await;
     let rpc = Rpc::connect(server.addr, Transport::PrpcJson).await;
     let long = "x".repeat(1024);
     let ids = [
