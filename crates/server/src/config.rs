@@ -1079,6 +1079,36 @@ mod tests {
     }
 
     #[test]
+    fn budgets_must_hold_the_largest_request() {
+        let c = Config::parse(
+            "[batching]\nmax_request_size = \"8MiB\"\n[limits]\npool_queue_bytes = \"10MiB\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = c.server_options().unwrap_err().to_string();
+        assert!(e.contains("limits.pool_queue_bytes"), "{e}");
+        let c = Config::parse(
+            "[limits]\npool_queue_bytes = \"64MiB\"\ntotal_queue_bytes = \"32MiB\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = c.server_options().unwrap_err().to_string();
+        assert!(e.contains("limits.total_queue_bytes"), "{e}");
+        let (line, msg) = err("[limits]\nmax_clock_skew = \"0\"\n");
+        assert_eq!(line, 2, "{msg}");
+        let (line, msg) = err("[connections]\nmax_connections = 0\n");
+        assert_eq!(line, 2, "{msg}");
+        let c = Config::parse(
+            "[connections]\nhttp2_keepalive_interval = \"0\"\n[limits]\nmax_pools = 3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let o = c.server_options().unwrap();
+        assert_eq!(o.connections.http2_keepalive_interval, None);
+        assert_eq!(o.limits.max_pools, 3);
+    }
+
+    #[test]
     fn the_example_file_shows_the_defaults() {
         let text = include_str!("../../../docs/qscheduler.example.toml");
         let mut c = Config::parse(text, Path::new("example.toml")).unwrap();

@@ -870,8 +870,9 @@ async fn expired_calls_are_deadline_exceeded_and_not_applied() {
 async fn odd_pool_ids_are_just_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = options(dir.path());
-    // Ids as long as the store allows.
-    options.limits.max_id_chars = 1024;
+    // Pool ids as long as the store allows (and task ids a little longer).
+    options.limits.max_id_chars = 2048;
+    options.limits.max_id_bytes = 2048;
     let server = TestServer::start(options).await;
     let rpc = Rpc::connect(server.addr, Transport::PrpcJson).await;
     let long = "x".repeat(1024);

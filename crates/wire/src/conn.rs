@@ -431,6 +431,51 @@ mod tests {
         assert_eq!(effective_max_connections(10_000, None), 10_000);
     }
 
+    /// At the connection cap, a new connection waits until an idle one is
+    /// closed by the header read timeout, then is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cap_holds_and_idle_connections_make_room() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let options = ConnectionOptions {
+            max_connections: 2,
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+            ..ConnectionOptions::default()
+        };
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, options, async {
+            let _ = rx.await;
+        }));
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(60), third.read_to_string(&mut answer))
+            .await
+            .expect("answered in the end")
+            .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        for mut s in idle {
+            let mut buf = [0u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf))
+                .await
+                .expect("closed in the end")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "an idle connection got data");
+        }
+        let _ = stop.send(());
+        server.await.expect("join").expect("serve");
+    }
+
     #[test]
     fn the_limit_is_raised_to_the_hard_limit() {
         let l = raise_open_file_limit().expect("getrlimit");

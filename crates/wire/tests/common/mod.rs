@@ -283,6 +283,7 @@ impl QSchedulerView for Dummy {
             }],
             account_configs: [("acct".to_string(), account(1.5))].into_iter().collect(),
             disable_preemption: true,
+            next_page_token: String::new(),
         }))
     }
 }
