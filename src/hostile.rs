@@ -863,7 +863,7 @@ fn slow_body(addr: SocketAddr, wait: Duration) -> String {
         s.set_read_timeout(Some(wait))?;
         let head = format!(
             "POST /prpc/{SCHED}/NotifyTasks HTTP/1.1\r\nHost: {addr}\r\n\
-             Content-Type: application/prpc; encoding=binary\r\nX-Prpc-Timeout: 2S\r\n\
+             Content-Type: application/prpc; encoding=binary\r\nX-Prpc-Grpc-Timeout: 2S\r\n\
              Content-Length: 1000\r\n\r\n"
         );
         s.write_all(head.as_bytes())?;

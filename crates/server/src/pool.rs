@@ -69,6 +69,10 @@ pub struct PoolOptions {
     /// The bytes of calls waiting for all pools together, shared by every
     /// pool of the server.
     pub total_queue_bytes: Arc<ByteBudget>,
+    /// Heavy reads (whole-pool listings such as InspectPool) running at once
+    /// on the whole server, shared by every pool: they take a core each
+    /// while they run, and the writers need the others.
+    pub heavy_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for PoolOptions {
@@ -85,6 +89,9 @@ impl Default for PoolOptions {
             read_copy_above: 20_000,
             queue_bytes: 64 << 20,
             total_queue_bytes: ByteBudget::new("limits.total_queue_bytes", 512 << 20),
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         }
     }
 }
@@ -282,6 +289,7 @@ type Held = [Reservation; 2];
 
 struct Shared {
     id: String,
+    heavy_reads: Arc<tokio::sync::Semaphore>,
     queue_bytes: Arc<ByteBudget>,
     total_bytes: Arc<ByteBudget>,
     state: RwLock<Pool>,
@@ -320,6 +328,7 @@ impl PoolRef {
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             id,
+            heavy_reads: options.heavy_reads.clone(),
             queue_bytes: ByteBudget::new("limits.pool_queue_bytes", options.queue_bytes),
             total_bytes: options.total_queue_bytes.clone(),
             state: RwLock::new(pool),
@@ -532,6 +541,19 @@ impl PoolRef {
         // No follower (or it stopped): the pool is read in place.
         let shared = Arc::clone(&self.shared);
         run_blocking(move || f(&read_lock(&shared.state))).await
+    }
+
+    /// [`PoolRef::view`] for a read that walks the whole pool (InspectPool):
+    /// it waits for one of the server's heavy-read slots first
+    /// ([`PoolOptions::heavy_reads`]), so such reads never take every core
+    /// from the writers.
+    pub async fn view_heavy<R, F>(&self, f: F) -> R
+    where
+        F: FnOnce(&Pool) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let _permit = self.shared.heavy_reads.acquire().await;
+        self.view(f).await
     }
 
     /// Runs `f` at once on the follower's copy when the pool has one (it

@@ -755,7 +755,9 @@ impl QSchedulerView for Scheduler {
                 let page = page.clone();
                 async move {
                     let now = wall_now();
-                    Ok(pool.view(move |state| inspect(state, now, &page)).await)
+                    Ok(pool
+                        .view_heavy(move |state| inspect(state, now, &page))
+                        .await)
                 }
             },
             |c, r| async move { view_client(c).inspect_pool(r).await },
