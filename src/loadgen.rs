@@ -22,6 +22,9 @@
 //! p50/p99/max per method, and errors by status code. Throughput is bounded
 //! by whichever of the server and this process runs out of CPU first: on a
 //! small machine, run both and read the figures as a lower bound.
+//!
+//! `--hostile` runs the calls of careless and hostile callers instead (see
+//! the `hostile` module).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +93,8 @@ pub struct LoadgenArgs {
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    hostile: crate::hostile::HostileArgs,
 }
 
 fn seconds(s: &str) -> Result<f64, String> {
@@ -486,6 +491,13 @@ async fn prefill(conn: &Conn, pool: &str, work: &Workload, n: u32) -> anyhow::Re
 
 /// Runs `qscheduler loadgen`.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    if args.hostile.hostile {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return rt.block_on(crate::hostile::run(&args.server, &args.hostile, args.json));
+    }
     if args.notifiers == 0 && args.bots == 0 {
         bail!("--notifiers and --bots are both 0: nothing to do");
     }
@@ -577,6 +589,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
                 &format!("inspecting {pool}"),
                 adm::InspectPoolRequest {
                     pool_id: pool.clone(),
+                    ..Default::default()
                 },
             )
             .await?;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_cmd;
+mod hostile;
 mod loadgen;
 mod replay;
 mod serve;

@@ -27,6 +27,7 @@ use qscheduler_core::{AssignCall, Batch, Command, IdleBot, Pool, Time, snapshot}
 use qscheduler_fuzz::inprocess::scratch_dir;
 use qscheduler_fuzz::requests::{BASE_SECS, Req};
 use qscheduler_server::{pool::recover, service, translate};
+use qscheduler_server::limits::Limits;
 use qscheduler_store::{Store, StoreOptions};
 
 const POOL: &str = "p";
@@ -36,17 +37,17 @@ const PAGE: usize = 4096;
 fn command(req: &Req) -> Option<Command> {
     Some(match req {
         Req::Notify(r) => Command::Batch(Batch {
-            notifies: vec![translate::notify_call(r).ok()?],
+            notifies: vec![translate::notify_call(r, &Limits::default(), Time::MAX).ok()?],
             assigns: vec![],
         }),
         Req::Assign(r) => Command::Batch(Batch {
             notifies: vec![],
-            assigns: vec![translate::assign_call(r).ok()?],
+            assigns: vec![translate::assign_call(r, &Limits::default(), Time::MAX).ok()?],
         }),
-        Req::CreateAccount(r) => service::create_account_command(r).ok()?,
-        Req::ModAccount(r) => service::mod_account_command(r).ok()?,
-        Req::ModPool(r) => service::mod_pool_command(r).ok()?,
-        Req::DeleteAccount(r) => service::delete_account_command(r).ok()?,
+        Req::CreateAccount(r) => service::create_account_command(r, &Limits::default()).ok()?,
+        Req::ModAccount(r) => service::mod_account_command(r, &Limits::default()).ok()?,
+        Req::ModPool(r) => service::mod_pool_command(r, &Limits::default()).ok()?,
+        Req::DeleteAccount(r) => service::delete_account_command(r, &Limits::default()).ok()?,
         Req::Wipe(_) => Command::Wipe {
             time: Time::from_secs(BASE_SECS + 100),
         },

@@ -123,7 +123,7 @@ impl Core {
     /// Translates a request as the service does; reads are answered at once.
     fn route(&mut self, req: Req) -> Result<Routed, Status> {
         let exists = |core: &Core, id: &str| -> Result<(), Status> {
-            translate::pool_id(id, "pool_id")?;
+            translate::pool_id(id, "pool_id", limits())?;
             if core.pools.contains_key(id) {
                 Ok(())
             } else {
@@ -132,12 +132,12 @@ impl Core {
         };
         Ok(match req {
             Req::Notify(r) => {
-                let call = translate::notify_call(&r)?;
+                let call = translate::notify_call(&r, limits(), Time::MAX)?;
                 exists(self, &r.scheduler_id)?;
                 Routed::Queue(r.scheduler_id, Work::Notify(call))
             }
             Req::Assign(r) => {
-                let call = translate::assign_call(&r)?;
+                let call = translate::assign_call(&r, limits(), Time::MAX)?;
                 exists(self, &r.scheduler_id)?;
                 Routed::Queue(r.scheduler_id, Work::Assign(call))
             }
@@ -156,7 +156,7 @@ impl Core {
                 }))
             }
             Req::CreatePool(r) => {
-                translate::pool_id(&r.pool_id, "pool_id")?;
+                translate::pool_id(&r.pool_id, "pool_id", limits())?;
                 if r.config.is_some() {
                     return Err(Status::invalid_argument("config: deprecated"));
                 }
@@ -167,7 +167,7 @@ impl Core {
                 Routed::Answer(Answer::Done)
             }
             Req::CreateAccount(r) => {
-                let cmd = service::create_account_command(&r)?;
+                let cmd = service::create_account_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
@@ -176,17 +176,17 @@ impl Core {
                 Routed::Queue(r.pool_id, Work::Admin(Command::Wipe { time: self.wall }))
             }
             Req::ModAccount(r) => {
-                let cmd = service::mod_account_command(&r)?;
+                let cmd = service::mod_account_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
             Req::ModPool(r) => {
-                let cmd = service::mod_pool_command(&r)?;
+                let cmd = service::mod_pool_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
             Req::DeleteAccount(r) => {
-                let cmd = service::delete_account_command(&r)?;
+                let cmd = service::delete_account_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
@@ -526,4 +526,13 @@ impl QSchedulerView for CoreServices {
         // The stand-in serves one pool at a time; listing it touches no state.
         Ok(Response::new(adm::ListPoolsResponse::default()))
     }
+}
+
+/// The server's default limits; the clock-skew limit is left out (the
+/// fuzzed calls run on their own clock, and the in-process server allows
+/// any skew).
+fn limits() -> &'static qscheduler_server::limits::Limits {
+    static LIMITS: std::sync::LazyLock<qscheduler_server::limits::Limits> =
+        std::sync::LazyLock::new(qscheduler_server::limits::Limits::default);
+    &LIMITS
 }

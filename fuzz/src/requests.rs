@@ -493,8 +493,7 @@ impl<'a> Arbitrary<'a> for Req {
                 pool_id: pool_id(u)?,
             }),
             _ => Req::InspectPool(adm::InspectPoolRequest {
-                pool_id: pool_id(u)?,
-            }),
+                pool_id: pool_id(u)?, ..Default::default() }),
         })
     }
 }

@@ -631,6 +631,7 @@ async fn read_current(client: &Client, want: &Desired) -> anyhow::Result<Current
                 &format!("reading the settings of pool {:?}", want.id),
                 adm::InspectPoolRequest {
                     pool_id: want.id.clone(),
+                    ..Default::default()
                 },
             )
             .await?;

@@ -56,6 +56,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 &format!("inspecting pool {:?}", args.pool),
                 adm::InspectPoolRequest {
                     pool_id: args.pool.clone(),
+                    ..Default::default()
                 },
             )
             .await?;

@@ -257,6 +257,7 @@ impl Clients {
         self.view
             .inspect_pool(adm::InspectPoolRequest {
                 pool_id: pool.into(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

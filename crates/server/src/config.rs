@@ -24,7 +24,10 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use qscheduler_wire::conn::ConnectionOptions;
+
 use crate::eventlog::{EventLogOptions, FileSinkOptions, PostgresSinkOptions};
+use crate::limits::Limits;
 use crate::metrics::MetricsOptions;
 use crate::pool::PoolOptions;
 use crate::server::ServerOptions;
@@ -47,6 +50,10 @@ pub struct Config {
     pub logging: LoggingSection,
     /// Trace export.
     pub tracing: TracingSection,
+    /// Request limits and memory budgets.
+    pub limits: LimitsSection,
+    /// Connection limits.
+    pub connections: ConnectionsSection,
 }
 
 /// `[server]`.
@@ -156,6 +163,128 @@ impl Default for BatchingSection {
     }
 }
 
+/// `[limits]`: what one request may hold, how far ahead its clock may be,
+/// and how many bytes of calls may wait (see [`crate::limits`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Most notifications in one NotifyTasks call.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_notifications_per_call: usize,
+    /// Most bots in one AssignTasks call.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_bots_per_call: usize,
+    /// Most dimensions of one bot.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_dimensions_per_bot: usize,
+    /// Most dimensions of one task slice.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_dimensions_per_slice: usize,
+    /// Most slices of one task.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_slices_per_task: usize,
+    /// Most tags of one task.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_tags_per_task: usize,
+    /// Most items in one request, all repeated fields together.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_items_per_call: usize,
+    /// Most bytes of one dimension or tag.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_label_bytes: usize,
+    /// Most bytes of a pool, account, task or bot id.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_id_bytes: usize,
+    /// Most characters of such an id.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_id_chars: usize,
+    /// How far ahead of the server's clock a call's time may be.
+    #[serde(deserialize_with = "positive_duration")]
+    pub max_clock_skew: Duration,
+    /// Largest bot expiration a pool may be given.
+    #[serde(deserialize_with = "positive_duration")]
+    pub max_bot_expiration: Duration,
+    /// Most pools in the store.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_pools: usize,
+    /// Most bytes of calls waiting for one pool.
+    #[serde(deserialize_with = "positive_byte_size")]
+    pub pool_queue_bytes: u64,
+    /// Most bytes of calls waiting for all pools.
+    #[serde(deserialize_with = "positive_byte_size")]
+    pub total_queue_bytes: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsSection {
+            max_notifications_per_call: l.max_notifications_per_call,
+            max_bots_per_call: l.max_bots_per_call,
+            max_dimensions_per_bot: l.max_dimensions_per_bot,
+            max_dimensions_per_slice: l.max_dimensions_per_slice,
+            max_slices_per_task: l.max_slices_per_task,
+            max_tags_per_task: l.max_tags_per_task,
+            max_items_per_call: l.max_items_per_call,
+            max_label_bytes: l.max_label_bytes,
+            max_id_bytes: l.max_id_bytes,
+            max_id_chars: l.max_id_chars,
+            max_clock_skew: l.max_clock_skew,
+            max_bot_expiration: l.max_bot_expiration,
+            max_pools: l.max_pools,
+            pool_queue_bytes: l.pool_queue_bytes as u64,
+            total_queue_bytes: l.total_queue_bytes as u64,
+        }
+    }
+}
+
+/// `[connections]`: limits on the connections callers hold (see
+/// `qscheduler_wire::conn`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// Most connections open at once.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_connections: usize,
+    /// Time to send a request's headers.
+    #[serde(deserialize_with = "positive_duration")]
+    pub header_read_timeout: Duration,
+    /// A connection without a call for this long is closed.
+    #[serde(deserialize_with = "positive_duration")]
+    pub idle_timeout: Duration,
+    /// Most concurrent calls on one HTTP/2 connection.
+    #[serde(deserialize_with = "positive_u32")]
+    pub http2_max_concurrent_streams: u32,
+    /// Streams a client may reset before they are accepted.
+    #[serde(deserialize_with = "positive_usize")]
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Streams reset for the client's errors before the connection closes.
+    #[serde(deserialize_with = "positive_usize")]
+    pub http2_max_local_error_reset_streams: usize,
+    /// Interval of HTTP/2 keepalive pings ("0": none).
+    #[serde(deserialize_with = "duration")]
+    pub http2_keepalive_interval: Duration,
+    /// A ping unanswered this long closes the connection.
+    #[serde(deserialize_with = "positive_duration")]
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        let c = ConnectionOptions::default();
+        ConnectionsSection {
+            max_connections: c.max_connections,
+            header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
+            http2_max_concurrent_streams: c.http2_max_concurrent_streams,
+            http2_max_pending_accept_reset_streams: c.http2_max_pending_accept_reset_streams,
+            http2_max_local_error_reset_streams: c.http2_max_local_error_reset_streams,
+            http2_keepalive_interval: c.http2_keepalive_interval.unwrap_or_default(),
+            http2_keepalive_timeout: c.http2_keepalive_timeout,
+        }
+    }
+}
+
 /// `[event_log]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -198,6 +327,14 @@ pub struct FilesSection {
     /// Files kept (the current one included); older ones are deleted.
     #[serde(deserialize_with = "positive_usize")]
     pub max_files: usize,
+    /// Disk budget of the files together; the oldest are deleted to stay
+    /// under it.
+    #[serde(deserialize_with = "positive_byte_size")]
+    pub max_total_size: u64,
+    /// Events are dropped rather than written while less than this is free
+    /// on the disk.
+    #[serde(deserialize_with = "byte_size")]
+    pub min_free_disk: u64,
 }
 
 impl Default for FilesSection {
@@ -209,6 +346,8 @@ impl Default for FilesSection {
             max_file_size: f.max_file_bytes,
             max_file_age: f.max_file_age,
             max_files: f.max_files,
+            max_total_size: f.max_total_bytes,
+            min_free_disk: f.min_free_disk_bytes,
         }
     }
 }
@@ -500,6 +639,51 @@ impl Config {
             ..PoolOptions::default()
         };
 
+        let l = &self.limits;
+        let pool_queue_bytes = usize::try_from(l.pool_queue_bytes).unwrap_or(usize::MAX);
+        if pool_queue_bytes / 2 < options.max_request_bytes {
+            return Err(ConfigError::Unusable(format!(
+                "limits.pool_queue_bytes ({}) must hold at least one largest request, twice \
+                 batching.max_request_size ({}) in memory",
+                l.pool_queue_bytes, self.batching.max_request_size
+            )));
+        }
+        if l.total_queue_bytes < l.pool_queue_bytes {
+            return Err(ConfigError::Unusable(format!(
+                "limits.total_queue_bytes ({}) must be at least limits.pool_queue_bytes ({})",
+                l.total_queue_bytes, l.pool_queue_bytes
+            )));
+        }
+        options.limits = Limits {
+            max_notifications_per_call: l.max_notifications_per_call,
+            max_bots_per_call: l.max_bots_per_call,
+            max_dimensions_per_bot: l.max_dimensions_per_bot,
+            max_dimensions_per_slice: l.max_dimensions_per_slice,
+            max_slices_per_task: l.max_slices_per_task,
+            max_tags_per_task: l.max_tags_per_task,
+            max_items_per_call: l.max_items_per_call,
+            max_label_bytes: l.max_label_bytes,
+            max_id_bytes: l.max_id_bytes,
+            max_id_chars: l.max_id_chars,
+            max_clock_skew: l.max_clock_skew,
+            max_bot_expiration: l.max_bot_expiration,
+            max_pools: l.max_pools,
+            pool_queue_bytes,
+            total_queue_bytes: usize::try_from(l.total_queue_bytes).unwrap_or(usize::MAX),
+        };
+        let c = &self.connections;
+        options.connections = ConnectionOptions {
+            max_connections: c.max_connections,
+            header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
+            http2_max_concurrent_streams: c.http2_max_concurrent_streams,
+            http2_max_pending_accept_reset_streams: c.http2_max_pending_accept_reset_streams,
+            http2_max_local_error_reset_streams: c.http2_max_local_error_reset_streams,
+            http2_keepalive_interval: (!c.http2_keepalive_interval.is_zero())
+                .then_some(c.http2_keepalive_interval),
+            http2_keepalive_timeout: c.http2_keepalive_timeout,
+        };
+
         let m = &self.metrics;
         options.metrics = MetricsOptions {
             enabled: m.enabled,
@@ -518,6 +702,8 @@ impl Config {
             max_file_bytes: e.files.max_file_size,
             max_file_age: e.files.max_file_age,
             max_files: e.files.max_files,
+            max_total_bytes: e.files.max_total_size,
+            min_free_disk_bytes: e.files.min_free_disk,
         });
         let postgres = if e.postgres.is_enabled() {
             let url = e
@@ -751,6 +937,14 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
 }
 
 fn positive_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = byte_size(d)?;
+    if v == 0 {
+        return Err(de::Error::custom("must be greater than zero"));
+    }
+    Ok(v)
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = match IntOrString::deserialize(d)? {
         IntOrString::String(s) => parse_byte_size(&s).map_err(de::Error::custom)?,
         IntOrString::Int(n) => u64::try_from(n)
@@ -761,9 +955,6 @@ fn positive_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> 
             )));
         }
     };
-    if v == 0 {
-        return Err(de::Error::custom("must be greater than zero"));
-    }
     Ok(v)
 }
 
@@ -901,6 +1092,36 @@ mod tests {
         );
         assert!(o.event_log.postgres.is_none());
         assert!(o.metrics.enabled);
+    }
+
+    #[test]
+    fn budgets_must_hold_the_largest_request() {
+        let c = Config::parse(
+            "[batching]\nmax_request_size = \"8MiB\"\n[limits]\npool_queue_bytes = \"10MiB\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = c.server_options().unwrap_err().to_string();
+        assert!(e.contains("limits.pool_queue_bytes"), "{e}");
+        let c = Config::parse(
+            "[limits]\npool_queue_bytes = \"64MiB\"\ntotal_queue_bytes = \"32MiB\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = c.server_options().unwrap_err().to_string();
+        assert!(e.contains("limits.total_queue_bytes"), "{e}");
+        let (line, msg) = err("[limits]\nmax_clock_skew = \"0\"\n");
+        assert_eq!(line, 2, "{msg}");
+        let (line, msg) = err("[connections]\nmax_connections = 0\n");
+        assert_eq!(line, 2, "{msg}");
+        let c = Config::parse(
+            "[connections]\nhttp2_keepalive_interval = \"0\"\n[limits]\nmax_pools = 3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let o = c.server_options().unwrap();
+        assert_eq!(o.connections.http2_keepalive_interval, None);
+        assert_eq!(o.limits.max_pools, 3);
     }
 
     #[test]

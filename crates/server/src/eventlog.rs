@@ -71,19 +71,44 @@ pub struct FileSinkOptions {
     pub max_file_age: Duration,
     /// Files kept, the current one included; the oldest are deleted.
     pub max_files: usize,
+    /// The disk budget of the files together: the oldest are deleted to
+    /// stay under it.
+    pub max_total_bytes: u64,
+    /// Events are dropped (and counted) rather than written while the
+    /// directory's file system has less free space than this, so the event
+    /// log never takes the last of a disk the store may share.
+    pub min_free_disk_bytes: u64,
 }
 
 impl FileSinkOptions {
     /// Files in `dir` with the default rotation: 64 MiB or one hour, 48
-    /// files.
+    /// files, 1 GiB in all, writing only while 1 GiB of disk stays free.
     pub fn new(dir: PathBuf) -> Self {
         FileSinkOptions {
             dir,
             max_file_bytes: 64 << 20,
             max_file_age: Duration::from_secs(3600),
             max_files: 48,
+            max_total_bytes: 1 << 30,
+            min_free_disk_bytes: 1 << 30,
         }
     }
+}
+
+/// Free bytes for unprivileged writers on the file system holding `dir`.
+fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs only reads the NUL-terminated path and writes the
+    // struct we pass; both live across the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The field types differ between platforms (u32 on some).
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
 /// A PostgreSQL table.
@@ -798,16 +823,41 @@ impl FileWriter {
         self.prune()
     }
 
-    /// Deletes the oldest files beyond `max_files`.
+    /// Deletes the oldest files beyond `max_files`, and beyond the disk
+    /// budget: the current file counts as full, so writing it to its size
+    /// limit keeps the files within `max_total_bytes`.
     fn prune(&self) -> std::io::Result<()> {
         let files = list_files(&self.options.dir)?;
         let excess = files.len().saturating_sub(self.options.max_files.max(1));
-        for (_, path) in files.into_iter().take(excess) {
-            if let Err(e) = std::fs::remove_file(&path) {
-                warn!(file = %path.display(), error = %e, "event log: cannot delete an old file");
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .collect();
+        // The newest file is the current one.
+        let mut total: u64 = sizes.iter().rev().skip(1).sum::<u64>() + self.options.max_file_bytes;
+        for (i, (_, path)) in files.iter().enumerate() {
+            let last = i + 1 == files.len();
+            if last || (i >= excess && total <= self.options.max_total_bytes) {
+                break;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => total = total.saturating_sub(sizes[i]),
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "event log: cannot delete an old file")
+                }
             }
         }
         Ok(())
+    }
+
+    /// True if the disk has room to write (see
+    /// [`FileSinkOptions::min_free_disk_bytes`]).
+    fn disk_has_room(&self) -> bool {
+        match free_disk_bytes(&self.options.dir) {
+            Ok(free) => free >= self.options.min_free_disk_bytes,
+            // Unknown: let the write itself fail if it must.
+            Err(_) => true,
+        }
     }
 
     fn write_lines<'a>(&mut self, lines: impl Iterator<Item = &'a str>) -> std::io::Result<()> {
@@ -891,6 +941,14 @@ async fn run_file_sink(queue: Arc<Queue>, writer: FileWriter) {
         let stats = queue.stats.clone();
         let n = chunk.len() as u64;
         let res = tokio::task::spawn_blocking(move || {
+            if !w.disk_has_room() {
+                let err = std::io::Error::other(format!(
+                    "less than {} bytes free on the disk (event_log.files.min_free_disk); \
+                     events are dropped until there is room",
+                    w.options.min_free_disk_bytes
+                ));
+                return (w, Err(err), chunk.len() as u64);
+            }
             let lines = encode_chunk(&chunk, &stats);
             let res = w.write_lines(lines.iter().map(|(_, l)| l.as_str()));
             if res.is_err() {
@@ -1391,6 +1449,56 @@ mod tests {
         assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH), "19700101T000000Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_stamp(leap), "20000229T000000Z");
+    }
+
+    #[test]
+    fn files_stay_within_their_disk_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = FileSinkOptions::new(dir.path().to_owned());
+        options.max_file_bytes = 25;
+        options.max_files = 100;
+        // Room for the current file (counted as full) and two more.
+        options.max_total_bytes = 3 * 15 + 25;
+        let mut w = FileWriter::open(options).unwrap();
+        let lines: Vec<String> = (0..10).map(|i| format!("line number {i:02}")).collect();
+        w.write_lines(lines.iter().map(String::as_str)).unwrap();
+        w.close().unwrap();
+        let files = list_files(dir.path()).unwrap();
+        let total: u64 = files
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(
+            total <= 3 * 15 + 25,
+            "{total} bytes in {} files",
+            files.len()
+        );
+        assert_eq!(files.last().unwrap().0, 10, "the newest file is kept");
+    }
+
+    #[tokio::test]
+    async fn a_disk_without_room_drops_events_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = FileSinkOptions::new(dir.path().to_owned());
+        // No disk has this much free.
+        options.min_free_disk_bytes = u64::MAX;
+        let stats = SinkStats::new("files");
+        let queue = Queue::new(100, stats.clone());
+        let writer = FileWriter::open(options).unwrap();
+        let sink = tokio::spawn(run_file_sink(queue.clone(), writer));
+        let pool: Arc<str> = Arc::from("p");
+        queue.push(
+            &pool,
+            &[event(EventKind::Enqueued {
+                tags: Arc::from(Vec::<String>::new()),
+            })],
+        );
+        queue.closed.send_replace(true);
+        sink.await.unwrap();
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 0);
+        let files = list_files(dir.path()).unwrap();
+        assert!(files.is_empty(), "{files:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! * [`registry`]: which pools this server runs, their creation, recovery
 //!   and deletion;
 //! * [`translate`]: Swarming's messages to core commands and back;
+//! * [`limits`]: what one request may hold, and how much may wait;
 //! * [`service`]: the gRPC/pRPC services;
 //! * [`server`]: startup, serving and graceful shutdown;
 //! * [`config`]: the configuration file;
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod eventlog;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod registry;

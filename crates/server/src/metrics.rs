@@ -10,18 +10,24 @@
 //!   pool writer's [`Observer`] call — a few map updates per event;
 //! * **state gauges** (queue, running and idle by priority, balances, label
 //!   utilisation) are computed when Prometheus scrapes, from the committed
-//!   state under the pool's read lock, so batches pay nothing for them and
-//!   they can never be stale: a pool or account that no longer exists has
-//!   no series;
+//!   state (a large pool's follower copy, which may be a few batches
+//!   behind), so batches pay nothing for them and they can never be stale:
+//!   a pool or account that no longer exists has no series;
 //! * **histograms** of batches (calls, append latency and bytes, apply
 //!   latency) and snapshots come from [`CommitInfo`] and [`SnapshotInfo`];
 //!   RPC latencies from [`crate::rpc_layer`].
 //!
-//! A scrape walks each pool's queued requests and bots under the pool's
-//! read lock (label sets are shared, so labels are counted once per
-//! distinct set): O(tasks + bots) per pool and scrape, during which that
-//! pool's writer waits to apply its next batch. `label_metrics = false`
-//! leaves only the bots walk.
+//! A scrape walks each pool's queued requests and bots (label sets are
+//! shared, so labels are counted once per distinct set): O(tasks + bots)
+//! per pool and scrape. For a small pool it holds the pool's read lock, so
+//! the writer waits that long; a large pool is read from its follower copy
+//! and its writer does not wait. `label_metrics = false` leaves only the
+//! bots walk.
+//!
+//! Per-account series exist only for the accounts configured in a pool;
+//! tasks of any other account (or of none) are counted under
+//! `account=""`, so the number of series is set by the configuration, not
+//! by the tags callers put on tasks.
 //!
 //! Deleted pools and accounts disappear from the output (the original kept
 //! their last values until a restart): a pool's series go when the
@@ -219,6 +225,10 @@ impl Observer for Metrics {
         }
     }
 
+    fn writer_panicked(&self, pool: &str) {
+        lock(&self.pools.stats_of(pool)).writer_panics += 1;
+    }
+
     fn pool_deleted(&self, pool: &str) {
         lock(&self.pools.stats).remove(pool);
     }
@@ -317,6 +327,7 @@ struct PoolStats {
     snapshot_encode: Hist,
     snapshot_write: Hist,
     snapshot_failures: u64,
+    writer_panics: u64,
 }
 
 impl Default for PoolStats {
@@ -332,6 +343,7 @@ impl Default for PoolStats {
             snapshot_encode: Hist::new(LATENCY_BUCKETS),
             snapshot_write: Hist::new(LATENCY_BUCKETS),
             snapshot_failures: 0,
+            writer_panics: 0,
         }
     }
 }
@@ -343,7 +355,16 @@ impl PoolStats {
 
     fn count(&mut self, pe: &PoolEvent, per_label: bool) {
         let e = &pe.event;
-        let a = self.account(&e.account_id);
+        // Only configured accounts get series of their own: account ids
+        // come from task tags, which any caller writes, so a series per
+        // id would let traffic, not configuration, decide how many series
+        // there are. Every other account is counted under the empty
+        // account, which cannot be configured.
+        let a = if e.account_valid {
+            self.account(&e.account_id)
+        } else {
+            self.accounts.entry(Arc::from("")).or_default()
+        };
         match &e.kind {
             EventKind::Enqueued { .. } => a.enqueued += 1,
             EventKind::Completed { reason, .. } => {
@@ -421,6 +442,10 @@ impl fmt::Debug for PoolsCollector {
 }
 
 impl PoolsCollector {
+    fn stats_of(&self, pool: &str) -> Arc<Mutex<PoolStats>> {
+        self.pool_stats(pool)
+    }
+
     fn pool_stats(&self, pool: &str) -> Arc<Mutex<PoolStats>> {
         let mut map = lock(&self.stats);
         if let Some(s) = map.get(pool) {
@@ -603,7 +628,10 @@ impl Collector for PoolsCollector {
         // Gauges first, one pool lock at a time, none held while encoding.
         let gauges: Vec<(String, PoolGauges)> = open
             .iter()
-            .map(|p| (p.id().to_owned(), PoolGauges::of(&p.read(), &self.options)))
+            .map(|p| {
+                let gauges = p.read_recent(|state| PoolGauges::of(state, &self.options));
+                (p.id().to_owned(), gauges)
+            })
             .collect();
         // Counters of pools open here: a pool that moved to another replica
         // is reported there.
@@ -908,6 +936,15 @@ impl Collector for PoolsCollector {
             guards
                 .iter()
                 .map(|(p, s)| ([("pool", *p)], V::U(s.snapshot_failures))),
+        )?;
+        family(
+            &mut enc,
+            "qscheduler_pool_writer_panics",
+            "Panics of the pool's writer (a bug): the pool was closed and reopened from its log",
+            Counter,
+            guards
+                .iter()
+                .map(|(p, s)| ([("pool", *p)], V::U(s.writer_panics))),
         )?;
         family(
             &mut enc,

@@ -58,6 +58,21 @@ pub struct PoolOptions {
     /// from which later snapshots are taken without stopping the writer
     /// (see [`Writer::maybe_snapshot`]). `Duration::MAX` turns followers off.
     pub follower_above: Duration,
+    /// A pool with more than this many tasks and bots gets a follower even
+    /// before its first snapshot, so that reads of it (served from the
+    /// follower) never hold up its writer. `usize::MAX`: only for
+    /// snapshots.
+    pub read_copy_above: usize,
+    /// Most bytes of calls waiting for this pool (an estimate of their
+    /// size in memory); beyond it calls get `RESOURCE_EXHAUSTED` at once.
+    pub queue_bytes: usize,
+    /// The bytes of calls waiting for all pools together, shared by every
+    /// pool of the server.
+    pub total_queue_bytes: Arc<ByteBudget>,
+    /// Heavy reads (whole-pool listings such as InspectPool) running at once
+    /// on the whole server, shared by every pool: they take a core each
+    /// while they run, and the writers need the others.
+    pub heavy_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for PoolOptions {
@@ -71,8 +86,82 @@ impl Default for PoolOptions {
             snapshot_every_bytes: 64 << 20,
             snapshot_every_apply: Duration::from_secs(2),
             follower_above: Duration::from_millis(100),
+            read_copy_above: 20_000,
+            queue_bytes: 64 << 20,
+            total_queue_bytes: ByteBudget::new("limits.total_queue_bytes", 512 << 20),
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         }
     }
+}
+
+/// A number of bytes that calls may hold while they wait, shared by
+/// whoever takes from it.
+#[derive(Debug)]
+pub struct ByteBudget {
+    setting: &'static str,
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl ByteBudget {
+    /// A budget of `limit` bytes, set by `setting` (for error messages).
+    pub fn new(setting: &'static str, limit: usize) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget {
+            setting,
+            limit,
+            used: Default::default(),
+        })
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes `n` bytes until the returned reservation is dropped, or
+    /// `None` if that would exceed the limit.
+    fn take(self: &Arc<Self>, n: usize) -> Option<Reservation> {
+        use std::sync::atomic::Ordering;
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            let next = used.checked_add(n).filter(|&v| v <= self.limit)?;
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Some(Reservation {
+                        budget: Arc::clone(self),
+                        bytes: n,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// Bytes taken from a [`ByteBudget`], given back when dropped.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<ByteBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// An estimate of a waiting call's size in memory from the bound of its
+/// encoded size: decoded strings and vectors take more than their bytes.
+fn memory_estimate(encoded_bound: usize) -> usize {
+    encoded_bound.saturating_mul(2).saturating_add(256)
 }
 
 /// Why a pool call failed.
@@ -81,6 +170,20 @@ pub enum PoolError {
     /// The pool's queue is full.
     #[error("pool {0:?} is overloaded: too many calls waiting; retry with backoff")]
     Busy(String),
+    /// The calls waiting (for this pool, or for all pools) hold too many
+    /// bytes.
+    #[error(
+        "pool {pool:?} is overloaded: the calls waiting hold more than {limit} bytes \
+         (setting {setting}); retry with backoff"
+    )]
+    OverBudget {
+        /// The pool.
+        pool: String,
+        /// The budget's limit.
+        limit: usize,
+        /// Its setting.
+        setting: &'static str,
+    },
     /// The call's deadline passed before it could run.
     #[error("deadline exceeded before the call could be scheduled")]
     DeadlineExceeded,
@@ -116,6 +219,12 @@ pub trait Observer: Send + Sync + 'static {
 
     /// The pool was deleted: forget everything kept about it.
     fn pool_deleted(&self, pool: &str) {
+        let _ = pool;
+    }
+
+    /// The pool's writer panicked (a bug); the pool was closed, and is
+    /// reopened from its log by the next call.
+    fn writer_panicked(&self, pool: &str) {
         let _ = pool;
     }
 }
@@ -158,22 +267,40 @@ enum Msg {
         call: NotifyCall,
         deadline: Option<Instant>,
         reply: oneshot::Sender<Result<(), PoolError>>,
+        held: Held,
     },
     Assign {
         call: AssignCall,
         deadline: Option<Instant>,
         reply: oneshot::Sender<Result<Vec<BotAssignment>, PoolError>>,
+        held: Held,
     },
     Admin {
         cmd: Command,
         deadline: Option<Instant>,
         reply: oneshot::Sender<Result<(), PoolError>>,
+        held: Held,
     },
 }
 
+/// The bytes a waiting call holds of its pool's budget and of the total,
+/// until its batch is done.
+type Held = [Reservation; 2];
+
 struct Shared {
     id: String,
+    heavy_reads: Arc<tokio::sync::Semaphore>,
+    queue_bytes: Arc<ByteBudget>,
+    total_bytes: Arc<ByteBudget>,
     state: RwLock<Pool>,
+    /// The seq of the last record applied to `state`: a read that starts
+    /// now must see at least this.
+    committed_seq: std::sync::atomic::AtomicU64,
+    /// The follower's copy, when there is one: reads are served from it.
+    read_copy: std::sync::Mutex<Option<ReadCopy>>,
+    /// The writer stopped because the store failed (the registry waits
+    /// before reopening the pool; see `Registry::get`).
+    store_failed: std::sync::atomic::AtomicBool,
     closed: watch::Sender<bool>,
     stop: watch::Sender<bool>,
 }
@@ -201,10 +328,17 @@ impl PoolRef {
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             id,
+            heavy_reads: options.heavy_reads.clone(),
+            queue_bytes: ByteBudget::new("limits.pool_queue_bytes", options.queue_bytes),
+            total_bytes: options.total_queue_bytes.clone(),
             state: RwLock::new(pool),
+            committed_seq: std::sync::atomic::AtomicU64::new(handle.last_seq()),
+            read_copy: std::sync::Mutex::new(None),
+            store_failed: Default::default(),
             closed,
             stop,
         });
+        let supervisor_observer = observer.clone();
         let writer = Writer {
             shared: shared.clone(),
             rx,
@@ -220,13 +354,47 @@ impl PoolRef {
             snapshot_report: Arc::default(),
             follower: None,
         };
-        tokio::spawn(writer.run());
+        // A panic in the writer is a bug; it fails this pool alone. The
+        // state may be half-changed, so the pool is closed (its queued calls
+        // get UNAVAILABLE and are retried once) and the next call reopens it
+        // from its log.
+        let task = tokio::spawn(writer.run());
+        let supervised = shared.clone();
+        let observer = supervisor_observer;
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                let what = if e.is_panic() {
+                    panic_message(&e.into_panic())
+                } else {
+                    "cancelled".to_owned()
+                };
+                error!(
+                    pool = %supervised.id,
+                    panic = %what,
+                    "the pool's writer panicked; the pool is closed and will be reopened \
+                     from its log; other pools are not affected"
+                );
+                observer.writer_panicked(&supervised.id);
+                *supervised
+                    .read_copy
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                supervised.closed.send_replace(true);
+            }
+        });
         PoolRef { shared, tx, lease }
     }
 
     /// The pool id.
     pub fn id(&self) -> &str {
         &self.shared.id
+    }
+
+    /// True if the writer stopped because the pool's store failed.
+    pub fn store_failed(&self) -> bool {
+        self.shared
+            .store_failed
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// True once the writer has stopped (deleted, shut down, lease lost or
@@ -253,6 +421,28 @@ impl PoolRef {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Takes `encoded_bound`'s worth of memory from the pool's budget and
+    /// the server's, or refuses the call.
+    fn reserve(&self, encoded_bound: usize) -> Result<Held, PoolError> {
+        let n = memory_estimate(encoded_bound);
+        let over = |b: &ByteBudget| PoolError::OverBudget {
+            pool: self.shared.id.clone(),
+            limit: b.limit,
+            setting: b.setting,
+        };
+        let pool = self
+            .shared
+            .queue_bytes
+            .take(n)
+            .ok_or_else(|| over(&self.shared.queue_bytes))?;
+        let total = self
+            .shared
+            .total_bytes
+            .take(n)
+            .ok_or_else(|| over(&self.shared.total_bytes))?;
+        Ok([pool, total])
+    }
+
     fn send(&self, msg: Msg) -> Result<(), PoolError> {
         self.tx.try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PoolError::Busy(self.shared.id.clone()),
@@ -272,11 +462,13 @@ impl PoolRef {
         deadline: Option<Instant>,
     ) -> Result<(), PoolError> {
         call.validate()?;
+        let held = self.reserve(call.size_bound())?;
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Notify {
             call,
             deadline,
             reply,
+            held,
         })?;
         self.wait(rx).await
     }
@@ -289,11 +481,13 @@ impl PoolRef {
         deadline: Option<Instant>,
     ) -> Result<Vec<BotAssignment>, PoolError> {
         call.validate()?;
+        let held = self.reserve(call.size_bound())?;
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Assign {
             call,
             deadline,
             reply,
+            held,
         })?;
         self.wait(rx).await
     }
@@ -303,16 +497,86 @@ impl PoolRef {
     /// its deadline passes before its batch is committed.
     pub async fn admin(&self, cmd: Command, deadline: Option<Instant>) -> Result<(), PoolError> {
         cmd.validate()?;
+        let held = self.reserve(cmd.encode().len())?;
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Admin {
             cmd,
             deadline,
             reply,
+            held,
         })?;
         self.wait(rx).await
     }
 
-    /// Reads the committed state.
+    /// Runs `f` on the committed state, as of this call or later, without
+    /// holding up the writer: on the follower's copy when the pool has one
+    /// (once the copy has applied everything committed when the call
+    /// started), else on the pool itself, which is then small. `f` runs on
+    /// a blocking thread, so a long read keeps no async worker either.
+    ///
+    /// Every read of the services goes through here (InspectPool,
+    /// ListAccounts, GetCancellations, GetCallbacks...), so a write that was
+    /// acknowledged is seen by every read that starts after it.
+    pub async fn view<R, F>(&self, f: F) -> R
+    where
+        F: FnOnce(&Pool) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let seq = self
+            .shared
+            .committed_seq
+            .load(std::sync::atomic::Ordering::Acquire);
+        let copy = self
+            .shared
+            .read_copy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(mut copy) = copy
+            && copy.applied.wait_for(|&a| a >= seq).await.is_ok()
+        {
+            let state = copy.state;
+            return run_blocking(move || f(&read_lock(&state))).await;
+        }
+        // No follower (or it stopped): the pool is read in place.
+        let shared = Arc::clone(&self.shared);
+        run_blocking(move || f(&read_lock(&shared.state))).await
+    }
+
+    /// [`PoolRef::view`] for a read that walks the whole pool (InspectPool):
+    /// it waits for one of the server's heavy-read slots first
+    /// ([`PoolOptions::heavy_reads`]), so such reads never take every core
+    /// from the writers.
+    pub async fn view_heavy<R, F>(&self, f: F) -> R
+    where
+        F: FnOnce(&Pool) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let _permit = self.shared.heavy_reads.acquire().await;
+        self.view(f).await
+    }
+
+    /// Runs `f` at once on the follower's copy when the pool has one (it
+    /// may lag the writer by a few batches), else on the pool itself: for
+    /// figures such as metrics gauges, which need no read-your-writes but
+    /// must not hold up the writer of a large pool.
+    pub fn read_recent<R>(&self, f: impl FnOnce(&Pool) -> R) -> R {
+        let copy = self
+            .shared
+            .read_copy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|c| Arc::clone(&c.state));
+        match copy {
+            Some(state) => f(&read_lock(&state)),
+            None => f(&read_lock(&self.shared.state)),
+        }
+    }
+
+    /// Reads the committed state in place, holding the pool's lock (the
+    /// writer waits for it): for quick reads and tests. Services use
+    /// [`PoolRef::view`].
     pub fn read(&self) -> RwLockReadGuard<'_, Pool> {
         // A panic while holding the lock would be a bug in the core; the
         // state it left is still the last committed one plus a partial
@@ -322,6 +586,41 @@ impl PoolRef {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn read_lock(state: &RwLock<Pool>) -> RwLockReadGuard<'_, Pool> {
+    // A panic while holding the lock would be a bug in the core; the
+    // pool's writer stops on it (see `Writer::execute`).
+    state
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` on a blocking thread; a panic in it is raised again here.
+async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The message of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// What readers need of a follower: its copy and how far it got.
+#[derive(Clone)]
+struct ReadCopy {
+    state: Arc<RwLock<Pool>>,
+    /// The seq of the last record applied to the copy.
+    applied: watch::Receiver<u64>,
 }
 
 /// A call waiting for its batch's outcome.
@@ -379,8 +678,9 @@ struct Follower {
 }
 
 enum FollowerMsg {
-    /// The commands of a committed batch, in order.
-    Apply(Vec<Command>),
+    /// The commands of a committed batch, in order, and the seq of the
+    /// last one.
+    Apply(Vec<Command>, u64),
     /// Take a snapshot: every batch up to this seq has been sent.
     Snapshot(u64),
 }
@@ -462,7 +762,7 @@ impl Writer {
 
     /// Groups messages into commands: runs of Swarming calls become one
     /// batch; each admin command stands alone, in arrival order.
-    fn plan(&self, msgs: Vec<Msg>) -> Vec<Step> {
+    fn plan(&self, msgs: Vec<Msg>, held: &mut Vec<Held>) -> Vec<Step> {
         let now = Instant::now();
         let expired = |d: &Option<Instant>| d.is_some_and(|d| d <= now);
         let mut steps: Vec<Step> = Vec::new();
@@ -496,7 +796,9 @@ impl Writer {
                     call,
                     deadline,
                     reply,
+                    held: h,
                 } => {
+                    held.push(h);
                     if expired(&deadline) {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
@@ -508,7 +810,9 @@ impl Writer {
                     call,
                     deadline,
                     reply,
+                    held: h,
                 } => {
+                    held.push(h);
                     if expired(&deadline) {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
@@ -520,7 +824,9 @@ impl Writer {
                     cmd,
                     deadline,
                     reply,
+                    held: h,
                 } => {
+                    held.push(h);
                     if expired(&deadline) {
                         let _ = reply.send(Err(PoolError::DeadlineExceeded));
                         continue;
@@ -549,7 +855,10 @@ impl Writer {
     /// writer must stop.
     async fn execute(&mut self, msgs: Vec<Msg>) -> bool {
         let calls = msgs.len();
-        let mut steps = self.plan(msgs);
+        // Given back when this function returns: the calls' memory is
+        // freed with their batch.
+        let mut held = Vec::with_capacity(calls);
+        let mut steps = self.plan(msgs, &mut held);
         // State-dependent checks (an account that must exist), in order, on
         // a scratch view: a ModAccount after a DeleteAccount of the same
         // batch must fail. Simulate the admin effects that matter.
@@ -624,6 +933,11 @@ impl Writer {
                 }
                 // After a failed write the log's end is unknown: stop, so the
                 // pool is reopened (and recovered) before it is used again.
+                if fatal {
+                    self.shared
+                        .store_failed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 return !fatal;
             }
         };
@@ -648,6 +962,9 @@ impl Writer {
                 answers.push((step.responders, res));
             }
         }
+        self.shared
+            .committed_seq
+            .store(stats.last_seq, std::sync::atomic::Ordering::Release);
         let apply_latency = apply_start.elapsed();
         for (responders, res) in answers {
             match res {
@@ -689,10 +1006,13 @@ impl Writer {
             );
         }
         if let (Some(f), Some(cmds)) = (&self.follower, for_follower)
-            && f.tx.send(FollowerMsg::Apply(cmds)).await.is_err()
+            && f.tx
+                .send(FollowerMsg::Apply(cmds, stats.last_seq))
+                .await
+                .is_err()
         {
             warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
-            self.follower = None;
+            self.drop_follower();
         }
         self.since_snapshot_records += n_records as u64;
         self.since_snapshot_bytes += stats.bytes;
@@ -720,6 +1040,7 @@ impl Writer {
     ///   core). Incremental snapshots would avoid both, but the scheduler's
     ///   index is not built for them.
     async fn maybe_snapshot(&mut self, last_seq: u64) {
+        self.maybe_start_read_copy(last_seq);
         let busy = match &self.follower {
             Some(f) => f.busy.load(std::sync::atomic::Ordering::Acquire),
             None => self
@@ -760,7 +1081,7 @@ impl Writer {
             f.busy.store(true, std::sync::atomic::Ordering::Release);
             if f.tx.send(FollowerMsg::Snapshot(last_seq)).await.is_err() {
                 warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
-                self.follower = None;
+                self.drop_follower();
             }
             return;
         }
@@ -778,15 +1099,9 @@ impl Writer {
             info!(
                 pool = %self.shared.id,
                 copy_ms = stall.as_millis() as u64,
-                "the pool is large: keeping a follower copy for snapshots"
+                "the pool is large: keeping a follower copy for snapshots and reads"
             );
-            let (tx, rx) = mpsc::channel(FOLLOWER_LAG);
-            let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            let b = busy.clone();
-            let task = tokio::task::spawn_blocking(move || {
-                snapshotter.follow(copy, last_seq, stall, rx, &b)
-            });
-            self.follower = Some(Follower { tx, task, busy });
+            self.start_follower(snapshotter, copy, last_seq, Some(stall));
             return;
         }
         self.snapshot_in_flight = Some(tokio::task::spawn_blocking(move || {
@@ -794,6 +1109,84 @@ impl Writer {
             // Free the copy here, off the async threads.
             drop(copy);
         }));
+    }
+}
+
+impl Writer {
+    fn snapshotter(&self) -> Snapshotter {
+        Snapshotter {
+            pool: self.shared.id.clone(),
+            handle: self.handle.clone(),
+            report: self.snapshot_report.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            observer: self.observer.clone(),
+        }
+    }
+
+    /// Starts a follower from `copy` (the state at `seq`), taking a
+    /// snapshot from it first if `snapshot_stall` is given, and serves
+    /// reads from it from now on.
+    fn start_follower(
+        &mut self,
+        snapshotter: Snapshotter,
+        copy: Pool,
+        seq: u64,
+        snapshot_stall: Option<Duration>,
+    ) {
+        let (tx, rx) = mpsc::channel(FOLLOWER_LAG);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(snapshot_stall.is_some()));
+        let b = busy.clone();
+        let state = Arc::new(RwLock::new(copy));
+        let (applied_tx, applied) = watch::channel(seq);
+        *self
+            .shared
+            .read_copy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ReadCopy {
+            state: Arc::clone(&state),
+            applied,
+        });
+        let task = tokio::task::spawn_blocking(move || {
+            snapshotter.follow(&state, seq, snapshot_stall, rx, &b, &applied_tx)
+        });
+        self.follower = Some(Follower { tx, task, busy });
+    }
+
+    /// Reads stop using the follower, which is going away.
+    fn drop_follower(&mut self) {
+        *self
+            .shared
+            .read_copy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.follower = None;
+    }
+
+    /// Gives a pool that has grown past [`PoolOptions::read_copy_above`] its
+    /// follower, for reads. The copy is made once, on the writer.
+    fn maybe_start_read_copy(&mut self, last_seq: u64) {
+        if self.follower.is_some() {
+            return;
+        }
+        let copy = {
+            let state = self.read_state();
+            let s = state.scheduler();
+            let size = s.queued_len() + s.workers_len();
+            if size <= self.options.read_copy_above {
+                return;
+            }
+            let started = Instant::now();
+            let copy = state.clone();
+            info!(
+                pool = %self.shared.id,
+                tasks_and_bots = size,
+                copy_ms = started.elapsed().as_millis() as u64,
+                "the pool is large: keeping a follower copy for reads and snapshots"
+            );
+            copy
+        };
+        let snapshotter = self.snapshotter();
+        self.start_follower(snapshotter, copy, last_seq, None);
     }
 }
 
@@ -849,22 +1242,29 @@ impl Snapshotter {
         }
     }
 
-    /// The follower's loop: snapshot the initial copy (at `seq`), then
-    /// apply committed batches and take snapshots as the writer asks, until
-    /// the writer goes away.
+    /// The follower's loop: snapshot the initial copy (at `seq`) if asked
+    /// to, then apply committed batches and take snapshots as the writer
+    /// asks, until the writer goes away. Readers share the copy: applying
+    /// waits for the reads in progress, snapshots run alongside them.
     fn follow(
         &self,
-        mut state: Pool,
+        state: &RwLock<Pool>,
         seq: u64,
-        stall: Duration,
+        snapshot_stall: Option<Duration>,
         mut rx: mpsc::Receiver<FollowerMsg>,
         busy: &std::sync::atomic::AtomicBool,
+        applied: &watch::Sender<u64>,
     ) {
-        self.snapshot(&state, seq, stall);
-        busy.store(false, std::sync::atomic::Ordering::Release);
+        if let Some(stall) = snapshot_stall {
+            self.snapshot(&read_lock(state), seq, stall);
+            busy.store(false, std::sync::atomic::Ordering::Release);
+        }
         while let Some(msg) = rx.blocking_recv() {
             match msg {
-                FollowerMsg::Apply(cmds) => {
+                FollowerMsg::Apply(cmds, seq) => {
+                    let mut state = state
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     for cmd in &cmds {
                         if let Err(e) = state.apply(cmd) {
                             // The writer applied the same command to the
@@ -873,9 +1273,11 @@ impl Snapshotter {
                             return;
                         }
                     }
+                    drop(state);
+                    applied.send_replace(seq);
                 }
                 FollowerMsg::Snapshot(seq) => {
-                    self.snapshot(&state, seq, Duration::ZERO);
+                    self.snapshot(&read_lock(state), seq, Duration::ZERO);
                     busy.store(false, std::sync::atomic::Ordering::Release);
                 }
             }

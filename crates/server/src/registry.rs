@@ -97,6 +97,32 @@ pub enum RegistryError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The pool's store failed recently; it is reopened after a delay that
+    /// doubles with each failure in a row.
+    #[error(
+        "pool {pool:?} is unavailable: its storage failed {failures} time(s) in a row; \
+         reopening it in {} ms; retry later",
+        retry_in.as_millis()
+    )]
+    BackingOff {
+        /// The pool.
+        pool: String,
+        /// Failures in a row.
+        failures: u32,
+        /// Time until it is tried again.
+        retry_in: Duration,
+    },
+    /// Creating the pool would exceed the number of pools allowed.
+    #[error(
+        "cannot create pool {pool:?}: the store already holds {limit} pools, the most \
+         allowed (setting limits.max_pools); delete unused pools or raise the limit"
+    )]
+    TooManyPools {
+        /// The pool.
+        pool: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The store failed.
     #[error("storage: {0}")]
     Store(store::Error),
@@ -163,6 +189,30 @@ pub enum PoolStatus {
     },
 }
 
+/// Store failures of a pool in a row, and when it may be reopened.
+struct StoreBackoff {
+    failures: u32,
+    last: Instant,
+    until: Instant,
+}
+
+/// The first wait before reopening a pool whose store failed; it doubles
+/// with each failure in a row, up to [`STORE_BACKOFF_MAX`].
+const STORE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest wait before reopening a pool whose store failed.
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A pool that has not failed for this long starts again from the first
+/// wait.
+const STORE_BACKOFF_RESET: Duration = Duration::from_secs(300);
+
+/// The wait after the `failures`-th store failure in a row.
+pub fn store_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    STORE_BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(STORE_BACKOFF_MAX)
+}
+
 /// The pools of this server.
 pub struct Registry {
     store: Store,
@@ -174,7 +224,10 @@ pub struct Registry {
     /// never opened twice.
     lifecycle: tokio::sync::Mutex<()>,
     failed: Mutex<HashMap<String, Failure>>,
+    store_failures: Mutex<HashMap<String, StoreBackoff>>,
     shutting_down: AtomicBool,
+    /// Most pools the store may hold (checked when creating one).
+    max_pools: std::sync::atomic::AtomicUsize,
     /// Wakes the adoption loop up to stop.
     stop_adoption: tokio::sync::watch::Sender<bool>,
     adoption: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -221,10 +274,18 @@ impl Registry {
             open: Mutex::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             failed: Mutex::new(HashMap::new()),
+            store_failures: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            max_pools: std::sync::atomic::AtomicUsize::new(usize::MAX),
             stop_adoption: tokio::sync::watch::Sender::new(false),
             adoption: Mutex::new(None),
         })
+    }
+
+    /// Caps the number of pools the store may hold: creating one more is
+    /// refused.
+    pub fn set_max_pools(&self, n: usize) {
+        self.max_pools.store(n, Ordering::Release);
     }
 
     /// The store.
@@ -494,12 +555,19 @@ impl Registry {
         if let Some(old) = stopped {
             // Its writer stopped; wait until it let go of the store handle.
             old.closed().await;
+            if old.store_failed() {
+                self.note_store_failure(id);
+            }
         }
+        self.store_backoff_check(id)?;
         let started = Instant::now();
         let (handle, rec) = match self.store.open_pool(id).await {
             Ok(v) => v,
             Err(e) => {
                 let e = RegistryError::from(e);
+                if matches!(e, RegistryError::Store(_)) && !e.is_data_loss() {
+                    self.note_store_failure(id);
+                }
                 self.note_failure(id, &e);
                 return Err(e);
             }
@@ -512,7 +580,18 @@ impl Registry {
         let snapshot_seq = rec.snapshot.as_ref().map(|(s, _)| *s);
         let snapshot_bytes = rec.snapshot.as_ref().map_or(0, |(_, b)| b.len());
         let replay_started = Instant::now();
-        let pool = match recover(id, &rec) {
+        // A panic while replaying is a bug (a logged command the core
+        // cannot apply); it fails this pool alone, like damaged data.
+        let recovered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recover(id, &rec)))
+                .unwrap_or_else(|_| {
+                    Err(RecoverError {
+                        pool: id.to_owned(),
+                        seq: rec.snapshot.as_ref().map_or(0, |(s, _)| *s),
+                        what: "replaying the pool's log panicked (a bug); see the log".to_owned(),
+                    })
+                });
+        let pool = match recovered {
             Ok(p) => p,
             Err(e) => {
                 let _ = handle.release().await;
@@ -545,6 +624,48 @@ impl Registry {
         Ok(p)
     }
 
+    /// Counts a store failure of pool `id` and sets when it may be reopened.
+    fn note_store_failure(&self, id: &str) {
+        let mut map = self
+            .store_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let b = map.entry(id.to_owned()).or_insert(StoreBackoff {
+            failures: 0,
+            last: now,
+            until: now,
+        });
+        if now.duration_since(b.last) >= STORE_BACKOFF_RESET {
+            b.failures = 0;
+        }
+        b.failures = b.failures.saturating_add(1);
+        b.last = now;
+        b.until = now + store_backoff(b.failures);
+        warn!(
+            pool = %id,
+            failures = b.failures,
+            retry_ms = store_backoff(b.failures).as_millis() as u64,
+            "the pool's storage failed; reopening it after a delay"
+        );
+    }
+
+    /// Refuses to reopen pool `id` while its store backoff lasts.
+    fn store_backoff_check(&self, id: &str) -> Result<(), RegistryError> {
+        let map = self
+            .store_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(id) {
+            Some(b) if b.until > Instant::now() => Err(RegistryError::BackingOff {
+                pool: id.to_owned(),
+                failures: b.failures,
+                retry_in: b.until - Instant::now(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn note_failure(&self, id: &str, e: &RegistryError) {
         if e.is_data_loss() {
             error!(pool = %id, error = %e, "pool cannot be recovered; other pools are not affected");
@@ -563,6 +684,15 @@ impl Registry {
     pub async fn create(&self, id: &str, now: Time) -> Result<(), RegistryError> {
         {
             let _guard = self.lifecycle.lock().await;
+            let limit = self.max_pools.load(Ordering::Acquire);
+            // Replicas sharing a store may each admit one pool at the limit
+            // at the same moment; the cap is about resources, not exact.
+            if limit != usize::MAX && self.store.list_pools().await?.len() >= limit {
+                return Err(RegistryError::TooManyPools {
+                    pool: id.to_owned(),
+                    limit,
+                });
+            }
             let first = Command::Create { time: now }.encode();
             self.store.create_pool(id, first).await?;
             self.failed_map().remove(id);
@@ -713,6 +843,19 @@ mod tests {
         for p in &pools[..100] {
             assert_eq!(home(p, &three), home(p, &reversed));
         }
+    }
+
+    #[test]
+    fn store_backoff_doubles_up_to_its_cap() {
+        assert_eq!(store_backoff(1), Duration::from_millis(100));
+        assert_eq!(store_backoff(2), Duration::from_millis(200));
+        assert_eq!(store_backoff(5), Duration::from_millis(1600));
+        assert_eq!(
+            store_backoff(9),
+            Duration::from_secs(25) + Duration::from_millis(600)
+        );
+        assert_eq!(store_backoff(10), Duration::from_secs(30));
+        assert_eq!(store_backoff(u32::MAX), Duration::from_secs(30));
     }
 
     #[test]

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use axum::routing::get;
 use qscheduler_store::{Store, StoreOptions};
+use qscheduler_wire::conn::{ConnectionOptions, effective_max_connections, raise_open_file_limit};
 use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
+use crate::limits::Limits;
 use crate::metrics::{Metrics, MetricsOptions};
-use crate::pool::{CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
+use crate::pool::{ByteBudget, CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
 use crate::registry::Registry;
 use crate::rpc_layer::RpcLayer;
 use crate::service::Scheduler;
@@ -44,6 +46,11 @@ pub struct ServerOptions {
     /// How often the replica looks for pools to adopt or hand off (see
     /// [`crate::registry`]).
     pub adopt_every: Duration,
+    /// Request limits and memory budgets (they override the budgets of
+    /// `pool`).
+    pub limits: Limits,
+    /// Connection limits.
+    pub connections: ConnectionOptions,
 }
 
 impl Default for ServerOptions {
@@ -54,10 +61,12 @@ impl Default for ServerOptions {
             store_options: StoreOptions::default(),
             pool: PoolOptions::default(),
             request_timeout: Duration::from_secs(60),
-            max_request_bytes: 64 << 20,
+            max_request_bytes: qscheduler_wire::prpc::DEFAULT_MAX_REQUEST_SIZE,
             metrics: MetricsOptions::default(),
             event_log: EventLogOptions::default(),
             adopt_every: Duration::from_secs(1),
+            limits: Limits::default(),
+            connections: ConnectionOptions::default(),
         }
     }
 }
@@ -104,14 +113,15 @@ pub enum ServerError {
     Routes(#[from] qscheduler_wire::serve::WireError),
     /// The transport failed.
     #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    Transport(#[from] std::io::Error),
 }
 
 /// A started server.
 pub struct Server {
     registry: Arc<Registry>,
     listener: TcpListener,
-    routes: tonic::service::Routes,
+    router: axum::Router,
+    connections: ConnectionOptions,
     event_log: Arc<EventLog>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -140,6 +150,12 @@ impl Observer for Observers {
             o.pool_deleted(pool);
         }
     }
+
+    fn writer_panicked(&self, pool: &str) {
+        for o in &self.0 {
+            o.writer_panicked(pool);
+        }
+    }
 }
 
 /// Everything the server answers on its port, over `registry`: the three
@@ -153,7 +169,7 @@ pub fn router(
     options: &ServerOptions,
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
-    let svc = Arc::new(Scheduler::new(registry.clone()));
+    let svc = Arc::new(Scheduler::new(registry.clone(), options.limits.clone()));
     let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
     if let Some(m) = metrics {
         extra = extra.merge(m.router(&options.metrics.path));
@@ -164,6 +180,7 @@ pub fn router(
         .view(svc)
         .request_timeout(Some(options.request_timeout))
         .max_request_size(options.max_request_bytes)
+        .shape_limits(options.limits.shape())
         .into_router(extra)?
         .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
 }
@@ -231,18 +248,38 @@ impl Server {
         if let Some(m) = &metrics {
             observers.push(m.clone());
         }
-        let registry = Registry::new(store, options.pool.clone(), Arc::new(Observers(observers)));
+        let mut pool_options = options.pool.clone();
+        pool_options.queue_bytes = options.limits.pool_queue_bytes;
+        pool_options.total_queue_bytes =
+            ByteBudget::new("limits.total_queue_bytes", options.limits.total_queue_bytes);
+        let registry = Registry::new(store, pool_options, Arc::new(Observers(observers)));
+        registry.set_max_pools(options.limits.max_pools);
         if let Some(m) = &metrics {
             m.attach(&registry);
         }
         registry.recover_all().await?;
         registry.spawn_adoption(options.adopt_every);
         let router = router(&registry, metrics.as_ref(), &options, extra)?;
-        let routes = tonic::service::Routes::from(router);
+        let mut connections = options.connections.clone();
+        match raise_open_file_limit() {
+            Ok(files) => {
+                connections.max_connections =
+                    effective_max_connections(connections.max_connections, Some(files));
+                info!(
+                    soft_limit_at_start = files.before,
+                    soft_limit = files.now,
+                    hard_limit = files.hard,
+                    max_connections = connections.max_connections,
+                    "open-file limit"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
         Ok(Server {
             registry,
             listener,
-            routes,
+            router,
+            connections,
             event_log,
             metrics,
         })
@@ -269,7 +306,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let addr = self.listener.local_addr().ok();
         info!(addr = ?addr, pools = self.registry.open_ids().len(), "serving gRPC and pRPC");
-        let res = qscheduler_wire::serve::serve(self.listener, self.routes, shutdown).await;
+        let res =
+            qscheduler_wire::serve::serve(self.listener, self.router, self.connections, shutdown)
+                .await;
         info!("no longer accepting calls; stopping pool writers");
         self.registry.shutdown().await;
         // Every writer has stopped, so no event can follow.

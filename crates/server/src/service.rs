@@ -45,6 +45,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::limits::{self, Limits};
 use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Location, PoolStatus, Registry, RegistryError};
 use crate::rpc_layer::record_pool;
@@ -71,7 +72,7 @@ impl From<PoolError> for Status {
     fn from(e: PoolError) -> Status {
         let msg = e.to_string();
         match e {
-            PoolError::Busy(_) => Status::resource_exhausted(msg),
+            PoolError::Busy(_) | PoolError::OverBudget { .. } => Status::resource_exhausted(msg),
             PoolError::DeadlineExceeded => Status::deadline_exceeded(msg),
             PoolError::Command(CommandError::NoSuchAccount(_)) => Status::not_found(msg),
             PoolError::Command(_) => Status::invalid_argument(msg),
@@ -86,9 +87,11 @@ impl From<RegistryError> for Status {
         match e {
             RegistryError::NotFound(_) => Status::not_found(msg),
             RegistryError::AlreadyExists(_) => Status::already_exists(msg),
+            RegistryError::TooManyPools { .. } => Status::resource_exhausted(msg),
             e if e.is_data_loss() => Status::data_loss(msg),
             RegistryError::NotOwner { .. }
             | RegistryError::ShuttingDown
+            | RegistryError::BackingOff { .. }
             | RegistryError::Recover(_)
             | RegistryError::Unrecoverable { .. }
             | RegistryError::Store(_) => Status::unavailable(msg),
@@ -234,6 +237,7 @@ impl Forwarder {
 pub struct Scheduler {
     registry: Arc<Registry>,
     forwarder: Arc<Forwarder>,
+    limits: Arc<Limits>,
 }
 
 fn scheduler_client(c: Channel) -> ExternalSchedulerClient<Channel> {
@@ -255,8 +259,8 @@ fn view_client(c: Channel) -> QSchedulerViewClient<Channel> {
 }
 
 impl Scheduler {
-    /// Services over `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
+    /// Services over `registry`, refusing requests over `limits`.
+    pub fn new(registry: Arc<Registry>, limits: Limits) -> Self {
         let forwarder = Arc::new(Forwarder {
             me: registry.replica_id().to_owned(),
             channels: Mutex::new(HashMap::new()),
@@ -264,6 +268,7 @@ impl Scheduler {
         Scheduler {
             registry,
             forwarder,
+            limits: Arc::new(limits),
         }
     }
 
@@ -284,7 +289,7 @@ impl Scheduler {
         R: FnOnce(Channel, Request<Req>) -> RF,
         RF: Future<Output = Result<Response<Resp>, Status>>,
     {
-        translate::pool_id(id, field)?;
+        translate::pool_id(id, field, &self.limits)?;
         record_pool(id);
         let mut retried = false;
         loop {
@@ -311,7 +316,7 @@ impl ExternalScheduler for Scheduler {
     ) -> Result<Response<pb::AssignTasksResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let call = translate::assign_call(&req)?;
+        let call = translate::assign_call(&req, &self.limits, wall_now())?;
         let id = req.scheduler_id.clone();
         self.route(
             &id,
@@ -343,7 +348,7 @@ impl ExternalScheduler for Scheduler {
             &origin,
             req,
             |pool| async move {
-                let list = pool.read().cancellations();
+                let list = pool.view(|p| p.cancellations()).await;
                 Ok(translate::cancellations_response(list))
             },
             |c, r| async move { scheduler_client(c).get_cancellations(r).await },
@@ -357,7 +362,7 @@ impl ExternalScheduler for Scheduler {
     ) -> Result<Response<pb::NotifyTasksResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let call = translate::notify_call(&req)?;
+        let call = translate::notify_call(&req, &self.limits, wall_now())?;
         let id = req.scheduler_id.clone();
         self.route(
             &id,
@@ -389,10 +394,10 @@ impl ExternalScheduler for Scheduler {
             &origin,
             req,
             |pool| async move {
-                let ids = pool.read().callbacks();
-                Ok(pb::GetCallbacksResponse {
-                    task_ids: ids.iter().map(|s| s.to_string()).collect(),
-                })
+                let task_ids = pool
+                    .view(|p| p.callbacks().iter().map(|s| s.to_string()).collect())
+                    .await;
+                Ok(pb::GetCallbacksResponse { task_ids })
             },
             |c, r| async move { scheduler_client(c).get_callbacks(r).await },
         )
@@ -441,18 +446,14 @@ pub fn account_config_pb(c: &AccountConfig) -> protos::AccountConfig {
     }
 }
 
-fn account_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("account_id is required"));
-    }
-    Ok(())
-}
-
 /// A CreateAccount request as the command to log, or `INVALID_ARGUMENT`
 /// naming the field.
-pub fn create_account_command(req: &adm::CreateAccountRequest) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id")?;
-    account_id(&req.account_id)?;
+pub fn create_account_command(
+    req: &adm::CreateAccountRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id", limits)?;
+    limits::check_id(&req.account_id, "account_id", limits)?;
     let config = account_config(req.config.as_ref(), "config")?;
     Ok(Command::CreateAccount {
         account_id: req.account_id.clone(),
@@ -463,9 +464,12 @@ pub fn create_account_command(req: &adm::CreateAccountRequest) -> Result<Command
 /// A ModAccount request as the command to log, or `INVALID_ARGUMENT`
 /// naming the field. Whether the account exists is the pool writer's
 /// question (`NOT_FOUND`).
-pub fn mod_account_command(req: &adm::ModAccountRequest) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id")?;
-    account_id(&req.account_id)?;
+pub fn mod_account_command(
+    req: &adm::ModAccountRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id", limits)?;
+    limits::check_id(&req.account_id, "account_id", limits)?;
     let changes = AccountChanges {
         charge_rate: (!req.charge_rate.is_empty()).then(|| req.charge_rate.clone()),
         max_charge_seconds: req.max_charge_seconds,
@@ -492,8 +496,14 @@ pub fn mod_account_command(req: &adm::ModAccountRequest) -> Result<Command, Stat
 }
 
 /// A ModSchedulerPool request as the command to log.
-pub fn mod_pool_command(req: &adm::ModSchedulerPoolRequest) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id")?;
+pub fn mod_pool_command(
+    req: &adm::ModSchedulerPoolRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id", limits)?;
+    if let Some(secs) = req.bot_expiration_seconds {
+        limits::check_bot_expiration(i64::from(secs), "bot_expiration_seconds", limits)?;
+    }
     Ok(Command::ModPool {
         disable_preemption: req.disable_preemption,
         bot_expiration_secs: req.bot_expiration_seconds,
@@ -501,9 +511,12 @@ pub fn mod_pool_command(req: &adm::ModSchedulerPoolRequest) -> Result<Command, S
 }
 
 /// A DeleteAccount request as the command to log.
-pub fn delete_account_command(req: &adm::DeleteAccountRequest) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id")?;
-    account_id(&req.account_id)?;
+pub fn delete_account_command(
+    req: &adm::DeleteAccountRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    translate::pool_id(&req.pool_id, "pool_id", limits)?;
+    limits::check_id(&req.account_id, "account_id", limits)?;
     Ok(Command::DeleteAccount {
         account_id: req.account_id.clone(),
     })
@@ -551,7 +564,7 @@ impl QSchedulerAdmin for Scheduler {
         request: Request<adm::CreateSchedulerPoolRequest>,
     ) -> Result<Response<adm::CreateSchedulerPoolResponse>, Status> {
         let req = request.into_inner();
-        translate::pool_id(&req.pool_id, "pool_id")?;
+        translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
         record_pool(&req.pool_id);
         if req.config.is_some() {
             return Err(Status::invalid_argument(
@@ -571,7 +584,7 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::CreateAccountResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let cmd = create_account_command(&req)?;
+        let cmd = create_account_command(&req, &self.limits)?;
         let id = req.pool_id.clone();
         self.admin(
             &id,
@@ -610,7 +623,7 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::ModAccountResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let cmd = mod_account_command(&req)?;
+        let cmd = mod_account_command(&req, &self.limits)?;
         let id = req.pool_id.clone();
         self.admin(
             &id,
@@ -630,7 +643,7 @@ impl QSchedulerAdmin for Scheduler {
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
-        let cmd = mod_pool_command(&req)?;
+        let cmd = mod_pool_command(&req, &self.limits)?;
         self.admin(
             &id,
             &origin,
@@ -648,7 +661,7 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::DeleteAccountResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let cmd = delete_account_command(&req)?;
+        let cmd = delete_account_command(&req, &self.limits)?;
         let id = req.pool_id.clone();
         self.admin(
             &id,
@@ -667,7 +680,7 @@ impl QSchedulerAdmin for Scheduler {
     ) -> Result<Response<adm::DeleteSchedulerPoolResponse>, Status> {
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        translate::pool_id(&req.pool_id, "pool_id")?;
+        translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
         record_pool(&req.pool_id);
         // The owner deletes, so that it stops serving the pool at once
         // rather than when its next write or lease renewal finds it gone.
@@ -709,12 +722,15 @@ impl QSchedulerView for Scheduler {
             &origin,
             req,
             |pool| async move {
-                let state = pool.read();
-                let accounts = state
-                    .scheduler()
-                    .accounts()
-                    .map(|(id, c, _)| (id.to_owned(), account_config_pb(c)))
-                    .collect();
+                let accounts = pool
+                    .view(|state| {
+                        state
+                            .scheduler()
+                            .accounts()
+                            .map(|(id, c, _)| (id.to_owned(), account_config_pb(c)))
+                            .collect()
+                    })
+                    .await;
                 Ok(adm::ListAccountsResponse { accounts })
             },
             |c, r| async move { view_client(c).list_accounts(r).await },
@@ -729,12 +745,21 @@ impl QSchedulerView for Scheduler {
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
+        let page = Page::of(&req)?;
         self.route(
             &id,
             "pool_id",
             &origin,
             req,
-            |pool| async move { Ok(inspect(&pool)) },
+            |pool| {
+                let page = page.clone();
+                async move {
+                    let now = wall_now();
+                    Ok(pool
+                        .view_heavy(move |state| inspect(state, now, &page))
+                        .await)
+                }
+            },
             |c, r| async move { view_client(c).inspect_pool(r).await },
         )
         .await
@@ -774,10 +799,86 @@ impl QSchedulerView for Scheduler {
     }
 }
 
-/// InspectPool's answer from the committed state.
-fn inspect(pool: &PoolRef) -> adm::InspectPoolResponse {
-    let now = wall_now();
-    let state = pool.read();
+/// Which part of InspectPool's lists to answer: entries after a cursor,
+/// at most `size` of them.
+#[derive(Clone, Debug, Default)]
+struct Page {
+    /// 0: everything.
+    size: usize,
+    /// Resume after this entry: (list, confirmed time, id).
+    after: Option<(u8, i64, String)>,
+}
+
+/// The lists, in the order pages fill them.
+const WAITING: u8 = 0;
+const RUNNING: u8 = 1;
+const IDLE: u8 = 2;
+
+impl Page {
+    fn of(req: &adm::InspectPoolRequest) -> Result<Page, Status> {
+        let size = usize::try_from(req.page_size).map_err(|_| {
+            Status::invalid_argument("page_size: must not be negative (0 means everything)")
+        })?;
+        if req.page_token.is_empty() {
+            return Ok(Page { size, after: None });
+        }
+        let bad = || {
+            Status::invalid_argument(
+                "page_token: not a token this server gave; start again with an empty one",
+            )
+        };
+        let mut parts = req.page_token.splitn(4, ':');
+        if parts.next() != Some("v1") {
+            return Err(bad());
+        }
+        let list: u8 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let time: i64 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let id = parts.next().ok_or_else(bad)?.to_owned();
+        if list > IDLE {
+            return Err(bad());
+        }
+        Ok(Page {
+            size,
+            after: Some((list, time, id)),
+        })
+    }
+
+    fn token(list: u8, time: Time, id: &str) -> String {
+        format!("v1:{list}:{}:{id}", time.as_nanos())
+    }
+}
+
+/// The entries of `list` after the page's cursor, at most `room` of them,
+/// in order (oldest first, then by id); sorts only what it returns.
+fn page_of<T>(
+    list: u8,
+    mut entries: Vec<(Time, T)>,
+    id: impl Fn(&T) -> &str,
+    page: &Page,
+    room: usize,
+) -> Vec<(Time, T)> {
+    match &page.after {
+        Some((l, _, _)) if *l > list => return Vec::new(),
+        Some((l, time, after)) if *l == list => {
+            entries.retain(|(t, e)| (t.as_nanos(), id(e)) > (*time, after.as_str()))
+        }
+        _ => {}
+    }
+    let cmp = |a: &(Time, T), b: &(Time, T)| a.0.cmp(&b.0).then_with(|| id(&a.1).cmp(id(&b.1)));
+    if room < entries.len() {
+        if room == 0 {
+            return Vec::new();
+        }
+        entries.select_nth_unstable_by(room - 1, cmp);
+        entries.truncate(room);
+    }
+    entries.sort_by(cmp);
+    entries
+}
+
+/// InspectPool's answer from the committed state `state`, with ages as of
+/// `now`.
+fn inspect(state: &qscheduler_core::Pool, now: Time, page: &Page) -> adm::InspectPoolResponse {
     let s = state.scheduler();
     let mut resp = adm::InspectPoolResponse {
         num_waiting_tasks: s.queued_len().try_into().unwrap_or(i32::MAX),
@@ -796,7 +897,36 @@ fn inspect(pool: &PoolRef) -> adm::InspectPoolResponse {
         resp.account_configs
             .insert(id.to_owned(), account_config_pb(c));
     }
-    // Oldest first (largest age), then by id: ascending confirmed time.
+    let size = if page.size == 0 {
+        usize::MAX
+    } else {
+        page.size
+    };
+    let mut room = size;
+    // The position of the last entry returned, for the next page's token.
+    let mut last: Option<(u8, Time, String)> = None;
+
+    let waiting: Vec<_> = s
+        .queued_requests()
+        .into_iter()
+        .map(|q| {
+            (
+                q.confirmed_time,
+                adm::inspect_pool_response::WaitingTask {
+                    id: q.id.to_owned(),
+                    account_id: q.account.to_owned(),
+                    age_seconds: age_seconds(now, q.confirmed_time),
+                },
+            )
+        })
+        .collect();
+    let waiting = page_of(WAITING, waiting, |t| &t.id, page, room);
+    room -= waiting.len();
+    if let Some((t, e)) = waiting.last() {
+        last = Some((WAITING, *t, e.id.clone()));
+    }
+    resp.waiting_tasks = waiting.into_iter().map(|(_, t)| t).collect();
+
     let mut running = Vec::new();
     let mut idle = Vec::new();
     for w in s.worker_views() {
@@ -824,26 +954,26 @@ fn inspect(pool: &PoolRef) -> adm::InspectPoolResponse {
             )),
         }
     }
-    let mut waiting: Vec<_> = s
-        .queued_requests()
-        .into_iter()
-        .map(|q| {
-            (
-                q.confirmed_time,
-                adm::inspect_pool_response::WaitingTask {
-                    id: q.id.to_owned(),
-                    account_id: q.account.to_owned(),
-                    age_seconds: age_seconds(now, q.confirmed_time),
-                },
-            )
-        })
-        .collect();
-    drop(state);
-    running.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-    waiting.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-    idle.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    let running = page_of(RUNNING, running, |t| &t.id, page, room);
+    room -= running.len();
+    if let Some((t, e)) = running.last() {
+        last = Some((RUNNING, *t, e.id.clone()));
+    }
     resp.running_tasks = running.into_iter().map(|(_, t)| t).collect();
-    resp.waiting_tasks = waiting.into_iter().map(|(_, t)| t).collect();
+    let idle = page_of(IDLE, idle, |b| &b.id, page, room);
+    room -= idle.len();
+    if let Some((t, e)) = idle.last() {
+        last = Some((IDLE, *t, e.id.clone()));
+    }
     resp.idle_bots = idle.into_iter().map(|(_, t)| t).collect();
+
+    // A full page may have a successor; the page after the last one is
+    // empty and ends the walk.
+    if page.size > 0
+        && room == 0
+        && let Some((list, time, id)) = last
+    {
+        resp.next_page_token = Page::token(list, time, &id);
+    }
     resp
 }

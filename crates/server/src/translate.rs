@@ -19,6 +19,8 @@ use qscheduler_core::{
 use qscheduler_wire::swarming::v1 as pb;
 use tonic::Status;
 
+use crate::limits::{Limits, check_clock, check_count, check_id, check_labels};
+
 /// The tag key that names a task's quota account.
 pub const ACCOUNT_TAG_KEY: &str = "qs_account";
 
@@ -35,11 +37,10 @@ pub fn timestamp(t: Time) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-/// Checks a pool id from a request.
-pub fn pool_id(id: &str, field: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is required")));
-    }
+/// Checks a pool id from a request: the rule of every id
+/// ([`crate::limits::check_id`]), then the store's own bound.
+pub fn pool_id(id: &str, field: &str, limits: &Limits) -> Result<(), Status> {
+    check_id(id, field, limits)?;
     if id.len() > qscheduler_store::MAX_POOL_ID_BYTES {
         return Err(Status::invalid_argument(format!(
             "{field} is longer than {} bytes",
@@ -56,24 +57,58 @@ pub fn pool_id(id: &str, field: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// A NotifyTasks request as a core call. Refuses malformed requests;
-/// turns unhandleable items into task errors.
-pub fn notify_call(req: &pb::NotifyTasksRequest) -> Result<NotifyCall, Status> {
-    pool_id(&req.scheduler_id, "scheduler_id")?;
+/// A NotifyTasks request as a core call, given the server's clock `now`.
+/// Refuses malformed requests and requests over the [`Limits`]; turns
+/// unhandleable items into task errors.
+pub fn notify_call(
+    req: &pb::NotifyTasksRequest,
+    limits: &Limits,
+    now: Time,
+) -> Result<NotifyCall, Status> {
+    pool_id(&req.scheduler_id, "scheduler_id", limits)?;
+    check_count(
+        req.notifications.len(),
+        "notifications",
+        limits.max_notifications_per_call,
+        "max_notifications_per_call",
+    )?;
     let mut notifications = Vec::with_capacity(req.notifications.len());
     for (i, item) in req.notifications.iter().enumerate() {
         let at = |f: &str| format!("notifications[{i}].{f}");
         let time = time(item.time.as_ref(), &at("time"))?;
+        check_clock(time, now, &at("time"), limits)?;
         let task = item
             .task
             .as_ref()
             .ok_or_else(|| Status::invalid_argument(format!("{} is required", at("task"))))?;
         let enqueue_time = self::time(task.enqueued_time.as_ref(), &at("task.enqueued_time"))?;
+        check_clock(enqueue_time, now, &at("task.enqueued_time"), limits)?;
         if task.id.is_empty() {
             return Err(Status::invalid_argument(format!(
                 "{} is required (the task id)",
                 at("task.id")
             )));
+        }
+        check_id(&task.id, &at("task.id"), limits)?;
+        check_labels(
+            &task.tags,
+            &at("task.tags"),
+            (limits.max_tags_per_task, "max_tags_per_task"),
+            limits,
+        )?;
+        check_count(
+            task.slices.len(),
+            &at("task.slices"),
+            limits.max_slices_per_task,
+            "max_slices_per_task",
+        )?;
+        for (s, slice) in task.slices.iter().enumerate() {
+            check_labels(
+                &slice.dimensions,
+                &at(&format!("task.slices[{s}].dimensions")),
+                (limits.max_dimensions_per_slice, "max_dimensions_per_slice"),
+                limits,
+            )?;
         }
         let kind = match task.state & !0x0F {
             0x10 => waiting(task, enqueue_time),
@@ -84,6 +119,7 @@ pub fn notify_call(req: &pb::NotifyTasksRequest) -> Result<NotifyCall, Status> {
                         at("task.bot_id")
                     )));
                 }
+                check_id(&task.bot_id, &at("task.bot_id"), limits)?;
                 NotifyKind::Running {
                     bot_id: task.bot_id.clone(),
                 }
@@ -176,17 +212,30 @@ pub fn account(tags: &[String]) -> Result<String, String> {
     }
 }
 
-/// An AssignTasks request as a core call.
-pub fn assign_call(req: &pb::AssignTasksRequest) -> Result<AssignCall, Status> {
-    pool_id(&req.scheduler_id, "scheduler_id")?;
+/// An AssignTasks request as a core call, given the server's clock `now`.
+pub fn assign_call(
+    req: &pb::AssignTasksRequest,
+    limits: &Limits,
+    now: Time,
+) -> Result<AssignCall, Status> {
+    pool_id(&req.scheduler_id, "scheduler_id", limits)?;
     let time = time(req.time.as_ref(), "time")?;
+    check_clock(time, now, "time", limits)?;
+    check_count(
+        req.idle_bots.len(),
+        "idle_bots",
+        limits.max_bots_per_call,
+        "max_bots_per_call",
+    )?;
     let mut bots = Vec::with_capacity(req.idle_bots.len());
     for (i, bot) in req.idle_bots.iter().enumerate() {
-        if bot.bot_id.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "idle_bots[{i}].bot_id is required"
-            )));
-        }
+        check_id(&bot.bot_id, &format!("idle_bots[{i}].bot_id"), limits)?;
+        check_labels(
+            &bot.dimensions,
+            &format!("idle_bots[{i}].dimensions"),
+            (limits.max_dimensions_per_bot, "max_dimensions_per_bot"),
+            limits,
+        )?;
         bots.push(IdleBot {
             id: bot.bot_id.clone(),
             labels: bot.dimensions.clone(),
@@ -234,16 +283,69 @@ mod tests {
 
     #[test]
     fn pool_ids() {
-        assert!(pool_id("pool-1", "pool_id").is_ok());
-        for bad in ["", "a\0b"] {
-            let e = pool_id(bad, "pool_id").unwrap_err();
+        let l = Limits::default();
+        assert!(pool_id("pool-1", "pool_id", &l).is_ok());
+        for bad in ["", "a\0b", "a\nb"] {
+            let e = pool_id(bad, "pool_id", &l).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
         }
+        let lax = Limits {
+            max_id_bytes: usize::MAX,
+            max_id_chars: usize::MAX,
+            ..Limits::default()
+        };
         let long = "x".repeat(qscheduler_store::MAX_POOL_ID_BYTES + 1);
         assert_eq!(
-            pool_id(&long, "pool_id").unwrap_err().code(),
+            pool_id(&long, "pool_id", &lax).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    fn notify_call_now(req: &pb::NotifyTasksRequest) -> Result<NotifyCall, Status> {
+        notify_call(req, &Limits::default(), Time::from_secs(1000))
+    }
+
+    fn assign_call_now(req: &pb::AssignTasksRequest) -> Result<AssignCall, Status> {
+        assign_call(req, &Limits::default(), Time::from_secs(1000))
+    }
+
+    #[test]
+    fn limits_name_the_field_and_the_setting() {
+        let l = Limits::default();
+        let now = Time::from_secs(1000);
+        let mut req = notify(vec![task("p", 0x10, vec![vec!["a"]], vec![])]);
+        req.notifications[0].time = ts(1000 + 3601);
+        let e = notify_call(&req, &l, now).unwrap_err();
+        assert!(e.message().starts_with("notifications[0].time"), "{e}");
+        assert!(e.message().contains("max_clock_skew"), "{e}");
+        let req = notify(vec![task("p\nforged", 0x10, vec![vec!["a"]], vec![])]);
+        let e = notify_call(&req, &l, now).unwrap_err();
+        assert!(e.message().starts_with("notifications[0].task.id"), "{e}");
+        let long = "t".repeat(l.max_label_bytes + 1);
+        let req = notify(vec![task("p", 0x10, vec![vec!["a"]], vec![&long])]);
+        let e = notify_call(&req, &l, now).unwrap_err();
+        assert!(
+            e.message().starts_with("notifications[0].task.tags[0]"),
+            "{e}"
+        );
+        let req = pb::AssignTasksRequest {
+            scheduler_id: "p".into(),
+            idle_bots: vec![pb::IdleBot {
+                bot_id: "b".into(),
+                dimensions: vec![String::new(); l.max_dimensions_per_bot + 1],
+            }],
+            time: ts(5),
+        };
+        let e = assign_call(&req, &l, now).unwrap_err();
+        assert!(e.message().starts_with("idle_bots[0].dimensions"), "{e}");
+        assert!(e.message().contains("limits.max_dimensions_per_bot"), "{e}");
+        let req = pb::AssignTasksRequest {
+            scheduler_id: "p".into(),
+            idle_bots: vec![],
+            time: ts(1000 + 7200),
+        };
+        let e = assign_call(&req, &l, now).unwrap_err();
+        assert!(e.message().starts_with("time"), "{e}");
     }
 
     fn ts(s: i64) -> Option<prost_types::Timestamp> {
@@ -331,7 +433,7 @@ mod tests {
 
     #[test]
     fn states_and_task_errors() {
-        let call = notify_call(&notify(vec![
+        let call = notify_call_now(&notify(vec![
             task("p", 0x11, vec![vec!["a"]], vec!["qs_account:acc"]),
             task("r", 0x20, vec![vec!["a"]], vec![]),
             task("d", 0x43, vec![vec!["a"]], vec![]),
@@ -349,7 +451,7 @@ mod tests {
 
         let mut running = task("r", 0x20, vec![vec!["a"]], vec![]);
         running.bot_id = "bot".into();
-        let call = notify_call(&notify(vec![
+        let call = notify_call_now(&notify(vec![
             task("p", 0x11, vec![vec!["a"]], vec!["qs_account:acc"]),
             running,
             task("d", 0x43, vec![vec!["a"]], vec![]),
@@ -384,21 +486,21 @@ mod tests {
         let mut req = notify(vec![task("p", 0x10, vec![vec!["a"]], vec![])]);
         req.notifications[0].time = None;
         assert!(
-            notify_call(&req)
+            notify_call_now(&req)
                 .unwrap_err()
                 .message()
                 .contains("notifications[0].time")
         );
         let mut req = notify(vec![task("", 0x10, vec![vec!["a"]], vec![])]);
         assert!(
-            notify_call(&req)
+            notify_call_now(&req)
                 .unwrap_err()
                 .message()
                 .contains("notifications[0].task.id")
         );
         req.notifications[0].task.as_mut().unwrap().enqueued_time = None;
         assert!(
-            notify_call(&req)
+            notify_call_now(&req)
                 .unwrap_err()
                 .message()
                 .contains("task.enqueued_time")
@@ -406,7 +508,7 @@ mod tests {
         let mut req = notify(vec![]);
         req.scheduler_id.clear();
         assert!(
-            notify_call(&req)
+            notify_call_now(&req)
                 .unwrap_err()
                 .message()
                 .contains("scheduler_id")
@@ -423,7 +525,7 @@ mod tests {
             is_callback: false,
         };
         assert!(
-            notify_call(&req)
+            notify_call_now(&req)
                 .unwrap_err()
                 .message()
                 .contains("notifications[0].time")
@@ -437,7 +539,7 @@ mod tests {
             time: ts(5),
         };
         assert!(
-            assign_call(&req)
+            assign_call_now(&req)
                 .unwrap_err()
                 .message()
                 .contains("idle_bots[0].bot_id")
@@ -447,6 +549,9 @@ mod tests {
             idle_bots: vec![],
             time: None,
         };
-        assert_eq!(assign_call(&req).unwrap_err().message(), "time is required");
+        assert_eq!(
+            assign_call_now(&req).unwrap_err().message(),
+            "time is required"
+        );
     }
 }

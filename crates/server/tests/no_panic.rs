@@ -15,6 +15,7 @@
 //! on every test run, in a few seconds. A panic anywhere in the process
 //! (pool writers and blocking store tasks included) fails the test.
 
+use qscheduler_server::limits::Limits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -268,7 +269,7 @@ fn req() -> impl Strategy<Value = Req> {
             Req::DeleteAccount(adm::DeleteAccountRequest { pool_id, account_id })
         }),
         1 => pool_id().prop_map(|pool_id| Req::Wipe(adm::WipeRequest { pool_id })),
-        1 => pool_id().prop_map(|pool_id| Req::Inspect(adm::InspectPoolRequest { pool_id })),
+        1 => pool_id().prop_map(|pool_id| Req::Inspect(adm::InspectPoolRequest { pool_id, ..Default::default() })),
         1 => pool_id().prop_map(|pool_id| Req::List(adm::ListAccountsRequest { pool_id })),
     ]
 }
@@ -311,22 +312,22 @@ impl Req {
     fn command(&self) -> Option<Result<Command, tonic::Status>> {
         let batch = |b: Batch| Command::Batch(b);
         Some(match self {
-            Req::Notify(r) => translate::notify_call(r).map(|c| {
+            Req::Notify(r) => translate::notify_call(r, &Limits::default(), Time::MAX).map(|c| {
                 batch(Batch {
                     notifies: vec![c],
                     assigns: vec![],
                 })
             }),
-            Req::Assign(r) => translate::assign_call(r).map(|c| {
+            Req::Assign(r) => translate::assign_call(r, &Limits::default(), Time::MAX).map(|c| {
                 batch(Batch {
                     notifies: vec![],
                     assigns: vec![c],
                 })
             }),
-            Req::CreateAccount(r) => service::create_account_command(r),
-            Req::ModAccount(r) => service::mod_account_command(r),
-            Req::ModPool(r) => service::mod_pool_command(r),
-            Req::DeleteAccount(r) => service::delete_account_command(r),
+            Req::CreateAccount(r) => service::create_account_command(r, &Limits::default()),
+            Req::ModAccount(r) => service::mod_account_command(r, &Limits::default()),
+            Req::ModPool(r) => service::mod_pool_command(r, &Limits::default()),
+            Req::DeleteAccount(r) => service::delete_account_command(r, &Limits::default()),
             Req::Wipe(_) => Ok(Command::Wipe {
                 time: Time::from_secs(BASE),
             }),

@@ -326,6 +326,7 @@ async fn scenario(rpc: &Rpc, pool: &str) -> Transcript {
     let e = rpc
         .inspect_pool(adm::InspectPoolRequest {
             pool_id: pool.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -110,12 +110,14 @@ async fn metrics_follow_the_scenario_and_forget_deleted_things() {
         .unwrap();
     view.inspect_pool(qscheduler_wire::qscheduler::InspectPoolRequest {
         pool_id: "p1".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
     let err = view
         .inspect_pool(qscheduler_wire::qscheduler::InspectPoolRequest {
             pool_id: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -32,16 +32,19 @@
 //!   `qscheduler::q_scheduler_admin_server::QSchedulerAdmin`,
 //!   `qscheduler::q_scheduler_view_server::QSchedulerView`), registers them
 //!   once with [`serve::Services`], passes its own routes (health, metrics)
-//!   to [`serve::Services::into_routes`], and serves the result with
-//!   [`serve::serve`].
+//!   to [`serve::Services::into_router`], and serves the result with
+//!   [`serve::serve`] (connection limits: [`conn`]). Request limits on
+//!   the number of items are the server's to give ([`shape`]).
 //! * A handler reads its deadline with [`request_deadline`] and the RPC it
 //!   serves with [`context::rpc_method`], whichever transport carried it.
 //! * Tools call pRPC with [`prpc::PrpcClient`] and gRPC with the generated
 //!   `*_client` modules.
 
+pub mod conn;
 pub mod context;
 pub mod prpc;
 pub mod serve;
+pub mod shape;
 
 pub use context::{RequestDeadline, RpcMethod, Transport, request_deadline};
 

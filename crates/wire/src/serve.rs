@@ -17,6 +17,7 @@ use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tower::Service;
 
+use crate::conn::ConnectionOptions;
 use crate::context::{
     RequestDeadline, RequestInterceptor, RpcMethod, TonicInterceptor, Transport, deadline_from,
 };
@@ -24,6 +25,7 @@ use crate::prpc::headers::parse_timeout;
 use crate::prpc::{CorsPolicy, DEFAULT_MAX_REQUEST_SIZE, DEFAULT_REQUEST_TIMEOUT, PrpcRouter};
 use crate::qscheduler::q_scheduler_admin_server::{QSchedulerAdmin, QSchedulerAdminServer};
 use crate::qscheduler::q_scheduler_view_server::{QSchedulerView, QSchedulerViewServer};
+use crate::shape::ShapeLimits;
 use crate::swarming::v1::external_scheduler_server::{ExternalScheduler, ExternalSchedulerServer};
 
 /// Why the service set could not be built.
@@ -40,6 +42,7 @@ struct GrpcConfig {
     request_timeout: Option<Duration>,
     max_request_size: usize,
     interceptor: Option<RequestInterceptor>,
+    shape: Option<Arc<ShapeLimits>>,
 }
 
 /// The services of one server, reachable over gRPC and pRPC on one port.
@@ -50,16 +53,17 @@ struct GrpcConfig {
 /// # where E: qscheduler_wire::swarming::v1::external_scheduler_server::ExternalScheduler,
 /// #       A: qscheduler_wire::qscheduler::q_scheduler_admin_server::QSchedulerAdmin,
 /// #       V: qscheduler_wire::qscheduler::q_scheduler_view_server::QSchedulerView {
+/// use qscheduler_wire::conn::ConnectionOptions;
 /// use qscheduler_wire::serve::{Services, serve};
 ///
 /// let extra = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-/// let routes = Services::new()
+/// let router = Services::new()
 ///     .external_scheduler(e)
 ///     .admin(a)
 ///     .view(v)
-///     .into_routes(extra)?;
+///     .into_router(extra)?;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8082").await?;
-/// serve(listener, routes, std::future::pending()).await?;
+/// serve(listener, router, ConnectionOptions::default(), std::future::pending()).await?;
 /// # Ok(()) }
 /// ```
 pub struct Services {
@@ -69,6 +73,7 @@ pub struct Services {
     request_timeout: Option<Duration>,
     max_request_size: usize,
     interceptor: Option<RequestInterceptor>,
+    shape: Option<Arc<ShapeLimits>>,
 }
 
 impl Default for Services {
@@ -78,7 +83,7 @@ impl Default for Services {
 }
 
 impl Services {
-    /// No services yet; 64 MiB requests; handlers cut off after 60 s.
+    /// No services yet; 8 MiB requests; handlers cut off after 60 s.
     pub fn new() -> Self {
         Services {
             grpc: Vec::new(),
@@ -87,6 +92,7 @@ impl Services {
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
             interceptor: None,
+            shape: None,
         }
     }
 
@@ -135,9 +141,9 @@ impl Services {
                     router,
                     S::NAME,
                     InterceptedService::new(svc, TonicInterceptor(Arc::clone(i))),
-                    config.request_timeout,
+                    config,
                 ),
-                None => add_grpc_route(router, S::NAME, svc, config.request_timeout),
+                None => add_grpc_route(router, S::NAME, svc, config),
             }
         }));
         self
@@ -155,6 +161,13 @@ impl Services {
     /// message).
     pub fn max_request_size(mut self, bytes: usize) -> Self {
         self.max_request_size = bytes;
+        self
+    }
+
+    /// Counts the items of every request against `limits` before it is
+    /// decoded, on both transports (see [`crate::shape`]).
+    pub fn shape_limits(mut self, limits: ShapeLimits) -> Self {
+        self.shape = Some(Arc::new(limits));
         self
     }
 
@@ -182,6 +195,7 @@ impl Services {
             request_timeout: self.request_timeout,
             max_request_size: self.max_request_size,
             interceptor: self.interceptor.clone(),
+            shape: self.shape.clone(),
         };
         let mut grpc = axum::Router::new();
         for register in self.grpc {
@@ -204,18 +218,16 @@ impl Services {
             interceptor: None,
             ..config
         };
-        grpc = add_grpc_route(grpc, name_of(&v1), v1, no_interceptor.request_timeout);
-        grpc = add_grpc_route(
-            grpc,
-            name_of(&v1alpha),
-            v1alpha,
-            no_interceptor.request_timeout,
-        );
+        grpc = add_grpc_route(grpc, name_of(&v1), v1, &no_interceptor);
+        grpc = add_grpc_route(grpc, name_of(&v1alpha), v1alpha, &no_interceptor);
 
         let mut prpc = self
             .prpc
             .request_timeout(self.request_timeout)
             .max_request_size(self.max_request_size);
+        if let Some(shape) = self.shape {
+            prpc = prpc.shape_limits(shape);
+        }
         if let Some(i) = self.interceptor {
             prpc = prpc.interceptor(i);
         }
@@ -234,26 +246,23 @@ fn name_of<S: NamedService>(_: &S) -> &'static str {
     S::NAME
 }
 
-/// Serves `routes` on `listener` until `shutdown` completes: HTTP/2 (gRPC,
-/// pRPC) and HTTP/1.1 (pRPC, plain HTTP) on the same port.
+/// Serves `router` on `listener` until `shutdown` completes: HTTP/2 (gRPC,
+/// pRPC) and HTTP/1.1 (pRPC, plain HTTP) on the same port, within the
+/// connection limits of `options` (see [`crate::conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    routes: tonic::service::Routes,
+    router: axum::Router,
+    options: ConnectionOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+) -> std::io::Result<()> {
+    crate::conn::serve(listener, router, options, shutdown).await
 }
 
 fn add_grpc_route<S, B>(
     router: axum::Router,
     name: &'static str,
     svc: S,
-    request_timeout: Option<Duration>,
+    config: &GrpcConfig,
 ) -> axum::Router
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
@@ -270,7 +279,9 @@ where
         GrpcEdge {
             inner: svc,
             service: Arc::from(name),
-            request_timeout,
+            request_timeout: config.request_timeout,
+            max_request_size: config.max_request_size,
+            shape: config.shape.clone(),
         },
     )
 }
@@ -279,11 +290,81 @@ where
 /// and answers `DEADLINE_EXCEEDED` when the deadline passes. tonic's own
 /// server enforces `grpc-timeout`, but not the server-side cap, and does
 /// not tell the handler its deadline.
+///
+/// With shape limits, it also reads the request's body (within the call's
+/// deadline and the size limit) and counts its items before tonic decodes
+/// it.
 #[derive(Clone)]
 struct GrpcEdge<S> {
     inner: S,
     service: Arc<str>,
     request_timeout: Option<Duration>,
+    max_request_size: usize,
+    shape: Option<Arc<ShapeLimits>>,
+}
+
+/// Reads a gRPC request body and checks each uncompressed message in it
+/// against `shape`; the body is handed on unchanged. (A compressed message
+/// is refused by tonic, which accepts none.)
+async fn check_grpc_body(
+    req: http::Request<tonic::body::Body>,
+    shape: &ShapeLimits,
+    desc: Option<prost_reflect::MessageDescriptor>,
+    max: usize,
+) -> Result<http::Request<tonic::body::Body>, tonic::Status> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    // Five bytes of framing per message; a unary call has one.
+    let bytes = match http_body_util::Limited::new(body, max.saturating_add(5))
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(tonic::Status::out_of_range(format!(
+                "the request message is too large: more than the server's limit of {max} bytes"
+            )));
+        }
+        Err(e) => {
+            return Err(tonic::Status::cancelled(format!(
+                "could not read the request: {e}"
+            )));
+        }
+    };
+    if let Some(desc) = desc {
+        let mut rest = &bytes[..];
+        while let Some((&flag, tail)) = rest.split_first() {
+            let Some((len, tail)) = tail.split_first_chunk::<4>() else {
+                break;
+            };
+            let len = u32::from_be_bytes(*len) as usize;
+            let Some((message, tail)) = tail.split_at_checked(len) else {
+                break;
+            };
+            if flag == 0 {
+                shape
+                    .check_binary(&desc, message)
+                    .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            }
+            rest = tail;
+        }
+    }
+    Ok(http::Request::from_parts(
+        parts,
+        tonic::body::Body::new(http_body_util::Full::new(bytes)),
+    ))
+}
+
+/// The request message of `service`/`method`, from the embedded descriptors.
+fn input_descriptor(service: &str, method: &str) -> Option<prost_reflect::MessageDescriptor> {
+    crate::descriptor_pool()
+        .get_service_by_name(service)?
+        .methods()
+        .find(|m| m.name() == method)
+        .map(|m| m.input())
 }
 
 impl<S, B> Service<http::Request<axum::body::Body>> for GrpcEdge<S>
@@ -316,6 +397,10 @@ where
             req.extensions_mut().insert(RequestDeadline(d));
         }
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let desc = self
+            .shape
+            .as_ref()
+            .and_then(|_| input_descriptor(&self.service, method));
         let info = RpcMethod {
             service: Arc::clone(&self.service),
             method: Arc::from(method),
@@ -326,12 +411,23 @@ where
         // The clone that was made ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shape = self.shape.clone();
+        let max = self.max_request_size;
         Box::pin(async move {
-            let call = inner.call(req);
+            let call = async move {
+                let req = match &shape {
+                    Some(shape) => match check_grpc_body(req, shape, desc, max).await {
+                        Ok(req) => req,
+                        Err(status) => return Ok(status.into_http()),
+                    },
+                    None => req,
+                };
+                inner.call(req).await.map(|r| r.map(axum::body::Body::new))
+            };
             match deadline {
-                None => call.await.map(|r| r.map(axum::body::Body::new)),
+                None => call.await,
                 Some(d) => match tokio::time::timeout_at(d.into(), call).await {
-                    Ok(result) => result.map(|r| r.map(axum::body::Body::new)),
+                    Ok(result) => result,
                     Err(_) => Ok(tonic::Status::deadline_exceeded("deadline exceeded").into_http()),
                 },
             }

@@ -61,6 +61,7 @@ async fn grpc_and_prpc_answer_the_same_call_on_one_port() {
     let g = view
         .inspect_pool(InspectPoolRequest {
             pool_id: "p".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -73,6 +74,7 @@ async fn grpc_and_prpc_answer_the_same_call_on_one_port() {
             "InspectPool",
             &InspectPoolRequest {
                 pool_id: "p".into(),
+                ..Default::default()
             },
         )
         .await

@@ -453,6 +453,7 @@ impl Rpc {
     pub async fn inspect(&self, pool: &str) -> adm::InspectPoolResponse {
         self.inspect_pool(adm::InspectPoolRequest {
             pool_id: pool.to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("inspect {pool}: {e}"))

@@ -39,10 +39,11 @@ use super::headers::{
 use crate::context::{RequestDeadline, RequestInterceptor, RpcMethod, Transport, deadline_from};
 use crate::qscheduler::q_scheduler_admin_server::{self, QSchedulerAdmin};
 use crate::qscheduler::q_scheduler_view_server::{self, QSchedulerView};
+use crate::shape::{ShapeError, ShapeLimits};
 use crate::swarming::v1::external_scheduler_server::{self, ExternalScheduler};
 
 /// Requests larger than this (before or after decompression) are refused.
-pub const DEFAULT_MAX_REQUEST_SIZE: usize = 64 << 20;
+pub const DEFAULT_MAX_REQUEST_SIZE: usize = 8 << 20;
 /// Handlers never get more time than this, whatever the client asks.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Responses at most this big are not worth compressing.
@@ -195,6 +196,7 @@ pub struct PrpcRouter {
     request_timeout: Option<Duration>,
     interceptor: Option<RequestInterceptor>,
     cors: CorsPolicy,
+    shape: Option<Arc<ShapeLimits>>,
 }
 
 impl Default for PrpcRouter {
@@ -220,7 +222,7 @@ macro_rules! register_service {
 }
 
 impl PrpcRouter {
-    /// An empty router with the default limits: 64 MiB requests, handlers
+    /// An empty router with the default limits: 8 MiB requests, handlers
     /// cut off after 60 s.
     pub fn new() -> Self {
         PrpcRouter {
@@ -229,6 +231,7 @@ impl PrpcRouter {
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             interceptor: None,
             cors: CorsPolicy::Disabled,
+            shape: None,
         }
     }
 
@@ -298,6 +301,14 @@ impl PrpcRouter {
     /// Largest accepted request body, also after decompression.
     pub fn max_request_size(mut self, bytes: usize) -> Self {
         self.max_request_size = bytes;
+        self
+    }
+
+    /// Counts the items of every request against `limits` before decoding
+    /// it (see [`crate::shape`]). Text-format bodies, which can only be
+    /// counted once parsed, are held to a sixteenth of the request size.
+    pub fn shape_limits(mut self, limits: Arc<ShapeLimits>) -> Self {
+        self.shape = Some(limits);
         self
     }
 
@@ -634,22 +645,64 @@ async fn run_call(
     {
         return Err(too_large());
     }
-    let raw = read_body(body, limit).await?;
-    let raw = if plan.gzip_request {
-        gunzip(raw, limit).await?
-    } else {
-        raw
+    // The call's deadline covers reading its body: a client that trickles
+    // a body holds a connection and a buffer no longer than its call could.
+    let read = async {
+        let raw = read_body(body, limit).await?;
+        if plan.gzip_request {
+            gunzip(raw, limit).await
+        } else {
+            Ok(raw)
+        }
+    };
+    let raw = match plan.deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(PrpcError::protocol(
+                    Code::DeadlineExceeded,
+                    "deadline exceeded while reading the request body",
+                ))
+            })?,
+        None => read.await?,
     };
 
+    let shape = router.shape.as_deref();
+    let shape_error = |e: ShapeError| PrpcError::protocol(Code::InvalidArgument, e.to_string());
     let binary = match plan.input {
-        Format::Binary => raw,
+        Format::Binary => {
+            if let (Some(shape), Some(desc)) = (shape, plan.method.input()) {
+                shape.check_binary(desc, &raw).map_err(shape_error)?;
+            }
+            raw
+        }
         format => {
             let desc = plan.method.input().ok_or_else(|| {
                 PrpcError::handler(Status::internal("no descriptor for the request message"))
             })?;
+            if let Some(shape) = shape {
+                match format {
+                    Format::Json => shape.check_json(desc, &raw).map_err(shape_error)?,
+                    _ if raw.len() > limit / 16 => {
+                        return Err(PrpcError::protocol(
+                            Code::InvalidArgument,
+                            format!(
+                                "a text-format request body may be at most {} bytes; \
+                                 use the binary or JSON format",
+                                limit / 16
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
             let converted = codec::to_binary(format, desc, &raw).map_err(|e| {
                 PrpcError::protocol(Code::InvalidArgument, format!("could not decode body: {e}"))
             })?;
+            drop(raw);
+            if let Some(shape) = shape {
+                shape.check_binary(desc, &converted).map_err(shape_error)?;
+            }
             Bytes::from(converted)
         }
     };

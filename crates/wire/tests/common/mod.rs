@@ -283,6 +283,7 @@ impl QSchedulerView for Dummy {
             }],
             account_configs: [("acct".to_string(), account(1.5))].into_iter().collect(),
             disable_preemption: true,
+            next_page_token: String::new(),
         }))
     }
     async fn list_pools(
@@ -333,10 +334,11 @@ pub async fn start(services: Services) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let extra = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
-    let routes = services.into_routes(extra).unwrap();
+    let router = services.into_router(extra).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        serve(listener, routes, async {
+        let options = qscheduler_wire::conn::ConnectionOptions::default();
+        serve(listener, router, options, async {
             let _ = rx.await;
         })
         .await
