@@ -111,15 +111,43 @@ fn seconds(s: &str) -> Result<f64, String> {
 
 const SCHED: &str = "swarming.v1.ExternalScheduler";
 
-/// One connection pool to the server, over either protocol.
+/// One connection pool to the server, over either protocol (also used by
+/// `workload play`).
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Prpc(Box<PrpcClient>),
     Grpc(Channel),
 }
 
 impl Conn {
-    async fn notify(&self, req: pb::NotifyTasksRequest) -> Result<(), tonic::Status> {
+    /// Connects to `server` (pRPC connections are made lazily, per call).
+    pub(crate) async fn open(
+        server: &str,
+        transport: Transport,
+        timeout: Duration,
+    ) -> anyhow::Result<Conn> {
+        Ok(match transport {
+            Transport::Prpc => Conn::Prpc(Box::new(
+                PrpcClient::new(server)
+                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
+                    .with_timeout(timeout),
+            )),
+            Transport::Grpc => Conn::Grpc(
+                Endpoint::from_shared(server.to_owned())
+                    .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
+                    .timeout(timeout)
+                    .connect_timeout(timeout)
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .with_context(|| {
+                        format!("connecting to {server}; is the server running? (--server)")
+                    })?,
+            ),
+        })
+    }
+
+    pub(crate) async fn notify(&self, req: pb::NotifyTasksRequest) -> Result<(), tonic::Status> {
         match self {
             Conn::Prpc(c) => c
                 .call::<_, pb::NotifyTasksResponse>(SCHED, "NotifyTasks", &req)
@@ -132,7 +160,7 @@ impl Conn {
         }
     }
 
-    async fn assign(
+    pub(crate) async fn assign(
         &self,
         req: pb::AssignTasksRequest,
     ) -> Result<pb::AssignTasksResponse, tonic::Status> {
@@ -140,6 +168,19 @@ impl Conn {
             Conn::Prpc(c) => c.call(SCHED, "AssignTasks", &req).await,
             Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
                 .assign_tasks(req)
+                .await
+                .map(tonic::Response::into_inner),
+        }
+    }
+
+    pub(crate) async fn cancellations(
+        &self,
+        req: pb::GetCancellationsRequest,
+    ) -> Result<pb::GetCancellationsResponse, tonic::Status> {
+        match self {
+            Conn::Prpc(c) => c.call(SCHED, "GetCancellations", &req).await,
+            Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
+                .get_cancellations(req)
                 .await
                 .map(tonic::Response::into_inner),
         }
@@ -396,28 +437,7 @@ async fn connect(args: &LoadgenArgs, timeout: Duration) -> anyhow::Result<Vec<Co
     let n = 4;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        conns.push(match args.transport {
-            Transport::Prpc => Conn::Prpc(Box::new(
-                PrpcClient::new(&args.server)
-                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
-                    .with_timeout(timeout),
-            )),
-            Transport::Grpc => Conn::Grpc(
-                Endpoint::from_shared(args.server.clone())
-                    .map_err(|e| anyhow::anyhow!("--server: bad URL {:?}: {e}", args.server))?
-                    .timeout(timeout)
-                    .connect_timeout(timeout)
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "connecting to {}; is the server running? (--server)",
-                            args.server
-                        )
-                    })?,
-            ),
-        });
+        conns.push(Conn::open(&args.server, args.transport, timeout).await?);
     }
     Ok(conns)
 }

@@ -48,6 +48,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
+pub(crate) use apply::{Desired as PoolsFileEntry, load as load_pools_file};
 pub use client::{Client, Transport, code_name};
 
 /// A command line that parsed but makes no sense (flags that contradict
