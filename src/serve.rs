@@ -13,6 +13,7 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use qscheduler_server::Server;
 use qscheduler_server::config::{Config, LogFormat, check_postgres_url};
+use qscheduler_server::health::Phase;
 
 use crate::telemetry;
 
@@ -155,7 +156,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     args.apply(&mut config)?;
-    let options = config.server_options()?;
+    let mut options = config.server_options()?;
+    // Answer probes (and calls) while the pools recover; /readyz and gRPC
+    // health say when recovery is over.
+    options.recover_in_background = true;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -172,7 +176,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("starting the server")?;
         let addr = server.local_addr().context("reading the bound address")?;
-        tracing::info!(%addr, "ready");
+        tracing::info!(%addr, "listening; recovering pools (GET /readyz says when done)");
+        // "ready" (with the address) once the pools are recovered: what
+        // scripts and tests wait for, like the readiness probe.
+        let health = server.health().clone();
+        tokio::spawn(async move {
+            while health.phase() == Phase::Recovering {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if health.phase() == Phase::Serving {
+                tracing::info!(%addr, "ready");
+            }
+        });
         server.run(shutdown_signal()).await.context("serving")
     });
     rt.block_on(telemetry.shutdown());

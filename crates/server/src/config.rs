@@ -63,12 +63,19 @@ pub struct ServerSection {
     /// Address for gRPC, pRPC and HTTP.
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// Longest a graceful stop (SIGTERM) takes: handing the pools over,
+    /// finishing calls in flight and flushing the event log. Past it the
+    /// server exits anyway. Keep it below the orchestrator's own grace
+    /// period (Kubernetes: terminationGracePeriodSeconds).
+    #[serde(deserialize_with = "positive_duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            shutdown_grace: crate::server::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -611,6 +618,7 @@ impl Config {
     pub fn server_options(&self) -> Result<ServerOptions, ConfigError> {
         let mut options = ServerOptions {
             listen: self.server.listen,
+            shutdown_grace: self.server.shutdown_grace,
             store: self.store_location()?,
             request_timeout: self.batching.request_timeout,
             max_request_bytes: usize::try_from(self.batching.max_request_size)

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod eventlog;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod pool;

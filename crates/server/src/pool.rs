@@ -415,6 +415,17 @@ impl PoolRef {
         self.shared.stop.send_replace(true);
     }
 
+    /// Calls waiting for the writer now.
+    pub fn waiting_calls(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Most calls that may wait for the writer (`batching.queue_capacity`);
+    /// beyond it callers get `RESOURCE_EXHAUSTED`.
+    pub fn call_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Waits until the writer has stopped.
     pub async fn closed(&self) {
         let mut rx = self.shared.closed.subscribe();

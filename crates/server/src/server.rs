@@ -1,7 +1,18 @@
 //! Starting and stopping the server: open the store, start the event log
 //! and metrics, recover the pools, serve gRPC, pRPC and plain HTTP
-//! (health, metrics) on one port, and shut down gracefully — the event log
-//! is flushed after the last batch.
+//! (health, readiness, metrics) on one port, and stop gracefully.
+//!
+//! # Stopping
+//!
+//! When the shutdown future completes (SIGTERM), the server goes
+//! [`Phase::Draining`] (readiness and gRPC health turn `NOT_SERVING`), leaves
+//! the store's registry of live replicas and hands every pool over
+//! ([`Registry::drain`]) while it still answers calls: a call for a pool
+//! already handed over is forwarded to its new home, or refused with the
+//! retriable `UNAVAILABLE`. Then it stops accepting connections, lets calls
+//! in flight finish, stops the writers, releases the store and flushes the
+//! event log. All of it within [`ServerOptions::shutdown_grace`]; past that
+//! it stops waiting.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +24,10 @@ use qscheduler_store::{Store, StoreOptions};
 use qscheduler_wire::conn::{ConnectionOptions, effective_max_connections, raise_open_file_limit};
 use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
+use crate::health::{Health, Phase};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::pool::{ByteBudget, CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
@@ -51,7 +63,18 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Connection limits.
     pub connections: ConnectionOptions,
+    /// Longest a graceful stop takes (see the module docs).
+    pub shutdown_grace: Duration,
+    /// Start serving before the pools are recovered: [`Server::start_with`]
+    /// returns at once and recovery runs in the background, reported by
+    /// `/readyz` and gRPC health (what `qscheduler serve` does). When false
+    /// it returns after recovery, with readiness already settled.
+    pub recover_in_background: bool,
 }
+
+/// Default of [`ServerOptions::shutdown_grace`], below the 40 s the
+/// Kubernetes manifests give the pod.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -67,6 +90,8 @@ impl Default for ServerOptions {
             adopt_every: Duration::from_secs(1),
             limits: Limits::default(),
             connections: ConnectionOptions::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            recover_in_background: false,
         }
     }
 }
@@ -124,6 +149,9 @@ pub struct Server {
     connections: ConnectionOptions,
     event_log: Arc<EventLog>,
     metrics: Option<Arc<Metrics>>,
+    health: Arc<Health>,
+    shutdown_grace: Duration,
+    recovery: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How long shutdown waits for the event log to write what is queued.
@@ -169,20 +197,82 @@ pub fn router(
     options: &ServerOptions,
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
+    assemble(registry, metrics, options, extra, |s| s)
+}
+
+/// [`router`], with `more` adding services (gRPC health).
+fn assemble(
+    registry: &Arc<Registry>,
+    metrics: Option<&Arc<Metrics>>,
+    options: &ServerOptions,
+    extra: axum::Router,
+    more: impl FnOnce(Services) -> Services,
+) -> Result<axum::Router, ServerError> {
     let svc = Arc::new(Scheduler::new(registry.clone(), options.limits.clone()));
     let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
     if let Some(m) = metrics {
         extra = extra.merge(m.router(&options.metrics.path));
     }
-    Ok(Services::new()
+    let services = Services::new()
         .external_scheduler(svc.clone())
         .admin(svc.clone())
-        .view(svc)
+        .view(svc);
+    Ok(more(services)
         .request_timeout(Some(options.request_timeout))
         .max_request_size(options.max_request_bytes)
         .shape_limits(options.limits.shape())
         .into_router(extra)?
         .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+}
+
+/// First recovery of the pools, then the adoption loop and the ticker that
+/// keeps gRPC health in line with readiness.
+async fn recover(
+    registry: &Arc<Registry>,
+    health: &Arc<Health>,
+    adopt_every: Duration,
+) -> Result<(), ServerError> {
+    registry.recover_all().await?;
+    registry.spawn_adoption(adopt_every);
+    health.set_phase(Phase::Serving).await;
+    spawn_health_ticker(registry, health, adopt_every);
+    Ok(())
+}
+
+/// [`recover`] in the background; a failure is retried by the adoption
+/// loop, which starts anyway.
+fn spawn_recovery(
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    adopt_every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = recover(&registry, &health, adopt_every).await {
+            error!(error = %e, "recovering the pools failed; the adoption loop retries");
+            registry.mark_recovered();
+            registry.spawn_adoption(adopt_every);
+            health.set_phase(Phase::Serving).await;
+            spawn_health_ticker(&registry, &health, adopt_every);
+        }
+    })
+}
+
+/// Refreshes gRPC health every `every` (readiness moves with the adoption
+/// loop), until the registry is gone.
+fn spawn_health_ticker(registry: &Arc<Registry>, health: &Arc<Health>, every: Duration) {
+    let weak = Arc::downgrade(registry);
+    let health = Arc::downgrade(health);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (Some(_r), Some(h)) = (weak.upgrade(), health.upgrade()) else {
+                return;
+            };
+            h.refresh().await;
+        }
+    });
 }
 
 /// True when `location` names a store several replicas share (PostgreSQL),
@@ -257,9 +347,35 @@ impl Server {
         if let Some(m) = &metrics {
             m.attach(&registry);
         }
-        registry.recover_all().await?;
-        registry.spawn_adoption(options.adopt_every);
-        let router = router(&registry, metrics.as_ref(), &options, extra)?;
+        let (health, health_service) = Health::new(registry.clone());
+        health.refresh().await;
+        let recovery = if options.recover_in_background {
+            Some(spawn_recovery(
+                registry.clone(),
+                health.clone(),
+                options.adopt_every,
+            ))
+        } else {
+            recover(&registry, &health, options.adopt_every).await?;
+            None
+        };
+        let readyz = {
+            let health = health.clone();
+            axum::Router::new().route(
+                "/readyz",
+                get(move || {
+                    let health = health.clone();
+                    async move { health.readyz() }
+                }),
+            )
+        };
+        let router = assemble(
+            &registry,
+            metrics.as_ref(),
+            &options,
+            extra.merge(readyz),
+            |s| s.open_grpc_service(health_service),
+        )?;
         let mut connections = options.connections.clone();
         match raise_open_file_limit() {
             Ok(files) => {
@@ -282,7 +398,15 @@ impl Server {
             connections,
             event_log,
             metrics,
+            health,
+            shutdown_grace: options.shutdown_grace,
+            recovery,
         })
+    }
+
+    /// The server's phase and readiness.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The bound address (useful with port 0).
@@ -306,13 +430,69 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let addr = self.listener.local_addr().ok();
         info!(addr = ?addr, pools = self.registry.open_ids().len(), "serving gRPC and pRPC");
-        let res =
-            qscheduler_wire::serve::serve(self.listener, self.router, self.connections, shutdown)
-                .await;
-        info!("no longer accepting calls; stopping pool writers");
-        self.registry.shutdown().await;
-        // Every writer has stopped, so no event can follow.
-        self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
+        let grace = self.shutdown_grace;
+        let registry = self.registry.clone();
+        let health = self.health.clone();
+        // When the drain is over (or the grace period), the listener
+        // stops; `deadline` then bounds what follows.
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+        let drained = async move {
+            shutdown.await;
+            let deadline = tokio::time::Instant::now() + grace;
+            let _ = deadline_tx.send(deadline);
+            info!(
+                grace_ms = grace.as_millis() as u64,
+                "stopping: handing pools over"
+            );
+            health.set_phase(Phase::Draining).await;
+            match tokio::time::timeout_at(deadline, registry.drain()).await {
+                Ok(n) => info!(pools = n, "pools handed over; no longer accepting calls"),
+                Err(_) => warn!("the grace period ended while handing pools over; stopping anyway"),
+            }
+        };
+        let serve =
+            qscheduler_wire::serve::serve(self.listener, self.router, self.connections, drained);
+        let mut deadline_rx = deadline_rx;
+        let res = tokio::select! {
+            r = serve => r,
+            // The deadline is known once shutdown started; the listener's
+            // own graceful stop (calls in flight) must end by then too.
+            r = async {
+                let deadline = (&mut deadline_rx).await;
+                match deadline {
+                    Ok(d) => tokio::time::sleep_until(d).await,
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            } => {
+                let () = r;
+                warn!("the grace period ended with calls still in flight; stopping anyway");
+                Ok(())
+            }
+        };
+        if let Some(r) = self.recovery {
+            r.abort();
+        }
+        info!("stopping pool writers");
+        let rest = async {
+            self.registry.shutdown().await;
+            // Every writer has stopped, so no event can follow.
+            self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
+        };
+        let left = deadline_rx
+            .try_recv()
+            .ok()
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        match left {
+            Some(left) => {
+                if tokio::time::timeout(left.max(Duration::from_secs(1)), rest)
+                    .await
+                    .is_err()
+                {
+                    warn!("the grace period ended before the event log was flushed");
+                }
+            }
+            None => rest.await,
+        }
         info!("stopped");
         res.map_err(ServerError::from)
     }

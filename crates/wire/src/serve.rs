@@ -74,6 +74,9 @@ pub struct Services {
     max_request_size: usize,
     interceptor: Option<RequestInterceptor>,
     shape: Option<Arc<ShapeLimits>>,
+    /// Services every caller may use, whatever the interceptor says (gRPC
+    /// health checking: probes carry no credentials).
+    open_grpc: Vec<GrpcRegistration>,
 }
 
 impl Default for Services {
@@ -93,7 +96,30 @@ impl Services {
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
             interceptor: None,
             shape: None,
+            open_grpc: Vec::new(),
         }
+    }
+
+    /// Serves the gRPC-only service `svc` (for example `grpc.health.v1.Health`)
+    /// without the interceptor: it must reveal nothing a caller without
+    /// credentials may not know. It is not listed by reflection.
+    pub fn open_grpc_service<S>(mut self, svc: S) -> Self
+    where
+        S: Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.open_grpc.push(Box::new(move |config, router| {
+            add_grpc_route(router, S::NAME, svc, config)
+        }));
+        self
     }
 
     /// Serves `swarming.v1.ExternalScheduler` with `svc`, over both transports.
@@ -220,6 +246,9 @@ impl Services {
         };
         grpc = add_grpc_route(grpc, name_of(&v1), v1, &no_interceptor);
         grpc = add_grpc_route(grpc, name_of(&v1alpha), v1alpha, &no_interceptor);
+        for register in self.open_grpc {
+            grpc = register(&no_interceptor, grpc);
+        }
 
         let mut prpc = self
             .prpc
