@@ -116,7 +116,8 @@ impl Scheduler {
             name: name.clone(),
             refs: 1,
             workers: Vec::new(),
-            anchored: Vec::new(),
+            worker_count: 0,
+            anchored: std::collections::BTreeSet::new(),
             active_sets: 0,
         });
         self.label_ids.insert(name, l);
@@ -265,65 +266,6 @@ impl Scheduler {
         }
     }
 
-    fn activate_set(&mut self, s: u32) {
-        let labels = self.sets[s].labels.clone();
-        // The anchor should be the label fewest workers have, so that few
-        // workers ever test this set; before workers exist, the label fewest
-        // other sets use is the best guess.
-        let Some(&anchor) = labels.iter().min_by_key(|&&l| {
-            let e = &self.labels[l];
-            (e.workers.len(), e.active_sets, l)
-        }) else {
-            return;
-        };
-        for &l in labels.iter() {
-            self.labels[l].active_sets += 1;
-        }
-        self.sets[s].anchor = anchor;
-        self.labels[anchor].anchored.push(s);
-        for &w in &self.labels[anchor].workers {
-            let worker = &mut self.workers[w];
-            if is_subset(&labels, &worker.labels) {
-                worker.eligible.push(s);
-            }
-        }
-    }
-
-    fn deactivate_set(&mut self, s: u32) {
-        let anchor = std::mem::replace(&mut self.sets[s].anchor, NO_ANCHOR);
-        if anchor == NO_ANCHOR {
-            return;
-        }
-        let labels = self.sets[s].labels.clone();
-        for &l in labels.iter() {
-            self.labels[l].active_sets -= 1;
-        }
-        let anchored = &mut self.labels[anchor].anchored;
-        if let Some(i) = anchored.iter().position(|&x| x == s) {
-            anchored.swap_remove(i);
-        }
-        for &w in &self.labels[anchor].workers {
-            let worker = &mut self.workers[w];
-            if is_subset(&labels, &worker.labels)
-                && let Some(i) = worker.eligible.iter().position(|&x| x == s)
-            {
-                worker.eligible.swap_remove(i);
-            }
-        }
-    }
-
-    fn compute_eligible(&self, labels: &[u32]) -> Vec<u32> {
-        let mut out = Vec::new();
-        for &l in labels {
-            for &s in &self.labels[l].anchored {
-                if is_subset(&self.sets[s].labels, labels) {
-                    out.push(s);
-                }
-            }
-        }
-        out
-    }
-
     // --------------------------------------------------------------- workers
 
     /// Creates an idle worker.
@@ -357,6 +299,7 @@ impl Scheduler {
             modified,
             running: None,
             eligible: Vec::new(),
+            listed: false,
         });
         let workers = &self.workers;
         self.worker_ids.insert(&id, w, |x| &workers[x].id);
@@ -366,29 +309,16 @@ impl Scheduler {
     }
 
     fn attach_worker_labels(&mut self, w: u32) {
-        let labels = self.workers[w].labels.clone();
-        for &l in labels.iter() {
-            let workers = &mut self.labels[l].workers;
-            if let Err(i) = workers.binary_search(&w) {
-                workers.insert(i, w);
-            }
-        }
-        self.workers[w].eligible = self.compute_eligible(&labels);
+        self.count_worker_labels(w, true);
     }
 
     fn detach_worker_labels(&mut self, w: u32) {
+        self.unlist_worker(w);
+        self.count_worker_labels(w, false);
         let labels = std::mem::take(&mut self.workers[w].labels);
         for &l in labels.iter() {
-            let workers = &mut self.labels[l].workers;
-            if let Ok(i) = workers.binary_search(&w) {
-                workers.remove(i);
-                if workers.capacity() > 4 * workers.len() {
-                    workers.shrink_to(2 * workers.len());
-                }
-            }
             self.release_label(l);
         }
-        self.workers[w].eligible = Vec::new();
     }
 
     /// Replaces a worker's labels; returns true if the set changed.
@@ -414,6 +344,10 @@ impl Scheduler {
     }
 
     fn unmake_idle(&mut self, w: u32) {
+        if self.settings.disable_preemption {
+            // Only idle workers and preemption candidates need their list.
+            self.unlist_worker(w);
+        }
         let worker = &self.workers[w];
         self.idle.remove(&worker.id);
         self.idle_expiry.remove(&(worker.confirmed, w));
@@ -468,6 +402,7 @@ impl Scheduler {
             id: id.clone(),
             config: None,
             balance: Balance::ZERO,
+            balance_listed: false,
             requests: 0,
             running_by_prio: [0; LEVELS],
             running: FxHashSet::default(),
@@ -1653,7 +1588,9 @@ impl Scheduler {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, debug_assertions))]
+// Invariant checks panic on a broken invariant: that is their purpose.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 impl Scheduler {
     /// Recomputes every derived structure from scratch and compares.
     pub(crate) fn check_invariants(&self) {
@@ -1767,6 +1704,11 @@ impl Scheduler {
         );
         let mut nonempty = [0usize; LEVELS];
         let mut stored_cells = 0;
+        let mut uses_of: BTreeMap<u32, u32> = BTreeMap::new();
+        for (_, r) in self.requests.iter() {
+            *uses_of.entry(r.base).or_default() += 1;
+            *uses_of.entry(r.prov).or_default() += 1;
+        }
         for (s, set) in self.sets.iter() {
             let n_entries = entries_of.get(&s).copied().unwrap_or(0);
             match set.cell.kind() {
@@ -1798,11 +1740,7 @@ impl Scheduler {
                     );
                 }
             }
-            let uses = self
-                .requests
-                .iter()
-                .map(|(_, r)| u32::from(r.base == s) + u32::from(r.prov == s))
-                .sum::<u32>();
+            let uses = uses_of.get(&s).copied().unwrap_or(0);
             assert_eq!(uses, set.req_refs, "request references of set {s}");
         }
         assert_eq!(stored_cells, self.cells.len(), "stored cells without a set");
@@ -1850,6 +1788,7 @@ impl Scheduler {
     }
 
     fn check_workers_and_groups(&self) {
+        use std::collections::BTreeMap;
         // Fanout groups: requests with one key share one group, or the only
         // one is lone; both are findable in the group index.
         let mut by_key: std::collections::BTreeMap<(u32, Vec<u32>), Vec<u32>> = Default::default();
@@ -1896,20 +1835,8 @@ impl Scheduler {
                 .filter(|r| self.requests[r[0]].group != LONE)
                 .count()
         );
-        // Eligibility.
+        self.check_eligibility();
         for (w, worker) in self.workers.iter() {
-            let mut want: Vec<u32> = self
-                .sets
-                .iter()
-                .filter(|(s, e)| {
-                    *s != self.empty_set && e.active() && is_subset(&e.labels, &worker.labels)
-                })
-                .map(|(s, _)| s)
-                .collect();
-            let mut have = worker.eligible.clone();
-            want.sort();
-            have.sort();
-            assert_eq!(have, want, "eligible sets of worker {}", worker.id);
             assert_eq!(self.idle.contains_key(&worker.id), worker.running.is_none());
             assert_eq!(
                 self.idle_expiry.contains(&(worker.confirmed, w)),
@@ -1917,35 +1844,28 @@ impl Scheduler {
             );
         }
         // Running counts.
-        for (a, acc) in self.accounts.iter() {
-            let mut by_prio = [0u32; LEVELS];
-            for (_, worker) in self.workers.iter() {
-                if let Some(run) = &worker.running
-                    && self.requests[run.req].account == a
-                {
-                    by_prio[run.priority as usize] += 1;
-                }
+        let mut by_account: BTreeMap<u32, [u32; LEVELS]> = BTreeMap::new();
+        let mut by_group: BTreeMap<u32, u32> = BTreeMap::new();
+        for (_, worker) in self.workers.iter() {
+            if let Some(run) = &worker.running {
+                let req = &self.requests[run.req];
+                by_account.entry(req.account).or_default()[run.priority as usize] += 1;
+                *by_group.entry(req.group).or_default() += 1;
             }
+        }
+        for (a, acc) in self.accounts.iter() {
+            let by_prio = by_account.get(&a).copied().unwrap_or_default();
             assert_eq!(by_prio, acc.running_by_prio);
         }
         for (gi, g) in self.groups.iter() {
-            let running = self
-                .workers
-                .iter()
-                .filter(|(_, w)| {
-                    w.running.as_ref().is_some_and(|run| {
-                        let req = &self.requests[run.req];
-                        req.group == gi
-                    })
-                })
-                .count();
+            let running = by_group.get(&gi).copied().unwrap_or(0);
             let hash = group_hash(&self.sets, g.account, g.base, g.prov);
             assert_eq!(
                 self.group_ids.get(hash, |x| x == gi),
                 Some(gi),
                 "group not findable by its key"
             );
-            assert_eq!(running as u32, g.running);
+            assert_eq!(running, g.running);
         }
     }
 }

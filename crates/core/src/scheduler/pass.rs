@@ -45,9 +45,13 @@ impl Scheduler {
     pub fn run_once(&mut self) -> Vec<Assignment> {
         self.pass_no += 1;
         self.refresh_placement();
+        let idle: Vec<u32> = self.idle.values().copied().collect();
+        for &w in &idle {
+            self.list_worker(w);
+        }
         let mut cx = PassCtx {
             out: Vec::new(),
-            idle: self.idle.values().copied().collect(),
+            idle,
             limits: Limits::default(),
             provs: Vec::new(),
         };
@@ -527,6 +531,7 @@ impl Scheduler {
                 .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
         });
         for w in candidates {
+            self.list_worker(w);
             if let Some(r) = self.best_preempt_match(cx, w, p, &banned) {
                 self.preempt_worker(cx, w, r, p);
             }
