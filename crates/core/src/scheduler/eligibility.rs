@@ -58,6 +58,39 @@ fn unpack_anchor(x: u32) -> (usize, usize) {
     ((x >> 16) as usize, (x & 0xffff) as usize)
 }
 
+/// The common elements of two sorted, duplicate-free lists; searches the
+/// longer one when it is much longer than the other.
+fn intersect_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let mut out = Vec::new();
+    if short.len().saturating_mul(16) < long.len() {
+        let mut rest = long;
+        for &x in short {
+            match rest.binary_search(&x) {
+                Ok(i) => {
+                    out.push(x);
+                    rest = &rest[i + 1..];
+                }
+                Err(i) => rest = &rest[i..],
+            }
+        }
+        return out;
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < short.len() && j < long.len() {
+        match short[i].cmp(&long[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(short[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
 impl Scheduler {
     /// The positions of the two labels of `labels` (non-empty) that the
     /// fewest workers have, then the fewest active sets use.
@@ -93,14 +126,35 @@ impl Scheduler {
         }
         self.sets[s].anchor = pack_anchor(i, j);
         self.labels[labels[i]].anchored.insert((labels[j], s));
-        let Some(&rare) = labels.iter().min_by_key(|&&l| self.labels[l].workers.len()) else {
-            return;
-        };
-        for &w in &self.labels[rare].workers {
+        for w in self.listed_candidates(&labels) {
             let worker = &mut self.workers[w];
             if is_subset(&labels, &worker.labels) {
                 worker.eligible.push(s);
             }
+        }
+    }
+
+    /// The listed workers that have the two labels of `labels` (non-empty)
+    /// with the fewest listed workers: a superset of those that can run the
+    /// set, found by merging two sorted lists rather than by reading every
+    /// candidate's labels.
+    fn listed_candidates(&self, labels: &[u32]) -> Vec<u32> {
+        let listed = |l: u32| &self.labels[l].workers;
+        let mut two: [Option<&Vec<u32>>; 2] = [None, None];
+        for &l in labels {
+            let v = listed(l);
+            match two {
+                [None, _] => two[0] = Some(v),
+                [Some(a), _] if v.len() < a.len() => two = [Some(v), Some(a)],
+                [Some(_), None] => two[1] = Some(v),
+                [Some(_), Some(b)] if v.len() < b.len() => two[1] = Some(v),
+                _ => {}
+            }
+        }
+        match two {
+            [Some(a), None] => a.clone(),
+            [Some(a), Some(b)] => intersect_sorted(a, b),
+            _ => Vec::new(),
         }
     }
 
@@ -116,10 +170,7 @@ impl Scheduler {
         for &l in labels.iter() {
             self.labels[l].active_sets -= 1;
         }
-        let Some(&rare) = labels.iter().min_by_key(|&&l| self.labels[l].workers.len()) else {
-            return;
-        };
-        for &w in &self.labels[rare].workers {
+        for w in self.listed_candidates(&labels) {
             let worker = &mut self.workers[w];
             if is_subset(&labels, &worker.labels)
                 && let Some(k) = worker.eligible.iter().position(|&x| x == s)
@@ -144,9 +195,16 @@ impl Scheduler {
                 continue;
             }
             if anchored.len() <= SCAN_PER_LABEL * labels.len() {
+                // Both sides are sorted by label: a merge join.
+                let mut rest = labels;
                 for &(b, s) in anchored {
-                    if labels.binary_search(&b).is_ok() {
-                        offer(s);
+                    while rest.first().is_some_and(|&l| l < b) {
+                        rest = &rest[1..];
+                    }
+                    match rest.first() {
+                        Some(&l) if l == b => offer(s),
+                        Some(_) => {}
+                        None => break,
                     }
                 }
             } else {
@@ -271,5 +329,24 @@ impl Scheduler {
             );
         }
         assert_eq!(anchored, active, "anchored sets");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intersections() {
+        assert_eq!(intersect_sorted(&[1, 3, 5], &[2, 3, 4, 5]), vec![3, 5]);
+        let long: Vec<u32> = (0..1000).map(|x| x * 2).collect();
+        assert_eq!(intersect_sorted(&[3, 4, 1998, 2000], &long), vec![4, 1998]);
+        assert_eq!(intersect_sorted(&long, &[]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn anchors_pack() {
+        assert_eq!(unpack_anchor(pack_anchor(3, 70)), (3, 70));
+        assert_ne!(pack_anchor(65_534, 65_534), NO_ANCHOR);
     }
 }
