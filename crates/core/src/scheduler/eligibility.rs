@@ -39,7 +39,7 @@
 //! * an active non-empty set is in exactly one `anchored` table, under the
 //!   pair its `anchor` names; an inactive set has [`NO_ANCHOR`].
 
-use super::index::is_subset;
+use super::labels::is_subset;
 use super::{NO_ANCHOR, Scheduler};
 
 /// Above this many entries per label of the worker, a label's `anchored`
@@ -125,7 +125,10 @@ impl Scheduler {
             self.labels[l].active_sets += 1;
         }
         self.sets[s].anchor = pack_anchor(i, j);
-        self.labels[labels[i]].anchored.insert((labels[j], s));
+        let anchored = &mut self.labels[labels[i]].anchored;
+        if let Err(k) = anchored.binary_search(&(labels[j], s)) {
+            anchored.insert(k, (labels[j], s));
+        }
         for w in self.listed_candidates(&labels) {
             let worker = &mut self.workers[w];
             if is_subset(&labels, &worker.labels) {
@@ -166,7 +169,13 @@ impl Scheduler {
         }
         let labels = self.sets[s].labels.clone();
         let (i, j) = unpack_anchor(anchor);
-        self.labels[labels[i]].anchored.remove(&(labels[j], s));
+        let anchored = &mut self.labels[labels[i]].anchored;
+        if let Ok(k) = anchored.binary_search(&(labels[j], s)) {
+            anchored.remove(k);
+            if anchored.capacity() > 4 * anchored.len() {
+                anchored.shrink_to(2 * anchored.len());
+            }
+        }
         for &l in labels.iter() {
             self.labels[l].active_sets -= 1;
         }
@@ -208,10 +217,14 @@ impl Scheduler {
                     }
                 }
             } else {
+                let mut rest = &anchored[..];
                 for &b in labels {
-                    for &(_, s) in anchored.range((b, 0)..=(b, u32::MAX)) {
+                    rest = &rest[rest.partition_point(|&(x, _)| x < b)..];
+                    let n = rest.partition_point(|&(x, _)| x == b);
+                    for &(_, s) in &rest[..n] {
                         offer(s);
                     }
+                    rest = &rest[n..];
                 }
             }
         }
@@ -311,6 +324,10 @@ impl Scheduler {
             assert_eq!(e.worker_count, counts.get(&l).copied().unwrap_or(0));
             let want = listed.remove(&l).unwrap_or_default();
             assert_eq!(e.workers, want, "listed workers of label {l}");
+            assert!(
+                e.anchored.windows(2).all(|p| p[0] < p[1]),
+                "anchored table of label {l} not sorted"
+            );
             anchored += e.anchored.len();
         }
         let mut active = 0;
@@ -324,7 +341,8 @@ impl Scheduler {
             assert!(
                 self.labels[e.labels[i]]
                     .anchored
-                    .contains(&(e.labels[j], s)),
+                    .binary_search(&(e.labels[j], s))
+                    .is_ok(),
                 "set {s} not under its anchor pair"
             );
         }

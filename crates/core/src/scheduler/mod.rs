@@ -66,13 +66,19 @@
 //! the same rules on random operation sequences.
 
 mod eligibility;
+mod groups;
 mod idmap;
 mod index;
+#[cfg(any(test, debug_assertions))]
+mod invariants;
+mod labels;
 mod notify;
 pub(crate) mod ordset;
 mod pass;
+mod requests;
 pub(crate) mod slab;
 mod view;
+mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -188,8 +194,11 @@ pub(crate) struct LabelEntry {
     /// list (to pick good anchors).
     pub(crate) worker_count: u32,
     /// Active label sets anchored at this label, as (second anchor label,
-    /// set): see `eligibility`.
-    pub(crate) anchored: std::collections::BTreeSet<(u32, u32)>,
+    /// set), sorted: see `eligibility`. A sorted vector rather than a tree
+    /// because listing a worker reads these tables end to end, and a tree
+    /// read that way cost several times more; anchors are spread over the
+    /// rarest labels, which keeps each table short.
+    pub(crate) anchored: Vec<(u32, u32)>,
     /// Active label sets containing this label (to pick good anchors).
     pub(crate) active_sets: u32,
 }

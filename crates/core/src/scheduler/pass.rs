@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::index::is_subset;
+use super::labels::is_subset;
 use super::{Cell, CellKind, LEVELS, OMITTED, QKey, Scheduler, has_group};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
