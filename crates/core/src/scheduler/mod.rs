@@ -195,9 +195,9 @@ pub(crate) struct LabelEntry {
     pub(crate) worker_count: u32,
     /// Active label sets anchored at this label, as (second anchor label,
     /// set), sorted: see `eligibility`. A sorted vector rather than a tree
-    /// because listing a worker reads these tables end to end, and a tree
-    /// read that way cost several times more; anchors are spread over the
-    /// rarest labels, which keeps each table short.
+    /// because listing a worker reads these tables end to end, which a
+    /// vector does at memory speed; anchors are spread over the rarest
+    /// labels, which keeps each table short.
     pub(crate) anchored: Vec<(u32, u32)>,
     /// Active label sets containing this label (to pick good anchors).
     pub(crate) active_sets: u32,
@@ -237,12 +237,12 @@ pub(crate) const NO_ANCHOR: u32 = u32::MAX;
 
 /// How a base set's cell is stored.
 ///
-/// Most base sets with queued work have one container (one account uses
+/// Most base sets with queued work have one entry (one placement uses
 /// them): every task with labels of its own brings one. Such a cell is
-/// [`CellKind::Single`]: nothing is stored, its one entry is read from the
-/// container when a pass looks. A second container makes it a stored
-/// [`Cell`], which stays until the set's last container goes. Packed in a
-/// `u32` because every label set carries one.
+/// [`CellKind::Single`]: nothing is stored, its one entry (a lone bucket or
+/// a container) is read when a pass looks. A second entry makes it a stored
+/// [`Cell`], which stays until the set's last entry goes. Packed in a `u32`
+/// because every label set carries one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CellRef(u32);
 
@@ -361,8 +361,8 @@ pub(crate) struct Worker {
     /// Sorted label ids.
     pub(crate) labels: Box<[u32]>,
     /// The same label ids in name order, for lookups by name prefix and
-    /// for building the sorted names on demand (a names list per worker
-    /// cost four times as much).
+    /// for building the sorted names on demand (a list of names per worker
+    /// would hold a pointer per label instead of an id).
     pub(crate) by_name: Box<[u32]>,
     pub(crate) confirmed: Time,
     pub(crate) modified: Time,

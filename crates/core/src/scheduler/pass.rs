@@ -602,8 +602,9 @@ impl Scheduler {
             self.accounts[new_acc].balance.sub(&old.cost);
         }
         self.fanout_snapshot(self.requests[old.req].group);
-        let old_r = self.stop_task(w);
-        self.free_request(old_r);
+        if let Some(old_r) = self.stop_task(w) {
+            self.free_request(old_r);
+        }
         self.count_fanout(r, p);
         self.count_label_assignment(&mut cx.limits, new_acc, w);
         self.start_task(r, w, p, old.cost);

@@ -113,8 +113,7 @@ impl Scheduler {
 
     /// Forgets a worker and the request it runs (no events).
     pub(crate) fn delete_worker(&mut self, w: u32) {
-        if self.workers[w].running.is_some() {
-            let r = self.stop_task(w);
+        if let Some(r) = self.stop_task(w) {
             self.free_request(r);
         } else {
             self.unmake_idle(w);
@@ -164,12 +163,10 @@ impl Scheduler {
     }
 
     /// Takes the running request off worker `w`, leaving the request
-    /// detached and the worker without a task (and not idle).
-    pub(crate) fn stop_task(&mut self, w: u32) -> u32 {
-        let run = self.workers[w]
-            .running
-            .take()
-            .expect("stop_task on a worker without a task");
+    /// detached and the worker without a task (and not idle). `None` if
+    /// the worker runs nothing (callers check first).
+    pub(crate) fn stop_task(&mut self, w: u32) -> Option<u32> {
+        let run = self.workers[w].running.take()?;
         self.running[run.priority as usize].remove(&w);
         let r = run.req;
         let a = self.requests[r].account;
@@ -182,7 +179,7 @@ impl Scheduler {
             self.mark_group_dirty(g);
         }
         self.requests[r].place = Place::Detached;
-        r
+        Some(r)
     }
 
     /// Moves a running task to another level.
