@@ -25,7 +25,9 @@
 //! entries under `a` whose `b` it has, or, when `a` holds many entries, a
 //! lookup of each of its labels as `b`. The anchor pair is the set's two
 //! labels that the fewest workers have when the set appears, so that few
-//! workers ever look at it. Registering under one label instead of two
+//! workers ever look at it. Each entry also carries a third label of the
+//! set, so that a worker with the pair but not that label skips the set
+//! without reading its labels (a cache miss per set). Registering under one label instead of two
 //! leaves every worker looking at about `labels × sets / distinct labels`
 //! sets, which is what made the earlier version quadratic.
 //!
@@ -44,7 +46,9 @@ use super::{NO_ANCHOR, Scheduler};
 
 /// Above this many entries per label of the worker, a label's `anchored`
 /// table is probed by the worker's labels instead of being read in full.
-const SCAN_PER_LABEL: usize = 8;
+/// Reading is sequential and probing is not, so reading wins up to tables
+/// many times longer than the worker's label list.
+const SCAN_PER_LABEL: usize = 64;
 
 /// Packs the positions of a set's two anchor labels into
 /// `SetEntry::anchor`. Positions past `u16::MAX` are never chosen (see
@@ -121,13 +125,23 @@ impl Scheduler {
             return;
         }
         let (i, j) = self.anchor_positions(&labels);
+        // A third label rides along, so that a worker lacking it skips the
+        // set without reading the set's labels.
+        let third = (0..labels.len().min(usize::from(u16::MAX)))
+            .filter(|&k| k != i && k != j)
+            .min_by_key(|&k| {
+                let e = &self.labels[labels[k]];
+                (e.worker_count, e.active_sets, labels[k])
+            })
+            .map_or(labels[j], |k| labels[k]);
         for &l in labels.iter() {
             self.labels[l].active_sets += 1;
         }
         self.sets[s].anchor = pack_anchor(i, j);
         let anchored = &mut self.labels[labels[i]].anchored;
-        if let Err(k) = anchored.binary_search(&(labels[j], s)) {
-            anchored.insert(k, (labels[j], s));
+        let key = (labels[j], s);
+        if let Err(k) = anchored.binary_search_by_key(&key, |&(b, x, _)| (b, x)) {
+            anchored.insert(k, (labels[j], s, third));
         }
         for w in self.listed_candidates(&labels) {
             let worker = &mut self.workers[w];
@@ -170,7 +184,7 @@ impl Scheduler {
         let labels = self.sets[s].labels.clone();
         let (i, j) = unpack_anchor(anchor);
         let anchored = &mut self.labels[labels[i]].anchored;
-        if let Ok(k) = anchored.binary_search(&(labels[j], s)) {
+        if let Ok(k) = anchored.binary_search_by_key(&(labels[j], s), |&(b, x, _)| (b, x)) {
             anchored.remove(k);
             if anchored.capacity() > 4 * anchored.len() {
                 anchored.shrink_to(2 * anchored.len());
@@ -193,8 +207,8 @@ impl Scheduler {
     /// the anchor pairs of those labels.
     fn eligible_sets(&self, labels: &[u32]) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut offer = |s: u32| {
-            if is_subset(&self.sets[s].labels, labels) {
+        let mut offer = |s: u32, third: u32| {
+            if labels.binary_search(&third).is_ok() && is_subset(&self.sets[s].labels, labels) {
                 out.push(s);
             }
         };
@@ -206,12 +220,12 @@ impl Scheduler {
             if anchored.len() <= SCAN_PER_LABEL * labels.len() {
                 // Both sides are sorted by label: a merge join.
                 let mut rest = labels;
-                for &(b, s) in anchored {
+                for &(b, s, third) in anchored {
                     while rest.first().is_some_and(|&l| l < b) {
                         rest = &rest[1..];
                     }
                     match rest.first() {
-                        Some(&l) if l == b => offer(s),
+                        Some(&l) if l == b => offer(s, third),
                         Some(_) => {}
                         None => break,
                     }
@@ -219,10 +233,10 @@ impl Scheduler {
             } else {
                 let mut rest = &anchored[..];
                 for &b in labels {
-                    rest = &rest[rest.partition_point(|&(x, _)| x < b)..];
-                    let n = rest.partition_point(|&(x, _)| x == b);
-                    for &(_, s) in &rest[..n] {
-                        offer(s);
+                    rest = &rest[rest.partition_point(|&(x, _, _)| x < b)..];
+                    let n = rest.partition_point(|&(x, _, _)| x == b);
+                    for &(_, s, third) in &rest[..n] {
+                        offer(s, third);
                     }
                     rest = &rest[n..];
                 }
@@ -338,13 +352,15 @@ impl Scheduler {
             }
             active += 1;
             let (i, j) = unpack_anchor(e.anchor);
-            assert!(
-                self.labels[e.labels[i]]
-                    .anchored
-                    .binary_search(&(e.labels[j], s))
-                    .is_ok(),
-                "set {s} not under its anchor pair"
-            );
+            let table = &self.labels[e.labels[i]].anchored;
+            let k = table.binary_search_by_key(&(e.labels[j], s), |&(b, x, _)| (b, x));
+            assert!(k.is_ok(), "set {s} not under its anchor pair");
+            if let Ok(k) = k {
+                assert!(
+                    e.labels.binary_search(&table[k].2).is_ok(),
+                    "third label of set {s} not in the set"
+                );
+            }
         }
         assert_eq!(anchored, active, "anchored sets");
     }

@@ -194,11 +194,12 @@ pub(crate) struct LabelEntry {
     /// list (to pick good anchors).
     pub(crate) worker_count: u32,
     /// Active label sets anchored at this label, as (second anchor label,
-    /// set), sorted: see `eligibility`. A sorted vector rather than a tree
+    /// set, a third label of the set or the second again), sorted: see
+    /// `eligibility`. A sorted vector rather than a tree
     /// because listing a worker reads these tables end to end, which a
     /// vector does at memory speed; anchors are spread over the rarest
     /// labels, which keeps each table short.
-    pub(crate) anchored: Vec<(u32, u32)>,
+    pub(crate) anchored: Vec<(u32, u32, u32)>,
     /// Active label sets containing this label (to pick good anchors).
     pub(crate) active_sets: u32,
 }
