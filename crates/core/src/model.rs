@@ -19,6 +19,9 @@
 //! wanting an executable statement of the rules, via the `model` feature)
 //! can use either.
 
+// The model is a test oracle: a broken expectation in it is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -887,13 +887,16 @@ fn inspect(state: &qscheduler_core::Pool, now: Time, page: &Page) -> adm::Inspec
         disable_preemption: s.settings().disable_preemption,
         ..Default::default()
     };
-    for (id, c, b) in s.accounts() {
-        resp.account_balances.insert(
-            id.to_owned(),
-            protos::scheduler_state::Balance {
-                value: b.0.to_vec(),
-            },
-        );
+    for (id, c, _) in s.accounts() {
+        // After a wipe, accounts have no balance until the next clock update.
+        if let Some(b) = s.balance(id) {
+            resp.account_balances.insert(
+                id.to_owned(),
+                protos::scheduler_state::Balance {
+                    value: b.0.to_vec(),
+                },
+            );
+        }
         resp.account_configs
             .insert(id.to_owned(), account_config_pb(c));
     }

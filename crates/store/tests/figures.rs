@@ -1,6 +1,9 @@
 //! Prints throughput figures for both backends (run with `--nocapture` to see them). Timings are
 //! machine-dependent and not asserted; the test only checks the work was done.
 
+// A test that cannot unwrap has failed; the panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

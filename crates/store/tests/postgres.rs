@@ -1,6 +1,9 @@
 //! PostgreSQL backend against a real database (`DATABASE_URL`, default the local test database).
 //! Each test works in its own schema, dropped at the end.
 
+// A test that cannot unwrap has failed; the panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Property test: any sequence of appends, snapshots and reopens gives back exactly the latest
 //! snapshot and the records after it, on both backends.
 
+// A test that cannot unwrap has failed; the panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use proptest::prelude::*;

@@ -101,30 +101,27 @@ pub struct FileLimit {
 /// limit of many systems (1024, or less) is far below what a server with
 /// thousands of callers needs, while the hard limit is usually generous.
 pub fn raise_open_file_limit() -> io::Result<FileLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // `None` is "unlimited".
+    let lim = getrlimit(Resource::Nofile);
+    let before = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let mut now = before;
+    let below_hard = match (lim.current, lim.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit writes into the struct we pass; no other memory.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    if below_hard {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            now = hard;
         }
     }
-    Ok(FileLimit {
-        before,
-        now: lim.rlim_cur,
-        hard: lim.rlim_max,
-    })
+    Ok(FileLimit { before, now, hard })
 }
 
 /// The connection cap actually used: the configured one, but never more than

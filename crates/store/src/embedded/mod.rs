@@ -431,6 +431,7 @@ impl EmbeddedStore {
         }
     }
 
+    /// See [`crate::Store::create_pool`].
     pub async fn create_pool(&self, pool: &str, first_record: Vec<u8>) -> Result<()> {
         check_pool_id(pool)?;
         check_records(std::slice::from_ref(&first_record))?;
@@ -439,6 +440,7 @@ impl EmbeddedStore {
         blocking(move || inner.create_pool(&pool, &first_record)).await
     }
 
+    /// See [`crate::Store::delete_pool`].
     pub async fn delete_pool(&self, pool: &str) -> Result<()> {
         check_pool_id(pool)?;
         let inner = self.inner.clone();
@@ -446,11 +448,13 @@ impl EmbeddedStore {
         blocking(move || inner.delete_pool(&pool)).await
     }
 
+    /// See [`crate::Store::list_pools`].
     pub async fn list_pools(&self) -> Result<Vec<String>> {
         let inner = self.inner.clone();
         blocking(move || inner.list_pools()).await
     }
 
+    /// See [`crate::Store::pool_exists`].
     pub async fn pool_exists(&self, pool: &str) -> Result<bool> {
         check_pool_id(pool)?;
         let inner = self.inner.clone();
@@ -458,6 +462,7 @@ impl EmbeddedStore {
         blocking(move || Ok(inner.pool_dir(&pool)?.is_some())).await
     }
 
+    /// See [`crate::Store::open_pool`].
     pub async fn open_pool(&self, pool: &str) -> Result<(EmbeddedPoolHandle, Recovered)> {
         check_pool_id(pool)?;
         let inner = self.inner.clone();
@@ -465,6 +470,7 @@ impl EmbeddedStore {
         blocking(move || Inner::open_pool(&inner, &pool)).await
     }
 
+    /// See [`crate::Store::owner_of`].
     pub async fn owner_of(&self, pool: &str) -> Result<Option<Owner>> {
         let open = lock(&self.inner.catalogue)?.is_open(pool);
         Ok(open.then(|| {
@@ -476,6 +482,7 @@ impl EmbeddedStore {
         }))
     }
 
+    /// See [`crate::Store::unowned_pools`].
     pub async fn unowned_pools(&self) -> Result<Vec<String>> {
         let pools = self.list_pools().await?;
         let cat = lock(&self.inner.catalogue)?;
@@ -1012,28 +1019,34 @@ impl PoolShared {
 }
 
 impl EmbeddedPoolHandle {
+    /// See [`crate::PoolHandle::pool`].
     pub fn pool(&self) -> &str {
         &self.shared.pool
     }
 
+    /// See [`crate::PoolHandle::last_seq`].
     pub fn last_seq(&self) -> u64 {
         self.shared.last_seq.load(Ordering::Acquire)
     }
 
+    /// See [`crate::PoolHandle::append`].
     pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<AppendStats> {
         let shared = self.shared.clone();
         blocking(move || shared.append(records)).await
     }
 
+    /// See [`crate::PoolHandle::write_snapshot`].
     pub async fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
         let shared = self.shared.clone();
         blocking(move || shared.write_snapshot(seq, bytes)).await
     }
 
+    /// See [`crate::PoolHandle::lease`].
     pub fn lease(&self) -> watch::Receiver<LeaseState> {
         self.shared.lease.subscribe()
     }
 
+    /// See [`crate::PoolHandle::release`].
     pub async fn release(self) -> Result<()> {
         let shared = self.shared.clone();
         blocking(move || {
