@@ -17,7 +17,7 @@ use proptest::prelude::*;
 
 use crate::Scheduler;
 use crate::account::{AccountConfig, Balance, PoolSettings};
-use crate::model::Model;
+use crate::model::{Coverage, Model};
 use crate::scheduler::{NewRequest, StateDump};
 use crate::time::{NANOS_PER_SEC, Time};
 
@@ -515,13 +515,14 @@ fn same_dump(opt: &StateDump, model: &StateDump) -> Result<(), String> {
     same("workers", &opt.workers, &model.workers)
 }
 
-/// Runs a sequence, reporting the first difference with its step number.
-fn run(ops: &[Op]) -> Result<(), String> {
+/// Runs a sequence, reporting the first difference with its step number;
+/// else the rules the sequence reached.
+fn run(ops: &[Op]) -> Result<Coverage, String> {
     let mut d = Driver::new();
     for (i, op) in ops.iter().enumerate() {
         d.step(op).map_err(|e| format!("step {i} ({op:?}): {e}"))?;
     }
-    Ok(())
+    Ok(d.model.coverage())
 }
 
 /// `PROPTEST_CASES`, or `default` sequences.
@@ -561,6 +562,54 @@ proptest! {
         if let Err(e) = run(&ops) {
             return Err(TestCaseError::fail(e));
         }
+    }
+}
+
+/// The generated sequences reach the rules that are easy to miss: a
+/// generator that stopped producing preemptions (say) would leave the
+/// comparison above passing while testing much less. Runs a sample of each
+/// profile and demands that every counted rule came into play.
+#[test]
+fn generated_sequences_reach_every_rule() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut total = Coverage::default();
+    let mut add = |c: Coverage| {
+        total.preemptions += c.preemptions;
+        total.fanout_throttled += c.fanout_throttled;
+        total.label_limited += c.label_limited;
+        total.promotions += c.promotions;
+        total.demotions += c.demotions;
+        total.bots_expired += c.bots_expired;
+    };
+    for _ in 0..300 {
+        let ops = case().new_tree(&mut runner).expect("case").current();
+        add(run(&ops).unwrap_or_else(|e| panic!("{e}")));
+        let ops = crowded_case()
+            .new_tree(&mut runner)
+            .expect("case")
+            .current();
+        add(run(&ops).unwrap_or_else(|e| panic!("{e}")));
+    }
+    println!("rules reached by 600 sequences: {total:?}");
+    let Coverage {
+        preemptions,
+        fanout_throttled,
+        label_limited,
+        promotions,
+        demotions,
+        bots_expired,
+    } = total;
+    for (rule, n) in [
+        ("preemption", preemptions),
+        ("fanout throttling", fanout_throttled),
+        ("per-label limits", label_limited),
+        ("promotion", promotions),
+        ("demotion", demotions),
+        ("bot expiry", bots_expired),
+    ] {
+        assert!(n > 0, "no generated sequence reached {rule}: {total:?}");
     }
 }
 
