@@ -142,9 +142,9 @@ fn recharge(
     elapsed: f32,
     running: &[u32; NUM_PRIORITIES],
 ) {
-    for p in 0..NUM_PRIORITIES {
+    for (p, &tasks) in running.iter().enumerate() {
         let cap = config.charge_rate[p] * config.max_charge_seconds;
-        let spent = balance.0[p] - elapsed * running[p] as f32;
+        let spent = balance.0[p] - elapsed * tasks as f32;
         balance.0[p] = if spent < cap {
             (spent + elapsed * config.charge_rate[p]).min(cap)
         } else {
