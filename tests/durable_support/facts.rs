@@ -285,8 +285,12 @@ impl Facts {
                 for _ in 0..n {
                     self.next += 1;
                     let id = format!("task{}", self.next);
+                    // Tasks of no account run at the free level, and are the
+                    // first to be preempted.
                     let mut tags = Vec::new();
-                    if let Some(a) = self.pick(&accounts) {
+                    if self.rng.chance(65)
+                        && let Some(a) = self.pick(&accounts)
+                    {
                         tags.push(format!("qs_account:{a}"));
                     }
                     let mut dims = vec!["pool:facts".to_string()];
@@ -372,18 +376,47 @@ impl Facts {
                 "refused call"
             }
             _ => {
-                let n = self.rng.range(1, 4) as usize;
+                // Bots mostly stay busy until they have nothing to do, so
+                // that new tasks of accounts with quota preempt. A call from
+                // a bot that matches no task runs a pass without freeing
+                // any busy bot.
+                let busy: BTreeSet<String> = self
+                    .tasks
+                    .values()
+                    .filter_map(|p| match p {
+                        Place::Assigned(b) | Place::Running(b) => Some(b.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let free: Vec<String> = self
+                    .bots
+                    .iter()
+                    .filter(|b| !busy.contains(*b))
+                    .cloned()
+                    .collect();
                 let mut bots = Vec::new();
-                for _ in 0..n {
-                    let b = self.pick(&self.bots.clone()).expect("bot");
-                    if !bots.contains(&b) {
-                        bots.push(b);
+                if self.rng.chance(40) {
+                    bots.push(format!("{}-watcher", self.pool));
+                } else {
+                    for _ in 0..self.rng.range(1, 4) {
+                        let from = if free.is_empty() || self.rng.chance(15) {
+                            self.bots.clone()
+                        } else {
+                            free.clone()
+                        };
+                        let b = self.pick(&from).expect("bot");
+                        if !bots.contains(&b) {
+                            bots.push(b);
+                        }
                     }
                 }
                 let idle: Vec<pb::IdleBot> = bots
                     .iter()
                     .map(|b| {
                         let mut dims = vec!["pool:facts".to_string()];
+                        if b.ends_with("-watcher") {
+                            dims = vec!["pool:elsewhere".to_string()];
+                        }
                         dims.push(LABELS[self.rng.range(0, 2) as usize].into());
                         pb::IdleBot {
                             bot_id: b.clone(),

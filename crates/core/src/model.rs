@@ -620,6 +620,18 @@ impl Model {
         Ok(())
     }
 
+    /// The provisionable labels of a queued or running request.
+    pub fn provisionable_of(&self, request: &str) -> Option<BTreeSet<String>> {
+        if let Some(r) = self.queued.get(request) {
+            return Some(r.prov.clone());
+        }
+        self.workers
+            .values()
+            .filter_map(|w| w.running.as_ref())
+            .find(|run| run.req.id == request)
+            .map(|run| run.req.prov.clone())
+    }
+
     /// True iff `worker` runs `request`.
     pub fn is_assigned(&self, request: &str, worker: &str) -> bool {
         self.workers
@@ -1026,5 +1038,146 @@ impl Model {
                 })
                 .collect(),
         }
+    }
+}
+
+// ---------------------------------------------------------- reconciler
+
+/// The reconciler's rules (reference §7, with the project's decisions: a
+/// preemption handed to a bot that asks is a plain assignment, and news
+/// that the aborted task is gone drops only the abort), over [`Model`]:
+/// one plain map of pending assignments, scanned in full, and the task
+/// errors.
+#[derive(Clone, Debug, Default)]
+pub struct ModelReconciler {
+    /// Bot → (enqueue time, task to assign, task to abort).
+    pending: BTreeMap<String, (Time, String, Option<String>)>,
+    errors: BTreeMap<String, String>,
+    /// Pending assignments withdrawn after the pickup timeout.
+    pub timeouts: u64,
+}
+
+impl ModelReconciler {
+    /// Reference §7.3.
+    pub fn assign_tasks(
+        &mut self,
+        s: &mut Model,
+        t: Time,
+        bots: &[crate::reconciler::IdleBot],
+    ) -> Vec<Option<crate::reconciler::BotAssignment>> {
+        // §7.4: every entry at least ten minutes old, oldest first (ties by
+        // bot id), is withdrawn.
+        let mut stale: Vec<(Time, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, (enq, _, _))| t.nanos_since(*enq) >= 10 * 60 * NANOS_PER_SEC)
+            .map(|(bot, (enq, _, _))| (*enq, bot.clone()))
+            .collect();
+        stale.sort();
+        for (_, bot) in stale {
+            let (_, task, _) = self.pending.remove(&bot).expect("pending");
+            self.timeouts += 1;
+            let _ = s.unassign(&task, &bot, t);
+        }
+        s.update_time(t);
+        for bot in bots {
+            let consistent = self
+                .pending
+                .get(&bot.id)
+                .is_some_and(|(_, task, _)| s.is_assigned(task, &bot.id));
+            if !consistent {
+                s.mark_idle(&bot.id, &bot.labels, t);
+                self.pending.remove(&bot.id);
+            }
+        }
+        for a in s.run_once() {
+            let abort = match a.kind {
+                AssignmentKind::Idle => None,
+                AssignmentKind::Preempt { task_to_abort } => Some(task_to_abort.to_string()),
+            };
+            self.pending.insert(
+                a.worker_id.to_string(),
+                (a.time, a.request_id.to_string(), abort),
+            );
+        }
+        let mut out = Vec::new();
+        for bot in bots {
+            let Some(entry) = self.pending.get_mut(&bot.id) else {
+                out.push(None);
+                continue;
+            };
+            // The bot asks, so it is idle: nothing is left to abort.
+            entry.2 = None;
+            let task = entry.1.clone();
+            let Some(prov) = s.provisionable_of(&task) else {
+                out.push(None);
+                continue;
+            };
+            let offered: LabelSet = bot.labels.iter().cloned().collect();
+            out.push(Some(crate::reconciler::BotAssignment {
+                bot_id: Arc::from(bot.id.as_str()),
+                task_id: Arc::from(task.as_str()),
+                provision_required: !prov.is_subset(&offered),
+            }));
+        }
+        out
+    }
+
+    /// Reference §7.5.
+    pub fn notify_running(&mut self, s: &mut Model, request: &str, worker: &str, t: Time) {
+        s.notify_running(request, worker, t);
+        if self
+            .pending
+            .get(worker)
+            .is_some_and(|(enq, _, _)| t >= *enq)
+        {
+            self.pending.remove(worker);
+        }
+    }
+
+    /// Reference §7.6, keeping the preempting task assigned.
+    pub fn notify_absent(&mut self, s: &mut Model, request: &str, t: Time) {
+        s.notify_absent(request, t);
+        for (enq, _, abort) in self.pending.values_mut() {
+            if abort.as_deref() == Some(request) && *enq < t {
+                *abort = None;
+            }
+        }
+        self.errors.remove(request);
+    }
+
+    /// Reference §7.8.
+    pub fn add_task_error(&mut self, task: &str, message: String) {
+        self.errors.insert(task.to_owned(), message);
+    }
+
+    /// Reference §7.8: preemptions by bot, then errors by task.
+    pub fn cancellations(&self) -> Vec<crate::reconciler::Cancellation> {
+        use crate::reconciler::{CancelReason, Cancellation};
+        let mut out = Vec::new();
+        for (bot, (_, _, abort)) in &self.pending {
+            if let Some(task) = abort {
+                out.push(Cancellation {
+                    bot_id: Some(Arc::from(bot.as_str())),
+                    task_id: Arc::from(task.as_str()),
+                    reason: CancelReason::Preempted,
+                    extra_info: String::new(),
+                });
+            }
+        }
+        for (task, msg) in &self.errors {
+            out.push(Cancellation {
+                bot_id: None,
+                task_id: Arc::from(task.as_str()),
+                reason: CancelReason::Error,
+                extra_info: msg.clone(),
+            });
+        }
+        out
+    }
+
+    /// Pending assignments as the reconciler shows them.
+    pub fn pending(&self) -> BTreeMap<String, (Time, String, Option<String>)> {
+        self.pending.clone()
     }
 }
