@@ -22,13 +22,16 @@
 pub mod config;
 pub mod eventlog;
 pub mod health;
+pub mod insight;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod report;
 pub mod rpc_layer;
 pub mod server;
 pub mod service;
 pub mod translate;
+pub mod ui;
 
 pub use server::{Server, ServerError, ServerOptions};
