@@ -118,22 +118,15 @@ fn overview(
         s.queued_per_account().into_iter().collect();
     let mut accounts: Vec<ins::AccountOverview> = s
         .accounts()
-        .map(|(aid, c, b)| {
-            let level = b.best_priority();
-            ins::AccountOverview {
-                account_id: aid.to_owned(),
-                configured: true,
-                balance: b.0.to_vec(),
-                charge_rate: c.charge_rate.to_vec(),
-                max_charge_seconds: c.max_charge_seconds,
-                level: if level == qscheduler_core::FREE_PRIORITY && c.disable_free_tasks {
-                    -1
-                } else {
-                    i32::from(level)
-                },
-                running_by_level: s.running_by_level(aid).to_vec(),
-                queued: queued.get(aid).copied().unwrap_or(0),
-            }
+        .map(|(aid, c, b)| ins::AccountOverview {
+            account_id: aid.to_owned(),
+            configured: true,
+            balance: b.0.to_vec(),
+            charge_rate: c.charge_rate.to_vec(),
+            max_charge_seconds: c.max_charge_seconds,
+            level: s.account_next_level(aid).map_or(-1, i32::from),
+            running_by_level: s.running_by_level(aid).to_vec(),
+            queued: queued.get(aid).copied().unwrap_or(0),
         })
         .collect();
     // Accounts with queued tasks but no configuration run at the free level.

@@ -8,7 +8,9 @@
 //!   and deletion;
 //! * [`translate`]: Swarming's messages to core commands and back;
 //! * [`limits`]: what one request may hold, and how much may wait;
-//! * [`service`]: the gRPC/pRPC services;
+//! * [`service`]: the gRPC/pRPC services; [`insight`]: explanations and
+//!   reports; [`report`]: the rolling figures behind them; [`ui`]: the
+//!   dashboard at `/ui/`;
 //! * [`server`]: startup, serving and graceful shutdown;
 //! * [`config`]: the configuration file;
 //! * [`metrics`]: the Prometheus endpoint;

@@ -165,6 +165,13 @@ async fn explain_report_and_overview_on_every_transport() {
         assert_eq!((o.queued, o.running, o.bots), (2, 2, 2));
         let ci = o.accounts.iter().find(|a| a.account_id == "ci").unwrap();
         assert_eq!((ci.queued, ci.running_by_level[0]), (1, 2));
+        assert_eq!(ci.level, 0);
+        let frugal = o
+            .accounts
+            .iter()
+            .find(|a| a.account_id == "frugal")
+            .unwrap();
+        assert_eq!((frugal.level, frugal.queued), (-1, 1));
         assert_eq!(o.minutes.iter().map(|m| m.assigned).sum::<u64>(), 3);
 
         // Bad requests name the field.

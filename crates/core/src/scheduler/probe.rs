@@ -158,6 +158,16 @@ impl Scheduler {
         Some(levels[usize::from(self.next_throttled(r))])
     }
 
+    /// The level account `id`'s tasks (those not fanout-throttled) take at
+    /// the next pass; `None` when they sit it out. Unknown accounts run at
+    /// the free level.
+    pub fn account_next_level(&self, id: &str) -> Option<u8> {
+        match self.account_ids.get(id) {
+            Some(&a) => self.next_levels(a)[0],
+            None => Some(FREE_PRIORITY),
+        }
+    }
+
     /// Task `id` with its bot and fanout group.
     pub fn probe_task(&self, id: &str) -> Option<TaskProbe<'_>> {
         let (request, _) = self.request(id)?;

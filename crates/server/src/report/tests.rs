@@ -178,3 +178,17 @@ fn wait_buckets_are_monotonic() {
         last = b;
     }
 }
+
+/// What a pool's figures can cost, whatever the traffic: the ring, plus per
+/// minute a bucket and one entry per account active in it.
+#[test]
+fn memory_per_pool_is_bounded() {
+    use std::mem::size_of;
+    let ring = RETAINED_MINUTES * size_of::<Option<Box<Minute>>>();
+    let minute = size_of::<Minute>();
+    let account = size_of::<(Arc<str>, AccountMinute)>();
+    println!("ring {ring} B, minute {minute} B, account-minute {account} B + waits");
+    assert!(ring <= 100_000);
+    assert!(minute <= 128);
+    assert!(account <= 256);
+}
