@@ -12,6 +12,7 @@ use std::time::Duration;
 use qscheduler_wire::prpc::PrpcClient;
 use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
+use qscheduler_wire::qscheduler::q_scheduler_insight_client::QSchedulerInsightClient;
 use qscheduler_wire::qscheduler::q_scheduler_view_client::QSchedulerViewClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -99,6 +100,7 @@ enum Inner {
     Grpc {
         admin: QSchedulerAdminClient<Channel>,
         view: QSchedulerViewClient<Channel>,
+        insight: QSchedulerInsightClient<Channel>,
     },
 }
 
@@ -110,6 +112,7 @@ pub struct Client {
 
 const ADMIN: &str = "qscheduler.QSchedulerAdmin";
 const VIEW: &str = "qscheduler.QSchedulerView";
+const INSIGHT: &str = "qscheduler.QSchedulerInsight";
 
 /// One method per RPC, the same over both transports.
 macro_rules! rpcs {
@@ -150,6 +153,7 @@ impl Client {
                 let channel = endpoint.connect_lazy();
                 Inner::Grpc {
                     admin: QSchedulerAdminClient::new(channel.clone()),
+                    insight: QSchedulerInsightClient::new(channel.clone()),
                     // The view of a pool with 100k queued tasks is far
                     // larger than tonic's 4 MiB default; pRPC has no limit
                     // either unless asked for one.
@@ -215,5 +219,14 @@ impl Client {
         /// `ListPools`.
         list_pools: VIEW / "ListPools", view,
             adm::ListPoolsRequest => adm::ListPoolsResponse;
+        /// `ExplainTask`.
+        explain_task: INSIGHT / "ExplainTask", insight,
+            adm::ExplainTaskRequest => adm::ExplainTaskResponse;
+        /// `AccountReport`.
+        account_report: INSIGHT / "AccountReport", insight,
+            adm::AccountReportRequest => adm::AccountReportResponse;
+        /// `PoolOverview`.
+        pool_overview: INSIGHT / "PoolOverview", insight,
+            adm::PoolOverviewRequest => adm::PoolOverviewResponse;
     }
 }

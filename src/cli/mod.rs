@@ -1,4 +1,5 @@
-//! The administration commands: `pool`, `account`, `inspect` and `apply`.
+//! The administration commands: `pool`, `account`, `inspect` and `apply`,
+//! and the insight commands `explain`, `report` and `top`.
 //!
 //! They cover `qscheduler.QSchedulerAdmin` and `qscheduler.QSchedulerView`
 //! over pRPC or gRPC. Two rules shape them:
@@ -37,6 +38,7 @@
 mod account;
 mod apply;
 mod client;
+mod insight;
 mod inspect;
 mod pool;
 mod table;
@@ -171,6 +173,14 @@ pub enum ClientCommand {
     /// file is checked before anything is sent; --dry-run shows the plan
     /// and changes nothing. See docs/pools.example.toml for the format.
     Apply(apply::ApplyArgs),
+    /// Why a task waits, what blocks it, and when it may start.
+    Explain(insight::ExplainArgs),
+    /// Per account and level over a window: entitlement, usage, waits,
+    /// preemptions.
+    Report(insight::ReportArgs),
+    /// A live view of a pool, refreshed every few seconds, in the spirit
+    /// of `top`.
+    Top(insight::TopArgs),
 }
 
 /// Runs an administration command.
@@ -180,6 +190,9 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Account(args) => account::run(args),
         ClientCommand::Inspect(args) => inspect::run(args),
         ClientCommand::Apply(args) => apply::run(args),
+        ClientCommand::Explain(args) => insight::explain(args),
+        ClientCommand::Report(args) => insight::report(args),
+        ClientCommand::Top(args) => insight::top(args),
     }
 }
 

@@ -8,7 +8,9 @@
 //!   and deletion;
 //! * [`translate`]: Swarming's messages to core commands and back;
 //! * [`limits`]: what one request may hold, and how much may wait;
-//! * [`service`]: the gRPC/pRPC services;
+//! * [`service`]: the gRPC/pRPC services; [`insight`]: explanations and
+//!   reports; [`report`]: the rolling figures behind them; [`ui`]: the
+//!   dashboard at `/ui/`;
 //! * [`server`]: startup, serving and graceful shutdown;
 //! * [`config`]: the configuration file;
 //! * [`metrics`]: the Prometheus endpoint;
@@ -22,13 +24,16 @@
 pub mod config;
 pub mod eventlog;
 pub mod health;
+pub mod insight;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod report;
 pub mod rpc_layer;
 pub mod server;
 pub mod service;
 pub mod translate;
+pub mod ui;
 
 pub use server::{Server, ServerError, ServerOptions};

@@ -28,10 +28,12 @@ use tracing::{error, info, warn};
 
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
 use crate::health::{Health, Phase};
+use crate::insight::Insight;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::pool::{ByteBudget, CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
 use crate::registry::Registry;
+use crate::report::Reports;
 use crate::rpc_layer::RpcLayer;
 use crate::service::Scheduler;
 
@@ -197,7 +199,7 @@ pub fn router(
     options: &ServerOptions,
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
-    assemble(registry, metrics, options, extra, |s| s)
+    assemble(registry, metrics, options, extra, Reports::new(), |s| s)
 }
 
 /// [`router`], with `more` adding services (gRPC health).
@@ -206,17 +208,26 @@ fn assemble(
     metrics: Option<&Arc<Metrics>>,
     options: &ServerOptions,
     extra: axum::Router,
+    reports: Arc<Reports>,
     more: impl FnOnce(Services) -> Services,
 ) -> Result<axum::Router, ServerError> {
     let svc = Arc::new(Scheduler::new(registry.clone(), options.limits.clone()));
-    let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
+    let insight = Arc::new(Insight::new(
+        (*svc).clone(),
+        reports,
+        options.limits.clone(),
+    ));
+    let mut extra = extra
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::ui::router(insight.clone(), registry.clone()));
     if let Some(m) = metrics {
         extra = extra.merge(m.router(&options.metrics.path));
     }
     let services = Services::new()
         .external_scheduler(svc.clone())
         .admin(svc.clone())
-        .view(svc);
+        .view(svc)
+        .insight(insight);
     Ok(more(services)
         .request_timeout(Some(options.request_timeout))
         .max_request_size(options.max_request_bytes)
@@ -334,7 +345,9 @@ impl Server {
             .metrics
             .enabled
             .then(|| Metrics::new(options.metrics.clone(), event_log.stats()));
-        let mut observers: Vec<Arc<dyn Observer>> = vec![event_log.clone(), observer];
+        let reports = Reports::new();
+        let mut observers: Vec<Arc<dyn Observer>> =
+            vec![event_log.clone(), observer, reports.clone()];
         if let Some(m) = &metrics {
             observers.push(m.clone());
         }
@@ -374,6 +387,7 @@ impl Server {
             metrics.as_ref(),
             &options,
             extra.merge(readyz),
+            reports,
             |s| s.open_grpc_service(health_service),
         )?;
         let mut connections = options.connections.clone();

@@ -101,14 +101,14 @@ impl From<RegistryError> for Status {
 
 /// What a call needs to be forwarded: the replicas it already passed
 /// through, the caller's credentials and its deadline.
-struct Origin {
+pub(crate) struct Origin {
     forwarded_by: Vec<MetadataValue<tonic::metadata::Ascii>>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     deadline: Option<Instant>,
 }
 
 impl Origin {
-    fn of<T>(request: &Request<T>) -> Origin {
+    pub(crate) fn of<T>(request: &Request<T>) -> Origin {
         let md: &MetadataMap = request.metadata();
         Origin {
             forwarded_by: md.get_all(FORWARDED_BY).iter().cloned().collect(),
@@ -123,7 +123,7 @@ impl Origin {
 }
 
 /// Why a local attempt did not produce an answer.
-enum Fail {
+pub(crate) enum Fail {
     /// The pool closed before the call was logged; locate it again.
     Retry(Status),
     /// The answer.
@@ -274,7 +274,7 @@ impl Scheduler {
 
     /// Serves a call for pool `id`: with `local` if the pool is (or can be
     /// opened) here, else by forwarding `msg` with `remote`.
-    async fn route<Req, Resp, L, LF, R, RF>(
+    pub(crate) async fn route<Req, Resp, L, LF, R, RF>(
         &self,
         id: &str,
         field: &str,

@@ -24,6 +24,7 @@ use crate::context::{
 use crate::prpc::headers::parse_timeout;
 use crate::prpc::{CorsPolicy, DEFAULT_MAX_REQUEST_SIZE, DEFAULT_REQUEST_TIMEOUT, PrpcRouter};
 use crate::qscheduler::q_scheduler_admin_server::{QSchedulerAdmin, QSchedulerAdminServer};
+use crate::qscheduler::q_scheduler_insight_server::{QSchedulerInsight, QSchedulerInsightServer};
 use crate::qscheduler::q_scheduler_view_server::{QSchedulerView, QSchedulerViewServer};
 use crate::shape::ShapeLimits;
 use crate::swarming::v1::external_scheduler_server::{ExternalScheduler, ExternalSchedulerServer};
@@ -143,6 +144,14 @@ impl Services {
         self.prpc = self.prpc.view(Arc::clone(&svc));
         self.add_grpc::<QSchedulerViewServer<T>>(move |max| {
             QSchedulerViewServer::from_arc(svc).max_decoding_message_size(max)
+        })
+    }
+
+    /// Serves `qscheduler.QSchedulerInsight` with `svc`, over both transports.
+    pub fn insight<T: QSchedulerInsight>(mut self, svc: Arc<T>) -> Self {
+        self.prpc = self.prpc.insight(Arc::clone(&svc));
+        self.add_grpc::<QSchedulerInsightServer<T>>(move |max| {
+            QSchedulerInsightServer::from_arc(svc).max_decoding_message_size(max)
         })
     }
 

@@ -18,6 +18,7 @@ use prost::Message;
 use prost_reflect::DynamicMessage;
 use qscheduler_wire::qscheduler::{
     self as adm, q_scheduler_admin_client::QSchedulerAdminClient,
+    q_scheduler_insight_client::QSchedulerInsightClient,
     q_scheduler_view_client::QSchedulerViewClient,
 };
 use qscheduler_wire::swarming::v1::{
@@ -285,6 +286,12 @@ methods! {
         adm::ListAccountsRequest => adm::ListAccountsResponse;
     inspect_pool: QSchedulerViewClient "qscheduler.QSchedulerView" "InspectPool"
         adm::InspectPoolRequest => adm::InspectPoolResponse;
+    explain_task: QSchedulerInsightClient "qscheduler.QSchedulerInsight" "ExplainTask"
+        adm::ExplainTaskRequest => adm::ExplainTaskResponse;
+    account_report: QSchedulerInsightClient "qscheduler.QSchedulerInsight" "AccountReport"
+        adm::AccountReportRequest => adm::AccountReportResponse;
+    pool_overview: QSchedulerInsightClient "qscheduler.QSchedulerInsight" "PoolOverview"
+        adm::PoolOverviewRequest => adm::PoolOverviewResponse;
 }
 
 // ------------------------------------------------------------- messages
