@@ -40,7 +40,7 @@ use qscheduler_wire::swarming::v1::external_scheduler_client::ExternalSchedulerC
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cli::{Client, Transport};
+use crate::cli::{Bearer, Client, Credentials, Transport};
 
 /// Options of `qscheduler loadgen`.
 #[derive(clap::Args, Debug)]
@@ -94,6 +94,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    credentials: Credentials,
+    #[command(flatten)]
     hostile: crate::hostile::HostileArgs,
 }
 
@@ -115,7 +117,7 @@ const SCHED: &str = "swarming.v1.ExternalScheduler";
 #[derive(Clone)]
 enum Conn {
     Prpc(Box<PrpcClient>),
-    Grpc(Channel),
+    Grpc(Channel, Bearer),
 }
 
 impl Conn {
@@ -125,10 +127,14 @@ impl Conn {
                 .call::<_, pb::NotifyTasksResponse>(SCHED, "NotifyTasks", &req)
                 .await
                 .map(drop),
-            Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
-                .notify_tasks(req)
-                .await
-                .map(drop),
+            Conn::Grpc(ch, bearer) => {
+                let mut req = tonic::Request::new(req);
+                bearer.apply(&mut req);
+                ExternalSchedulerClient::new(ch.clone())
+                    .notify_tasks(req)
+                    .await
+                    .map(drop)
+            }
         }
     }
 
@@ -138,10 +144,14 @@ impl Conn {
     ) -> Result<pb::AssignTasksResponse, tonic::Status> {
         match self {
             Conn::Prpc(c) => c.call(SCHED, "AssignTasks", &req).await,
-            Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
-                .assign_tasks(req)
-                .await
-                .map(tonic::Response::into_inner),
+            Conn::Grpc(ch, bearer) => {
+                let mut req = tonic::Request::new(req);
+                bearer.apply(&mut req);
+                ExternalSchedulerClient::new(ch.clone())
+                    .assign_tasks(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         }
     }
 }
@@ -394,14 +404,22 @@ async fn connect(args: &LoadgenArgs, timeout: Duration) -> anyhow::Result<Vec<Co
     // A few independent connections (pools of them for pRPC, HTTP/2
     // channels for gRPC) so one connection is never the bottleneck.
     let n = 4;
+    let token = args.credentials.token()?;
+    let bearer = Bearer::new(token.as_deref())?;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(match args.transport {
-            Transport::Prpc => Conn::Prpc(Box::new(
-                PrpcClient::new(&args.server)
+            Transport::Prpc => {
+                let mut c = PrpcClient::new(&args.server)
                     .map_err(|e| anyhow::anyhow!("--server: {e}"))?
-                    .with_timeout(timeout),
-            )),
+                    .with_timeout(timeout);
+                if let Some(t) = &token {
+                    c = c
+                        .with_header("authorization", &format!("Bearer {t}"))
+                        .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header"))?;
+                }
+                Conn::Prpc(Box::new(c))
+            }
             Transport::Grpc => Conn::Grpc(
                 Endpoint::from_shared(args.server.clone())
                     .map_err(|e| anyhow::anyhow!("--server: bad URL {:?}: {e}", args.server))?
@@ -416,6 +434,7 @@ async fn connect(args: &LoadgenArgs, timeout: Duration) -> anyhow::Result<Vec<Co
                             args.server
                         )
                     })?,
+                bearer.clone(),
             ),
         });
     }
@@ -510,7 +529,12 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
-    let admin = Client::new(&args.server, args.transport, timeout)?;
+    let admin = Client::new(
+        &args.server,
+        args.transport,
+        timeout,
+        args.credentials.token()?.as_deref(),
+    )?;
     let conns = connect(&args, timeout).await?;
     let run = format!(
         "lg{}",

@@ -13,6 +13,7 @@ use qscheduler_wire::prpc::PrpcClient;
 use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
 use qscheduler_wire::qscheduler::q_scheduler_view_client::QSchedulerViewClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -58,6 +59,11 @@ impl fmt::Display for RpcError {
                  QSCHEDULER_SERVER.",
                 self.server
             )?;
+        } else if self.status.code() == Code::Unauthenticated {
+            write!(
+                f,
+                "\nhint: give a bearer token with --token-file, --token or QSCHEDULER_TOKEN."
+            )?;
         } else if self.status.code() == Code::DeadlineExceeded {
             write!(
                 f,
@@ -94,11 +100,87 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The caller's credentials, shared by every client command and loadgen.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Credentials {
+    /// Bearer token to send (a server with [auth] requires one). Prefer
+    /// QSCHEDULER_TOKEN or --token-file: a command line is visible to other
+    /// users of the host.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "TOKEN",
+        env = "QSCHEDULER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the bearer token from this file (surrounding white space is
+    /// ignored).
+    #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    /// The bearer token, if any, checked to be sendable as a header.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!(
+                "the bearer token (--token, QSCHEDULER_TOKEN or --token-file) must be one word \
+                 of printable ASCII"
+            );
+        }
+        Ok(Some(token))
+    }
+}
+
+/// Adds the bearer token to every gRPC call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// The `authorization` value for `token`.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
+        token
+            .map(|t| {
+                tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header value"))
+            })
+            .transpose()
+            .map(Bearer)
+    }
+
+    /// Puts the token on `request`.
+    pub fn apply<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        self.apply(&mut request);
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
 enum Inner {
     Prpc(PrpcClient),
     Grpc {
-        admin: QSchedulerAdminClient<Channel>,
-        view: QSchedulerViewClient<Channel>,
+        admin: QSchedulerAdminClient<Authed>,
+        view: QSchedulerViewClient<Authed>,
     },
 }
 
@@ -134,12 +216,25 @@ macro_rules! rpcs {
 impl Client {
     /// A client for `server` (`http://host:port`). Nothing is sent yet: a
     /// server that is down shows up at the first call, with a hint.
-    pub fn new(server: &str, transport: Transport, timeout: Duration) -> anyhow::Result<Client> {
+    pub fn new(
+        server: &str,
+        transport: Transport,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> anyhow::Result<Client> {
+        let bearer = Bearer::new(token)?;
         let inner = match transport {
             Transport::Prpc => {
-                let c = PrpcClient::new(server)
+                let mut c = PrpcClient::new(server)
                     .map_err(|e| anyhow::anyhow!("--server: {e}"))?
                     .with_timeout(timeout);
+                if let Some(t) = token {
+                    c = c
+                        .with_header("authorization", &format!("Bearer {t}"))
+                        .map_err(|_| {
+                            anyhow::anyhow!("the bearer token is not a valid header value")
+                        })?;
+                }
                 Inner::Prpc(c)
             }
             Transport::Grpc => {
@@ -149,11 +244,12 @@ impl Client {
                     .connect_timeout(timeout);
                 let channel = endpoint.connect_lazy();
                 Inner::Grpc {
-                    admin: QSchedulerAdminClient::new(channel.clone()),
+                    admin: QSchedulerAdminClient::with_interceptor(channel.clone(), bearer.clone()),
                     // The view of a pool with 100k queued tasks is far
                     // larger than tonic's 4 MiB default; pRPC has no limit
                     // either unless asked for one.
-                    view: QSchedulerViewClient::new(channel).max_decoding_message_size(usize::MAX),
+                    view: QSchedulerViewClient::with_interceptor(channel, bearer)
+                        .max_decoding_message_size(usize::MAX),
                 }
             }
         };

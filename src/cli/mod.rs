@@ -48,7 +48,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-pub use client::{Client, Transport, code_name};
+pub use client::{Bearer, Client, Credentials, Transport, code_name};
 
 /// A command line that parsed but makes no sense (flags that contradict
 /// each other, nothing to do, a missing confirmation). Like clap's own
@@ -99,6 +99,8 @@ pub struct Conn {
     #[arg(long, global = true, help_heading = "Connection", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
 impl Conn {
@@ -107,6 +109,7 @@ impl Conn {
             &self.server,
             self.transport,
             Duration::from_secs(self.timeout),
+            self.credentials.token()?.as_deref(),
         )
     }
 }

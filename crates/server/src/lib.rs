@@ -13,12 +13,14 @@
 //! * [`config`]: the configuration file;
 //! * [`metrics`]: the Prometheus endpoint;
 //! * [`eventlog`]: the task event log (JSON-lines files, PostgreSQL);
-//! * [`rpc_layer`]: per-RPC spans, logs and latency histograms.
+//! * [`rpc_layer`]: per-RPC spans, logs and latency histograms;
+//! * [`auth`]: who may call what (principals, roles, the auth layer).
 //!
 //! It must not contain scheduling rules (those live in `qscheduler-core`),
 //! wire-format details (`qscheduler-wire`) or storage formats
 //! (`qscheduler-store`).
 
+pub mod auth;
 pub mod config;
 pub mod eventlog;
 pub mod limits;

@@ -132,6 +132,7 @@ pub struct Metrics {
     registry: PromRegistry,
     rpc: RpcHistograms,
     pools: Arc<PoolsCollector>,
+    insecure: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -157,16 +158,28 @@ impl Metrics {
             sinks,
         });
         registry.register_collector(Box::new(pools.clone()));
+        let insecure = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "qscheduler_insecure",
+            "1 when the server serves a non-loopback address without [auth] (serve --insecure)",
+            insecure.clone(),
+        );
         Arc::new(Metrics {
             registry,
             rpc,
             pools,
+            insecure,
         })
     }
 
     /// Lets scrapes read the pools' committed state.
     pub fn attach(&self, registry: &Arc<Registry>) {
         let _ = self.pools.registry.set(Arc::downgrade(registry));
+    }
+
+    /// Sets the `qscheduler_insecure` gauge.
+    pub fn set_insecure(&self, insecure: bool) {
+        self.insecure.set(i64::from(insecure));
     }
 
     pub(crate) fn rpc_histograms(&self) -> RpcHistograms {

@@ -11,10 +11,13 @@ use std::time::Duration;
 use axum::routing::get;
 use qscheduler_store::{Store, StoreOptions};
 use qscheduler_wire::conn::{ConnectionOptions, effective_max_connections, raise_open_file_limit};
+use qscheduler_wire::prpc::CorsPolicy;
 use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::auth::Policy;
+use crate::auth::layer::{AuthLayer, AuthSettings, PolicyCell};
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, MetricsOptions};
@@ -51,6 +54,14 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Connection limits.
     pub connections: ConnectionOptions,
+    /// `[auth]`: who may call. `None`: anyone who reaches the port, which
+    /// is only allowed on loopback addresses unless `insecure`.
+    pub auth: Option<Policy>,
+    /// The secret replicas prove themselves to each other with when they
+    /// forward calls.
+    pub peer_secret: Option<String>,
+    /// Serve a non-loopback address without `[auth]`.
+    pub insecure: bool,
 }
 
 impl Default for ServerOptions {
@@ -67,6 +78,9 @@ impl Default for ServerOptions {
             adopt_every: Duration::from_secs(1),
             limits: Limits::default(),
             connections: ConnectionOptions::default(),
+            auth: None,
+            peer_secret: None,
+            insecure: false,
         }
     }
 }
@@ -108,6 +122,17 @@ pub enum ServerError {
         /// The unusable address.
         address: String,
     },
+    /// A non-loopback address without `[auth]` and without `--insecure`.
+    #[error(
+        "refusing to serve {addr} without authentication: anyone who can reach it could \
+         change or delete every pool. Add an [auth] section to the configuration (see \
+         `qscheduler auth new-token`), listen on a loopback address, or accept the risk \
+         with `serve --insecure`"
+    )]
+    Insecure {
+        /// The listen address.
+        addr: SocketAddr,
+    },
     /// Route assembly failed.
     #[error("routes: {0}")]
     Routes(#[from] qscheduler_wire::serve::WireError),
@@ -124,6 +149,7 @@ pub struct Server {
     connections: ConnectionOptions,
     event_log: Arc<EventLog>,
     metrics: Option<Arc<Metrics>>,
+    auth_policy: Option<Arc<PolicyCell>>,
 }
 
 /// How long shutdown waits for the event log to write what is queued.
@@ -169,20 +195,79 @@ pub fn router(
     options: &ServerOptions,
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
-    let svc = Arc::new(Scheduler::new(registry.clone(), options.limits.clone()));
+    let policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+    router_with(registry, metrics, options, extra, policy)
+}
+
+/// [`router`] with the `[auth]` policy in a cell the caller keeps (to
+/// replace it when the configuration changes).
+fn router_with(
+    registry: &Arc<Registry>,
+    metrics: Option<&Arc<Metrics>>,
+    options: &ServerOptions,
+    extra: axum::Router,
+    policy: Option<Arc<PolicyCell>>,
+) -> Result<axum::Router, ServerError> {
+    let svc = Arc::new(
+        Scheduler::new(registry.clone(), options.limits.clone())
+            .with_auth(options.auth.is_some(), options.peer_secret.clone()),
+    );
+    let auth = AuthSettings {
+        policy,
+        peer_secret: options
+            .peer_secret
+            .as_deref()
+            .map(|s| crate::auth::Sha256Hash::of(s.as_bytes())),
+        metrics_path: metrics.map(|_| options.metrics.path.clone()),
+    };
+    let origins = options
+        .auth
+        .as_ref()
+        .map(|p| p.allowed_origins.clone())
+        .unwrap_or_default();
     let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
     if let Some(m) = metrics {
         extra = extra.merge(m.router(&options.metrics.path));
     }
-    Ok(Services::new()
+    let mut services = Services::new()
         .external_scheduler(svc.clone())
         .admin(svc.clone())
         .view(svc)
         .request_timeout(Some(options.request_timeout))
         .max_request_size(options.max_request_bytes)
-        .shape_limits(options.limits.shape())
+        .shape_limits(options.limits.shape());
+    if !origins.is_empty() {
+        services = services.cors(CorsPolicy::AllowList {
+            origins,
+            allow_credentials: false,
+        });
+    }
+    // The RPC layer is outside the auth layer, so refused calls are
+    // measured too.
+    Ok(services
         .into_router(extra)?
+        .layer(AuthLayer::new(auth))
         .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+}
+
+/// Refuses a non-loopback listen address without `[auth]`, unless
+/// `--insecure` was given; then warns, and returns true (for the
+/// `qscheduler_insecure` gauge).
+fn check_exposure(options: &ServerOptions) -> Result<bool, ServerError> {
+    if options.auth.is_some() || options.listen.ip().is_loopback() {
+        return Ok(false);
+    }
+    if !options.insecure {
+        return Err(ServerError::Insecure {
+            addr: options.listen,
+        });
+    }
+    tracing::warn!(
+        addr = %options.listen,
+        "serving a non-loopback address without [auth] (--insecure): anyone who can reach \
+         it may change or delete every pool"
+    );
+    Ok(true)
 }
 
 /// True when `location` names a store several replicas share (PostgreSQL),
@@ -213,6 +298,7 @@ impl Server {
         observer: Arc<dyn Observer>,
         extra: axum::Router,
     ) -> Result<Server, ServerError> {
+        let insecure = check_exposure(&options)?;
         // Bind first, so that the address other replicas forward to can
         // default to the one actually bound (port 0 included).
         let listener =
@@ -256,10 +342,18 @@ impl Server {
         registry.set_max_pools(options.limits.max_pools);
         if let Some(m) = &metrics {
             m.attach(&registry);
+            m.set_insecure(insecure);
         }
         registry.recover_all().await?;
         registry.spawn_adoption(options.adopt_every);
-        let router = router(&registry, metrics.as_ref(), &options, extra)?;
+        let auth_policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+        let router = router_with(
+            &registry,
+            metrics.as_ref(),
+            &options,
+            extra,
+            auth_policy.clone(),
+        )?;
         let mut connections = options.connections.clone();
         match raise_open_file_limit() {
             Ok(files) => {
@@ -282,7 +376,14 @@ impl Server {
             connections,
             event_log,
             metrics,
+            auth_policy,
         })
+    }
+
+    /// The `[auth]` policy in force, replaceable while serving (`None`
+    /// without `[auth]`).
+    pub fn auth_policy(&self) -> Option<&Arc<PolicyCell>> {
+        self.auth_policy.as_ref()
     }
 
     /// The bound address (useful with port 0).

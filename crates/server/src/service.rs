@@ -45,6 +45,8 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::auth::layer::{FORWARDED_PRINCIPAL, PEER_SECRET_HEADER};
+use crate::auth::{Access, check_pool};
 use crate::limits::{self, Limits};
 use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Location, PoolStatus, Registry, RegistryError};
@@ -105,6 +107,8 @@ struct Origin {
     forwarded_by: Vec<MetadataValue<tonic::metadata::Ascii>>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     deadline: Option<Instant>,
+    /// The caller and the role its method needs (with `[auth]`).
+    access: Option<Access>,
 }
 
 impl Origin {
@@ -114,6 +118,7 @@ impl Origin {
             forwarded_by: md.get_all(FORWARDED_BY).iter().cloned().collect(),
             authorization: md.get("authorization").cloned(),
             deadline: request_deadline(request),
+            access: request.extensions().get::<Access>().cloned(),
         }
     }
 
@@ -149,6 +154,8 @@ impl From<PoolError> for Fail {
 struct Forwarder {
     me: String,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Proves to the other replicas that a call comes from a peer.
+    peer_secret: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Forwarder {
@@ -217,6 +224,15 @@ impl Forwarder {
         if let Some(a) = &origin.authorization {
             md.insert("authorization", a.clone());
         }
+        if let Some(secret) = &self.peer_secret {
+            md.insert(PEER_SECRET_HEADER, secret.clone());
+            // The owner authorizes the original caller, not this replica.
+            if let Some(access) = &origin.access
+                && let Ok(name) = MetadataValue::try_from(access.principal.name.as_str())
+            {
+                md.insert(FORWARDED_PRINCIPAL, name);
+            }
+        }
         match call(channel, request).await {
             Ok(r) => Ok(Response::new(r.into_inner())),
             // A status of our own transport (the owner did not answer), not
@@ -238,6 +254,8 @@ pub struct Scheduler {
     registry: Arc<Registry>,
     forwarder: Arc<Forwarder>,
     limits: Arc<Limits>,
+    /// Calls without an [`Access`] are refused (the server has `[auth]`).
+    auth_required: bool,
 }
 
 fn scheduler_client(c: Channel) -> ExternalSchedulerClient<Channel> {
@@ -264,12 +282,32 @@ impl Scheduler {
         let forwarder = Arc::new(Forwarder {
             me: registry.replica_id().to_owned(),
             channels: Mutex::new(HashMap::new()),
+            peer_secret: None,
         });
         Scheduler {
             registry,
             forwarder,
             limits: Arc::new(limits),
+            auth_required: false,
         }
+    }
+
+    /// Requires an authorized caller on every call (`required`), and proves
+    /// forwarded calls with `peer_secret`.
+    pub fn with_auth(mut self, required: bool, peer_secret: Option<String>) -> Self {
+        self.auth_required = required;
+        let secret = peer_secret.and_then(|s| MetadataValue::try_from(s.as_str()).ok());
+        self.forwarder = Arc::new(Forwarder {
+            me: self.forwarder.me.clone(),
+            channels: Mutex::new(HashMap::new()),
+            peer_secret: secret,
+        });
+        self
+    }
+
+    /// `PERMISSION_DENIED` unless the caller may call for `pool`.
+    fn authorize(&self, access: Option<&Access>, pool: &str) -> Result<(), Status> {
+        check_pool(access, self.auth_required, pool)
     }
 
     /// Serves a call for pool `id`: with `local` if the pool is (or can be
@@ -291,6 +329,7 @@ impl Scheduler {
     {
         translate::pool_id(id, field, &self.limits)?;
         record_pool(id);
+        self.authorize(origin.access.as_ref(), id)?;
         let mut retried = false;
         loop {
             match self.registry.locate(id, origin.hops()).await? {
@@ -563,9 +602,11 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::CreateSchedulerPoolRequest>,
     ) -> Result<Response<adm::CreateSchedulerPoolResponse>, Status> {
+        let access = request.extensions().get::<Access>().cloned();
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
         record_pool(&req.pool_id);
+        self.authorize(access.as_ref(), &req.pool_id)?;
         if req.config.is_some() {
             return Err(Status::invalid_argument(
                 "config: deprecated; create the pool, then set accounts and settings with \
@@ -682,6 +723,7 @@ impl QSchedulerAdmin for Scheduler {
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
         record_pool(&req.pool_id);
+        self.authorize(origin.access.as_ref(), &req.pool_id)?;
         // The owner deletes, so that it stops serving the pool at once
         // rather than when its next write or lease renewal finds it gone.
         if let Some(owner) = self
@@ -767,14 +809,24 @@ impl QSchedulerView for Scheduler {
 
     async fn list_pools(
         &self,
-        _request: Request<adm::ListPoolsRequest>,
+        request: Request<adm::ListPoolsRequest>,
     ) -> Result<Response<adm::ListPoolsResponse>, Status> {
         use adm::list_pools_response::{Pool, pool::State};
+        let access = request.extensions().get::<Access>().cloned();
+        if access.is_none() && self.auth_required {
+            check_pool(None, true, "")?;
+        }
+        // A principal sees the pools it may view, and no others.
         let pools = self
             .registry
             .list()
             .await?
             .into_iter()
+            .filter(|(pool_id, _)| {
+                access
+                    .as_ref()
+                    .is_none_or(|a| a.check_pool(pool_id).is_ok())
+            })
             .map(|(pool_id, status)| match status {
                 PoolStatus::Serving { replica_id } => Pool {
                     pool_id,
