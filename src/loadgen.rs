@@ -38,9 +38,9 @@ use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::swarming::v1 as pb;
 use qscheduler_wire::swarming::v1::external_scheduler_client::ExternalSchedulerClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::cli::{Bearer, Client, Credentials, Transport};
+use crate::cli::{Bearer, Client, Credentials, Transport, grpc_endpoint, prpc_client};
 
 /// Options of `qscheduler loadgen`.
 #[derive(clap::Args, Debug)]
@@ -405,26 +405,19 @@ async fn connect(args: &LoadgenArgs, timeout: Duration) -> anyhow::Result<Vec<Co
     // channels for gRPC) so one connection is never the bottleneck.
     let n = 4;
     let token = args.credentials.token()?;
+    let tls = args.credentials.tls()?;
     let bearer = Bearer::new(token.as_deref())?;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(match args.transport {
-            Transport::Prpc => {
-                let mut c = PrpcClient::new(&args.server)
-                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
-                    .with_timeout(timeout);
-                if let Some(t) = &token {
-                    c = c
-                        .with_header("authorization", &format!("Bearer {t}"))
-                        .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header"))?;
-                }
-                Conn::Prpc(Box::new(c))
-            }
+            Transport::Prpc => Conn::Prpc(Box::new(prpc_client(
+                &args.server,
+                timeout,
+                token.as_deref(),
+                &tls,
+            )?)),
             Transport::Grpc => Conn::Grpc(
-                Endpoint::from_shared(args.server.clone())
-                    .map_err(|e| anyhow::anyhow!("--server: bad URL {:?}: {e}", args.server))?
-                    .timeout(timeout)
-                    .connect_timeout(timeout)
+                grpc_endpoint(&args.server, timeout, &tls)?
                     .tcp_nodelay(true)
                     .connect()
                     .await
@@ -529,12 +522,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
-    let admin = Client::new(
-        &args.server,
-        args.transport,
-        timeout,
-        args.credentials.token()?.as_deref(),
-    )?;
+    let admin = Client::new(&args.server, args.transport, timeout, &args.credentials)?;
     let conns = connect(&args, timeout).await?;
     let run = format!(
         "lg{}",

@@ -220,3 +220,106 @@ fn all_interfaces_need_auth_or_insecure() {
         .to_string();
     assert!(err.contains("unknown role"), "{err}");
 }
+
+#[test]
+fn the_cli_speaks_tls_with_tokens_and_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<SanType>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (cert, key) = leaf(vec![SanType::DnsName("localhost".try_into().unwrap())]);
+    let (ccert, ckey) = leaf(vec![SanType::URI(
+        rcgen::string::Ia5String::try_from("spiffe://example/ops").unwrap(),
+    )]);
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key, ccert, ckey) = (
+        file("ca.crt", &ca_pem),
+        file("tls.crt", &cert),
+        file("tls.key", &key),
+        file("client.crt", &ccert),
+        file("client.key", &ckey),
+    );
+    let (ops, entry) = new_token("operators", "admin");
+    let config = dir.path().join("qscheduler.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[event_log.files]\nenabled = false\n\n[auth]\n{entry}\n[tls]\ncert = {cert:?}\n\
+             key = {key:?}\nclient_ca = {ca:?}\n\n[[tls.grants]]\n\
+             san = \"spiffe://example/ops\"\nroles = [\"view\"]\n"
+        ),
+    )
+    .unwrap();
+    run(&["config", "check", config.to_str().unwrap()], &[]).ok();
+    let s = serve(&config, &dir.path().join("data"));
+    let url = s.url.replace("http://127.0.0.1", "https://localhost");
+    for transport in ["prpc", "grpc"] {
+        let pool = format!("p-tls-{transport}");
+        run(
+            &[
+                "pool",
+                "create",
+                &pool,
+                "--server",
+                &url,
+                "--transport",
+                transport,
+                "--ca-cert",
+                &ca,
+                "--token",
+                &ops,
+            ],
+            &[],
+        )
+        .ok();
+        let out = run(
+            &[
+                "pool",
+                "list",
+                "--server",
+                &url,
+                "--transport",
+                transport,
+                "--ca-cert",
+                &ca,
+                "--client-cert",
+                &ccert,
+                "--client-key",
+                &ckey,
+            ],
+            &[],
+        );
+        assert!(out.ok().contains(&pool), "{out:?}");
+        // Without the CA the server's certificate is not trusted.
+        let err = run(
+            &[
+                "pool",
+                "list",
+                "--server",
+                &url,
+                "--transport",
+                transport,
+                "--token",
+                &ops,
+            ],
+            &[],
+        )
+        .fails()
+        .to_string();
+        assert!(err.contains("UNAVAILABLE"), "{err}");
+    }
+}

@@ -120,6 +120,64 @@ pub struct Credentials {
     /// ignored).
     #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates to check an https:// server's certificate with
+    /// (in addition to the system's).
+    #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) to present to a server that accepts
+    /// them (with --client-key).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+}
+
+/// TLS settings read from [`Credentials`]' files.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    /// The rustls configuration for pRPC (`None`: the defaults).
+    pub fn rustls(&self) -> anyhow::Result<Option<rustls::ClientConfig>> {
+        if self.ca.is_none() && self.identity.is_none() {
+            return Ok(None);
+        }
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_slice(), k.as_slice()));
+        qscheduler_wire::prpc::client_tls_config(self.ca.as_deref(), identity)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The tonic configuration for gRPC over https.
+    pub fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &self.ca {
+            c = c.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        c
+    }
 }
 
 impl Credentials {
@@ -141,6 +199,56 @@ impl Credentials {
         }
         Ok(Some(token))
     }
+
+    /// The TLS files, read.
+    pub fn tls(&self) -> anyhow::Result<TlsFiles> {
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+        };
+        Ok(TlsFiles {
+            ca: self
+                .ca_cert
+                .as_deref()
+                .map(|p| read("--ca-cert", p))
+                .transpose()?,
+            identity: match (&self.client_cert, &self.client_key) {
+                (Some(c), Some(k)) => Some((read("--client-cert", c)?, read("--client-key", k)?)),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// A pRPC client for `server` with the caller's token and TLS settings.
+pub fn prpc_client(
+    server: &str,
+    timeout: Duration,
+    token: Option<&str>,
+    tls: &TlsFiles,
+) -> anyhow::Result<PrpcClient> {
+    let mut c = PrpcClient::with_tls(server, tls.rustls()?)
+        .map_err(|e| anyhow::anyhow!("--server: {e}"))?
+        .with_timeout(timeout);
+    if let Some(t) = token {
+        c = c
+            .with_header("authorization", &format!("Bearer {t}"))
+            .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header value"))?;
+    }
+    Ok(c)
+}
+
+/// A gRPC endpoint for `server`, over TLS for https:// URLs.
+pub fn grpc_endpoint(server: &str, timeout: Duration, tls: &TlsFiles) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(server.to_string())
+        .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if server.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tls.tonic())
+            .map_err(|e| anyhow::anyhow!("--server: TLS: {e}"))?;
+    }
+    Ok(endpoint)
 }
 
 /// Adds the bearer token to every gRPC call.
@@ -220,29 +328,15 @@ impl Client {
         server: &str,
         transport: Transport,
         timeout: Duration,
-        token: Option<&str>,
+        credentials: &Credentials,
     ) -> anyhow::Result<Client> {
-        let bearer = Bearer::new(token)?;
+        let token = credentials.token()?;
+        let tls = credentials.tls()?;
+        let bearer = Bearer::new(token.as_deref())?;
         let inner = match transport {
-            Transport::Prpc => {
-                let mut c = PrpcClient::new(server)
-                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
-                    .with_timeout(timeout);
-                if let Some(t) = token {
-                    c = c
-                        .with_header("authorization", &format!("Bearer {t}"))
-                        .map_err(|_| {
-                            anyhow::anyhow!("the bearer token is not a valid header value")
-                        })?;
-                }
-                Inner::Prpc(c)
-            }
+            Transport::Prpc => Inner::Prpc(prpc_client(server, timeout, token.as_deref(), &tls)?),
             Transport::Grpc => {
-                let endpoint = Endpoint::from_shared(server.to_string())
-                    .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
-                    .timeout(timeout)
-                    .connect_timeout(timeout);
-                let channel = endpoint.connect_lazy();
+                let channel = grpc_endpoint(server, timeout, &tls)?.connect_lazy();
                 Inner::Grpc {
                     admin: QSchedulerAdminClient::with_interceptor(channel.clone(), bearer.clone()),
                     // The view of a pool with 100k queued tasks is far

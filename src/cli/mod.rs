@@ -48,7 +48,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-pub use client::{Bearer, Client, Credentials, Transport, code_name};
+pub use client::{Bearer, Client, Credentials, Transport, code_name, grpc_endpoint, prpc_client};
 
 /// A command line that parsed but makes no sense (flags that contradict
 /// each other, nothing to do, a missing confirmation). Like clap's own
@@ -109,7 +109,7 @@ impl Conn {
             &self.server,
             self.transport,
             Duration::from_secs(self.timeout),
-            self.credentials.token()?.as_deref(),
+            &self.credentials,
         )
     }
 }

@@ -26,12 +26,15 @@ use toml::Spanned;
 
 use qscheduler_wire::conn::ConnectionOptions;
 
-use crate::auth::{Grant, Kind, Policy, Pools, Principal, Role, Sha256Hash, TokenEntry};
+use crate::auth::{
+    CertificateEntry, Grant, Kind, Policy, Pools, Principal, Role, Sha256Hash, TokenEntry,
+};
 use crate::eventlog::{EventLogOptions, FileSinkOptions, PostgresSinkOptions};
 use crate::limits::Limits;
 use crate::metrics::MetricsOptions;
 use crate::pool::PoolOptions;
 use crate::server::ServerOptions;
+use crate::tls::TlsOptions;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -827,10 +830,24 @@ impl Config {
                 }),
             })
             .collect();
+        let certificates = self
+            .tls
+            .iter()
+            .flat_map(|t| &t.grants)
+            .map(|g| CertificateEntry {
+                san: g.san.get_ref().clone(),
+                principal: std::sync::Arc::new(Principal {
+                    name: g.san.get_ref().clone(),
+                    kind: Kind::Certificate,
+                    grants: vec![grant(&g.roles, &g.pools)],
+                }),
+            })
+            .collect();
         Ok(Some(Policy {
             tokens,
             allowed_origins: auth.allowed_origins.clone(),
             metrics_token: auth.metrics_token_sha256,
+            certificates,
         }))
     }
 
@@ -980,12 +997,19 @@ impl Config {
         {
             options.peer_secret = Some(read_secret(path)?);
         }
-        if self.tls.is_some() {
-            return Err(ConfigError::Unusable(
-                "[tls] is not supported by this version of qscheduler yet: terminate TLS in \
-                 front of the server, or remove the section"
-                    .to_owned(),
-            ));
+        if let Some(tls) = &self.tls {
+            if !tls.grants.is_empty() && self.auth.is_none() {
+                return Err(ConfigError::Unusable(
+                    "[[tls.grants]] name principals, which only an [auth] section uses: add \
+                     [auth]"
+                        .to_owned(),
+                ));
+            }
+            options.tls = Some(TlsOptions {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                client_ca: tls.client_ca.clone(),
+            });
         }
         if self.auth.as_ref().is_some_and(|a| a.oidc.is_some()) {
             return Err(ConfigError::Unusable(

@@ -14,7 +14,8 @@
 //! * [`metrics`]: the Prometheus endpoint;
 //! * [`eventlog`]: the task event log (JSON-lines files, PostgreSQL);
 //! * [`rpc_layer`]: per-RPC spans, logs and latency histograms;
-//! * [`auth`]: who may call what (principals, roles, the auth layer).
+//! * [`auth`]: who may call what (principals, roles, the auth layer);
+//! * [`tls`]: TLS and client certificates on the server's port.
 //!
 //! It must not contain scheduling rules (those live in `qscheduler-core`),
 //! wire-format details (`qscheduler-wire`) or storage formats
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod rpc_layer;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod translate;
 
 pub use server::{Server, ServerError, ServerOptions};

@@ -25,6 +25,7 @@ use crate::pool::{ByteBudget, CommitInfo, NoObserver, Observer, PoolOptions, Sna
 use crate::registry::Registry;
 use crate::rpc_layer::RpcLayer;
 use crate::service::Scheduler;
+use crate::tls::{TlsAcceptorCell, TlsError, TlsOptions};
 
 /// Everything the server needs to start.
 #[derive(Clone, Debug)]
@@ -62,6 +63,8 @@ pub struct ServerOptions {
     pub peer_secret: Option<String>,
     /// Serve a non-loopback address without `[auth]`.
     pub insecure: bool,
+    /// TLS on the port (`[tls]`).
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +84,7 @@ impl Default for ServerOptions {
             auth: None,
             peer_secret: None,
             insecure: false,
+            tls: None,
         }
     }
 }
@@ -133,6 +137,9 @@ pub enum ServerError {
         /// The listen address.
         addr: SocketAddr,
     },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Route assembly failed.
     #[error("routes: {0}")]
     Routes(#[from] qscheduler_wire::serve::WireError),
@@ -150,6 +157,7 @@ pub struct Server {
     event_log: Arc<EventLog>,
     metrics: Option<Arc<Metrics>>,
     auth_policy: Option<Arc<PolicyCell>>,
+    tls: Option<Arc<TlsAcceptorCell>>,
 }
 
 /// How long shutdown waits for the event log to write what is queued.
@@ -208,10 +216,20 @@ fn router_with(
     extra: axum::Router,
     policy: Option<Arc<PolicyCell>>,
 ) -> Result<axum::Router, ServerError> {
-    let svc = Arc::new(
-        Scheduler::new(registry.clone(), options.limits.clone())
-            .with_auth(options.auth.is_some(), options.peer_secret.clone()),
-    );
+    let mut scheduler = Scheduler::new(registry.clone(), options.limits.clone())
+        .with_auth(options.auth.is_some(), options.peer_secret.clone());
+    if let Some(tls) = &options.tls {
+        // The CA of client certificates is usually the replicas' CA too.
+        let ca = match &tls.client_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| TlsError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        scheduler = scheduler.with_forwarding_tls(ca);
+    }
+    let svc = Arc::new(scheduler);
     let auth = AuthSettings {
         policy,
         peer_secret: options
@@ -248,6 +266,25 @@ fn router_with(
         .into_router(extra)?
         .layer(AuthLayer::new(auth))
         .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+}
+
+/// How often the TLS files are checked for a new certificate.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Serves over TLS: every connection's handshake first.
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    connections: ConnectionOptions,
+    shutdown: impl Future<Output = ()>,
+    tls: Arc<TlsAcceptorCell>,
+) -> std::io::Result<()> {
+    tls.spawn_reload(TLS_RELOAD_EVERY);
+    qscheduler_wire::conn::serve_with(listener, router, connections, shutdown, move |tcp| {
+        let tls = Arc::clone(&tls);
+        async move { tls.accept(tcp).await }
+    })
+    .await
 }
 
 /// Refuses a non-loopback listen address without `[auth]`, unless
@@ -299,6 +336,7 @@ impl Server {
         extra: axum::Router,
     ) -> Result<Server, ServerError> {
         let insecure = check_exposure(&options)?;
+        let tls = options.tls.clone().map(TlsAcceptorCell::new).transpose()?;
         // Bind first, so that the address other replicas forward to can
         // default to the one actually bound (port 0 included).
         let listener =
@@ -377,6 +415,7 @@ impl Server {
             event_log,
             metrics,
             auth_policy,
+            tls,
         })
     }
 
@@ -407,9 +446,20 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let addr = self.listener.local_addr().ok();
         info!(addr = ?addr, pools = self.registry.open_ids().len(), "serving gRPC and pRPC");
-        let res =
-            qscheduler_wire::serve::serve(self.listener, self.router, self.connections, shutdown)
-                .await;
+        let res = match self.tls {
+            None => {
+                qscheduler_wire::serve::serve(
+                    self.listener,
+                    self.router,
+                    self.connections,
+                    shutdown,
+                )
+                .await
+            }
+            Some(tls) => {
+                serve_tls(self.listener, self.router, self.connections, shutdown, tls).await
+            }
+        };
         info!("no longer accepting calls; stopping pool writers");
         self.registry.shutdown().await;
         // Every writer has stopped, so no event can follow.

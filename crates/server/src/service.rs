@@ -156,6 +156,8 @@ struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
     /// Proves to the other replicas that a call comes from a peer.
     peer_secret: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// With TLS on the replicas' ports: how to check their certificates.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Forwarder {
@@ -167,16 +169,24 @@ impl Forwarder {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = if address.contains("://") {
             address.to_owned()
         } else {
-            format!("http://{address}")
+            format!("{scheme}://{address}")
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| {
             Status::unavailable(format!(
                 "cannot forward to the pool's owner: bad address {address:?}: {e}"
             ))
         })?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot forward to the pool's owner at {address:?}: TLS: {e}"
+                ))
+            })?;
+        }
         let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -283,6 +293,7 @@ impl Scheduler {
             me: registry.replica_id().to_owned(),
             channels: Mutex::new(HashMap::new()),
             peer_secret: None,
+            tls: None,
         });
         Scheduler {
             registry,
@@ -301,6 +312,23 @@ impl Scheduler {
             me: self.forwarder.me.clone(),
             channels: Mutex::new(HashMap::new()),
             peer_secret: secret,
+            tls: self.forwarder.tls.clone(),
+        });
+        self
+    }
+
+    /// Forwards calls over TLS, checking the other replicas' certificates
+    /// against `ca_pem` (PEM CA certificates) and the system's roots.
+    pub fn with_forwarding_tls(mut self, ca_pem: Option<Vec<u8>>) -> Self {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        self.forwarder = Arc::new(Forwarder {
+            me: self.forwarder.me.clone(),
+            channels: Mutex::new(HashMap::new()),
+            peer_secret: self.forwarder.peer_secret.clone(),
+            tls: Some(tls),
         });
         self
     }

@@ -34,6 +34,7 @@ use tower::{Layer, Service};
 
 use super::{Access, AuthError, Policy, Role, Sha256Hash};
 use crate::service::FORWARDED_BY;
+use crate::tls::PeerCertificate;
 
 /// Header a replica proves itself with when it forwards a call: the shared
 /// peer secret.
@@ -265,14 +266,13 @@ impl AuthSettings {
             .and_then(|v| v.to_str().ok())
             .filter(|_| peer)
             .map(str::to_owned);
-        let principal = match forwarded {
-            Some(name) => policy
-                .tokens
-                .iter()
-                .find(|t| t.principal.name == name)
-                .map(|t| Arc::clone(&t.principal))
-                .ok_or(AuthError::Unknown),
-            None => policy.authenticate(authorization),
+        let certificate = req.extensions().get::<PeerCertificate>();
+        let principal = match (forwarded, authorization, certificate) {
+            (Some(name), _, _) => policy.principal_named(&name).ok_or(AuthError::Unknown),
+            // A token wins over the certificate: one connection (a proxy's)
+            // may carry several callers.
+            (None, None, Some(cert)) => policy.certificate_principal(&cert.sans),
+            (None, authorization, _) => policy.authenticate(authorization),
         }
         .map_err(|e| refuse(form, Status::unauthenticated(e.to_string())))?;
         if let Some((service, method)) = rpc_of(req) {

@@ -127,6 +127,8 @@ pub struct Grant {
 pub enum Kind {
     /// A static bearer token from `[[auth.tokens]]`.
     Token,
+    /// A client certificate, by a SAN named in `[[tls.grants]]`.
+    Certificate,
 }
 
 impl Kind {
@@ -134,6 +136,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Token => "token",
+            Kind::Certificate => "certificate",
         }
     }
 }
@@ -305,6 +308,17 @@ pub struct Policy {
     pub allowed_origins: Vec<String>,
     /// When set, `/metrics` needs a bearer token with this hash.
     pub metrics_token: Option<Sha256Hash>,
+    /// Principals of client certificates, by SAN (`[[tls.grants]]`).
+    pub certificates: Vec<CertificateEntry>,
+}
+
+/// A `[[tls.grants]]` entry: a certificate SAN and its principal.
+#[derive(Clone, Debug)]
+pub struct CertificateEntry {
+    /// The DNS name or URI.
+    pub san: String,
+    /// Its principal (named by the SAN).
+    pub principal: Arc<Principal>,
 }
 
 /// Why a credential was refused. Never carries the credential.
@@ -322,6 +336,9 @@ pub enum AuthError {
     /// A token that matches no principal.
     #[error("the bearer token is not valid (unknown or revoked)")]
     Unknown,
+    /// A verified client certificate none of whose SANs has a grant.
+    #[error("the client certificate ({0}) is not named in [[tls.grants]]")]
+    UnknownCertificate(String),
 }
 
 impl Policy {
@@ -343,6 +360,28 @@ impl Policy {
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or(AuthError::Malformed)?;
         self.token_principal(token).ok_or(AuthError::Unknown)
+    }
+
+    /// The principal of a verified client certificate with these SANs.
+    pub fn certificate_principal(&self, sans: &[String]) -> Result<Arc<Principal>, AuthError> {
+        self.certificates
+            .iter()
+            .find(|c| sans.contains(&c.san))
+            .map(|c| Arc::clone(&c.principal))
+            .ok_or_else(|| {
+                let shown: Vec<&str> = sans.iter().take(4).map(String::as_str).collect();
+                AuthError::UnknownCertificate(format!("SANs {shown:?}"))
+            })
+    }
+
+    /// Any principal called `name` (for a call a peer forwards).
+    pub fn principal_named(&self, name: &str) -> Option<Arc<Principal>> {
+        self.tokens
+            .iter()
+            .map(|t| &t.principal)
+            .chain(self.certificates.iter().map(|c| &c.principal))
+            .find(|p| p.name == name)
+            .cloned()
     }
 
     /// Whether `header` carries the metrics token (always true when none is
