@@ -26,6 +26,7 @@ use toml::Spanned;
 
 use qscheduler_wire::conn::ConnectionOptions;
 
+use crate::auth::oidc::{OidcGrant, OidcOptions, OidcVerifier};
 use crate::auth::{
     CertificateEntry, Grant, Kind, Policy, Pools, Principal, Role, Sha256Hash, TokenEntry,
 };
@@ -540,6 +541,13 @@ pub struct OidcSection {
     /// `[[auth.oidc.grants]]`: what each subject or email may do.
     #[serde(default)]
     pub grants: Vec<OidcGrantSection>,
+    /// How far `exp` and `nbf` may be off the server's clock.
+    #[serde(default = "default_clock_skew", deserialize_with = "duration")]
+    pub clock_skew: Duration,
+}
+
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// One `[[auth.oidc.grants]]` entry: a `subject` or an `email`.
@@ -843,11 +851,46 @@ impl Config {
                 }),
             })
             .collect();
+        let oidc = match &auth.oidc {
+            Some(o) => {
+                let grants = o
+                    .grants
+                    .iter()
+                    .map(|g| {
+                        let subject = g.subject.as_ref().map(|v| v.get_ref().clone());
+                        let email = g.email.as_ref().map(|v| v.get_ref().clone());
+                        OidcGrant {
+                            principal: std::sync::Arc::new(Principal {
+                                name: subject
+                                    .clone()
+                                    .or_else(|| email.clone())
+                                    .unwrap_or_default(),
+                                kind: Kind::Oidc,
+                                grants: vec![grant(&g.roles, &g.pools)],
+                            }),
+                            subject,
+                            email,
+                        }
+                    })
+                    .collect();
+                let verifier = OidcVerifier::new(OidcOptions {
+                    issuer: o.issuer.clone(),
+                    audience: o.audience.clone(),
+                    jwks_file: o.jwks_file.clone(),
+                    grants,
+                    leeway: o.clock_skew,
+                })
+                .map_err(ConfigError::Unusable)?;
+                Some(std::sync::Arc::new(verifier))
+            }
+            None => None,
+        };
         Ok(Some(Policy {
             tokens,
             allowed_origins: auth.allowed_origins.clone(),
             metrics_token: auth.metrics_token_sha256,
             certificates,
+            oidc,
         }))
     }
 
@@ -1011,13 +1054,7 @@ impl Config {
                 client_ca: tls.client_ca.clone(),
             });
         }
-        if self.auth.as_ref().is_some_and(|a| a.oidc.is_some()) {
-            return Err(ConfigError::Unusable(
-                "[auth.oidc] is not supported by this version of qscheduler yet: use \
-                 [[auth.tokens]], or remove the section"
-                    .to_owned(),
-            ));
-        }
+
         Ok(options)
     }
 }
@@ -1386,24 +1423,7 @@ fn readable_file_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>,
 
 fn jwks_file<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     let p = readable_file(d)?;
-    let text = std::fs::read_to_string(&p)
-        .map_err(|e| de::Error::custom(format!("cannot read {}: {e}", p.display())))?;
-    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        de::Error::custom(format!(
-            "{} is not a JWKS (JSON) document: {e}",
-            p.display()
-        ))
-    })?;
-    let keys = doc
-        .get("keys")
-        .and_then(serde_json::Value::as_array)
-        .map_or(0, Vec::len);
-    if keys == 0 {
-        return Err(de::Error::custom(format!(
-            "the JWKS in {} has no keys (expected {{\"keys\": [...]}})",
-            p.display()
-        )));
-    }
+    crate::auth::oidc::read_jwks(&p).map_err(de::Error::custom)?;
     Ok(p)
 }
 
@@ -1668,7 +1688,11 @@ mod tests {
         let (line, msg) = err(&oidc);
         assert_eq!(line, 5, "{msg}");
         assert!(msg.contains("no keys"), "{msg}");
-        std::fs::write(&jwks, r#"{"keys": [{"kty": "RSA"}]}"#).unwrap();
+        std::fs::write(
+            &jwks,
+            r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}"#,
+        )
+        .unwrap();
         Config::parse(&oidc, Path::new("t.toml")).unwrap();
         let (line, msg) = err(&format!("{oidc}[[auth.oidc.grants]]\nroles = [\"view\"]\n"));
         assert_eq!(line, 7, "{msg}");

@@ -24,6 +24,7 @@
 //! Messages name the principal, the role and the pool, never a credential.
 
 pub mod layer;
+pub mod oidc;
 
 use std::fmt;
 use std::sync::Arc;
@@ -129,6 +130,9 @@ pub enum Kind {
     Token,
     /// A client certificate, by a SAN named in `[[tls.grants]]`.
     Certificate,
+    /// An OIDC / JWT bearer token, by a subject or email of
+    /// `[[auth.oidc.grants]]`.
+    Oidc,
 }
 
 impl Kind {
@@ -137,6 +141,7 @@ impl Kind {
         match self {
             Kind::Token => "token",
             Kind::Certificate => "certificate",
+            Kind::Oidc => "OIDC subject",
         }
     }
 }
@@ -310,6 +315,8 @@ pub struct Policy {
     pub metrics_token: Option<Sha256Hash>,
     /// Principals of client certificates, by SAN (`[[tls.grants]]`).
     pub certificates: Vec<CertificateEntry>,
+    /// JWT bearer tokens (`[auth.oidc]`).
+    pub oidc: Option<Arc<oidc::OidcVerifier>>,
 }
 
 /// A `[[tls.grants]]` entry: a certificate SAN and its principal.
@@ -336,6 +343,12 @@ pub enum AuthError {
     /// A token that matches no principal.
     #[error("the bearer token is not valid (unknown or revoked)")]
     Unknown,
+    /// A JWT that does not verify; says why, never the token.
+    #[error("the bearer token is a JWT that is not valid: {0}")]
+    InvalidJwt(String),
+    /// A valid JWT whose subject and email have no grant.
+    #[error("the JWT's subject {0:?} is not named in [[auth.oidc.grants]]")]
+    UnknownSubject(String),
     /// A verified client certificate none of whose SANs has a grant.
     #[error("the client certificate ({0}) is not named in [[tls.grants]]")]
     UnknownCertificate(String),
@@ -359,7 +372,13 @@ impl Policy {
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<Principal>, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or(AuthError::Malformed)?;
-        self.token_principal(token).ok_or(AuthError::Unknown)
+        if let Some(p) = self.token_principal(token) {
+            return Ok(p);
+        }
+        match &self.oidc {
+            Some(v) if token.bytes().filter(|&b| b == b'.').count() == 2 => v.verify(token),
+            _ => Err(AuthError::Unknown),
+        }
     }
 
     /// The principal of a verified client certificate with these SANs.
@@ -380,6 +399,7 @@ impl Policy {
             .iter()
             .map(|t| &t.principal)
             .chain(self.certificates.iter().map(|c| &c.principal))
+            .chain(self.oidc.iter().flat_map(|o| o.principals()))
             .find(|p| p.name == name)
             .cloned()
     }
