@@ -26,6 +26,7 @@ use toml::Spanned;
 
 use qscheduler_wire::conn::ConnectionOptions;
 
+use crate::audit::AuditOptions;
 use crate::auth::oidc::{OidcGrant, OidcOptions, OidcVerifier};
 use crate::auth::{
     CertificateEntry, Grant, Kind, Policy, Pools, Principal, Role, Sha256Hash, TokenEntry,
@@ -1035,6 +1036,7 @@ impl Config {
             postgres,
         };
         options.auth = self.auth_policy()?;
+        options.audit = Some(AuditOptions::new(self.store.data_dir.join("audit")));
         if let Some(auth) = &self.auth
             && let Some(path) = &auth.peer_secret_file
         {

@@ -133,6 +133,7 @@ pub struct Metrics {
     rpc: RpcHistograms,
     pools: Arc<PoolsCollector>,
     insecure: prometheus_client::metrics::gauge::Gauge,
+    admin_calls: crate::audit::AdminCalls,
 }
 
 impl fmt::Debug for Metrics {
@@ -164,17 +165,29 @@ impl Metrics {
             "1 when the server serves a non-loopback address without [auth] (serve --insecure)",
             insecure.clone(),
         );
+        let admin_calls = crate::audit::AdminCalls::default();
+        registry.register(
+            "qscheduler_admin_calls",
+            "Administrative calls (QSchedulerAdmin), by method and gRPC status code",
+            admin_calls.clone(),
+        );
         Arc::new(Metrics {
             registry,
             rpc,
             pools,
             insecure,
+            admin_calls,
         })
     }
 
     /// Lets scrapes read the pools' committed state.
     pub fn attach(&self, registry: &Arc<Registry>) {
         let _ = self.pools.registry.set(Arc::downgrade(registry));
+    }
+
+    /// `qscheduler_admin_calls_total`.
+    pub fn admin_calls(&self) -> crate::audit::AdminCalls {
+        self.admin_calls.clone()
     }
 
     /// Sets the `qscheduler_insecure` gauge.

@@ -16,6 +16,7 @@ use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::audit::{AuditLog, AuditOptions};
 use crate::auth::Policy;
 use crate::auth::layer::{AuthLayer, AuthSettings, PolicyCell};
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
@@ -65,6 +66,9 @@ pub struct ServerOptions {
     pub insecure: bool,
     /// TLS on the port (`[tls]`).
     pub tls: Option<TlsOptions>,
+    /// The audit log's files (`None`: administrative calls are only
+    /// counted).
+    pub audit: Option<AuditOptions>,
 }
 
 impl Default for ServerOptions {
@@ -85,6 +89,7 @@ impl Default for ServerOptions {
             peer_secret: None,
             insecure: false,
             tls: None,
+            audit: None,
         }
     }
 }
@@ -137,6 +142,9 @@ pub enum ServerError {
         /// The listen address.
         addr: SocketAddr,
     },
+    /// The audit log's directory could not be created.
+    #[error("cannot create the audit log directory: {0}")]
+    Audit(std::io::Error),
     /// The TLS certificate, key or client CA could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -204,7 +212,9 @@ pub fn router(
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
     let policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
-    router_with(registry, metrics, options, extra, policy)
+    let audit = AuditLog::new(options.audit.clone(), metrics.map(|m| m.admin_calls()))
+        .map_err(ServerError::Audit)?;
+    router_with(registry, metrics, options, extra, policy, audit)
 }
 
 /// [`router`] with the `[auth]` policy in a cell the caller keeps (to
@@ -215,6 +225,7 @@ fn router_with(
     options: &ServerOptions,
     extra: axum::Router,
     policy: Option<Arc<PolicyCell>>,
+    audit: Arc<AuditLog>,
 ) -> Result<axum::Router, ServerError> {
     let mut scheduler = Scheduler::new(registry.clone(), options.limits.clone())
         .with_auth(options.auth.is_some(), options.peer_secret.clone());
@@ -265,7 +276,10 @@ fn router_with(
     Ok(services
         .into_router(extra)?
         .layer(AuthLayer::new(auth))
-        .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+        .layer(RpcLayer::new(
+            metrics.map(|m| m.rpc_histograms()),
+            Some(audit),
+        )))
 }
 
 /// How often the TLS files are checked for a new certificate.
@@ -385,12 +399,18 @@ impl Server {
         registry.recover_all().await?;
         registry.spawn_adoption(options.adopt_every);
         let auth_policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+        let audit = AuditLog::new(
+            options.audit.clone(),
+            metrics.as_ref().map(|m| m.admin_calls()),
+        )
+        .map_err(ServerError::Audit)?;
         let router = router_with(
             &registry,
             metrics.as_ref(),
             &options,
             extra,
             auth_policy.clone(),
+            audit,
         )?;
         let mut connections = options.connections.clone();
         match raise_open_file_limit() {

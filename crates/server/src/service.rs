@@ -45,6 +45,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::audit;
 use crate::auth::layer::{FORWARDED_PRINCIPAL, PEER_SECRET_HEADER};
 use crate::auth::{Access, check_pool};
 use crate::limits::{self, Limits};
@@ -630,6 +631,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::CreateSchedulerPoolRequest>,
     ) -> Result<Response<adm::CreateSchedulerPoolResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let access = request.extensions().get::<Access>().cloned();
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
@@ -651,6 +653,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::CreateAccountRequest>,
     ) -> Result<Response<adm::CreateAccountResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = create_account_command(&req, &self.limits)?;
@@ -670,6 +673,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::WipeRequest>,
     ) -> Result<Response<adm::WipeResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
@@ -690,6 +694,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::ModAccountRequest>,
     ) -> Result<Response<adm::ModAccountResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = mod_account_command(&req, &self.limits)?;
@@ -709,6 +714,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::ModSchedulerPoolRequest>,
     ) -> Result<Response<adm::ModSchedulerPoolResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
@@ -728,6 +734,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::DeleteAccountRequest>,
     ) -> Result<Response<adm::DeleteAccountResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = delete_account_command(&req, &self.limits)?;
@@ -747,6 +754,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::DeleteSchedulerPoolRequest>,
     ) -> Result<Response<adm::DeleteSchedulerPoolResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::rpc::*;
 use common::{TestServer, http_raw};
+use qscheduler_server::audit::AuditOptions;
 use qscheduler_server::auth::layer::PolicyCell;
 use qscheduler_server::auth::{Policy, Sha256Hash};
 use qscheduler_server::config::Config;
@@ -112,7 +113,12 @@ fn list(pool: &str) -> adm::ListAccountsRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_pools_on_every_service_over_both_transports() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(options(dir.path(), Some(policy()))).await;
+    let audit_dir = dir.path().join("audit");
+    let server = TestServer::start(ServerOptions {
+        audit: Some(AuditOptions::new(audit_dir.clone())),
+        ..options(dir.path(), Some(policy()))
+    })
+    .await;
     let admin = Rpc::connect(server.addr, Transport::Grpc)
         .await
         .with_token(ADMIN);
@@ -297,10 +303,64 @@ async fn roles_and_pools_on_every_service_over_both_transports() {
         text.contains("code=\"PERMISSION_DENIED\"") && text.contains("code=\"UNAUTHENTICATED\""),
         "refusals are measured"
     );
+    assert!(
+        text.contains("qscheduler_admin_calls_total{method=\"Wipe\",code=\"UNAUTHENTICATED\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qscheduler_admin_calls_total{method=\"CreateSchedulerPool\",code=\"OK\"} 2"),
+        "{text}"
+    );
     // Anything else needs a known principal too (reflection, unknown paths).
     let r = http_raw(server.addr, "GET", "/nothing-here", &[], b"").await;
     assert_eq!(r.status, 401);
     server.stop().await;
+
+    // Every administrative call is in the audit log, refused ones too.
+    let mut records = Vec::new();
+    for f in std::fs::read_dir(&audit_dir).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        for line in text.lines() {
+            records.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    }
+    let find = |principal: &str, method: &str, pool: Option<&str>, code: &str| {
+        records.iter().any(|r| {
+            r["principal"] == principal
+                && r["method"] == method
+                && pool.is_none_or(|p| r["pool"] == p)
+                && r["code"] == code
+        })
+    };
+    assert!(find(
+        "token:operators",
+        "CreateSchedulerPool",
+        Some("p1"),
+        "OK"
+    ));
+    assert!(find("anonymous", "Wipe", None, "UNAUTHENTICATED"));
+    assert!(find("token:p2-admins", "CreateAccount", Some("p2"), "OK"));
+    assert!(find(
+        "token:p2-admins",
+        "DeleteSchedulerPool",
+        Some("p1"),
+        "PERMISSION_DENIED"
+    ));
+    assert!(find(
+        "token:swarming-prod",
+        "Wipe",
+        None,
+        "PERMISSION_DENIED"
+    ));
+    assert!(
+        records
+            .iter()
+            .all(|r| r["time"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
+    let all = serde_json::to_string(&records).unwrap();
+    for secret in [SWARMING, ADMIN, VIEWER, P2_ADMIN] {
+        assert!(!all.contains(secret), "a token in the audit log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

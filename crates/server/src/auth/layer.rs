@@ -33,6 +33,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use super::{Access, AuthError, Policy, Role, Sha256Hash};
+use crate::audit::AuditSlot;
 use crate::service::FORWARDED_BY;
 use crate::tls::PeerCertificate;
 
@@ -275,6 +276,11 @@ impl AuthSettings {
             (None, authorization, _) => policy.authenticate(authorization),
         }
         .map_err(|e| refuse(form, Status::unauthenticated(e.to_string())))?;
+        if let Some(slot) = req.extensions().get::<AuditSlot>() {
+            slot.update(|n| {
+                n.principal = Some(format!("{}:{}", principal.kind.name(), principal.name))
+            });
+        }
         if let Some((service, method)) = rpc_of(req) {
             let role = Role::for_service(service).unwrap_or(Role::Admin);
             if !principal.may(role, None) {
