@@ -241,3 +241,52 @@ roles = ["admin"]
     );
     server.stop().await;
 }
+
+/// The cost of verifying a JWT (ES256) and of a cache hit; prints the
+/// figures, asserts nothing about time. Run with `--ignored --nocapture`,
+/// ideally with `--release`.
+#[test]
+#[ignore]
+fn jwt_validation_cost() {
+    use qscheduler_server::auth::oidc::{OidcGrant, OidcOptions, OidcVerifier};
+    use qscheduler_server::auth::{Grant, Kind, Pools, Principal, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let k1 = Key::new("k1");
+    write_jwks(&jwks, &[&k1]);
+    let verifier = OidcVerifier::new(OidcOptions {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_file: jwks,
+        grants: vec![OidcGrant {
+            subject: Some(SUBJECT.into()),
+            email: None,
+            principal: std::sync::Arc::new(Principal {
+                name: SUBJECT.into(),
+                kind: Kind::Oidc,
+                grants: vec![Grant {
+                    roles: vec![Role::Swarming],
+                    pools: Pools::All,
+                }],
+            }),
+        }],
+        leeway: Duration::from_secs(60),
+    })
+    .unwrap();
+    let n = 500;
+    // Distinct tokens (different exp), so none is a cache hit.
+    let tokens: Vec<String> = (0..n).map(|i| k1.sign(claims(SUBJECT, 600 + i))).collect();
+    let start = Instant::now();
+    for t in &tokens {
+        verifier.verify(t).unwrap();
+    }
+    let full = start.elapsed() / n as u32;
+    let start = Instant::now();
+    for _ in 0..10 {
+        for t in &tokens {
+            verifier.verify(t).unwrap();
+        }
+    }
+    let cached = start.elapsed() / (10 * n) as u32;
+    println!("ES256 JWT: {full:?} per verification, {cached:?} per cache hit");
+}
