@@ -142,6 +142,13 @@ pub enum ServerError {
         /// The listen address.
         addr: SocketAddr,
     },
+    /// Replicas with `[auth]` that could not tell each other from clients.
+    #[error(
+        "replicas sharing a PostgreSQL store with [auth] need a peer secret to forward calls \
+         to each other: set QSCHEDULER_PEER_SECRET (the same random string, at least 16 \
+         characters, on every replica) or [auth] peer_secret_file"
+    )]
+    PeerSecret,
     /// The audit log's directory could not be created.
     #[error("cannot create the audit log directory: {0}")]
     Audit(std::io::Error),
@@ -365,6 +372,12 @@ impl Server {
             && let Ok(addr) = listener.local_addr()
         {
             store_options.advertise_address = addr.to_string();
+        }
+        if is_shared_store(&options.store)
+            && options.auth.is_some()
+            && options.peer_secret.is_none()
+        {
+            return Err(ServerError::PeerSecret);
         }
         if is_shared_store(&options.store) && !is_reachable(&store_options.advertise_address) {
             return Err(ServerError::Advertise {

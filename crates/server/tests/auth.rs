@@ -481,6 +481,19 @@ async fn other_addresses_than_loopback_need_auth_or_insecure() {
     assert!(text.contains("qscheduler_insecure 1"), "{text}");
     drop(server);
 
+    // Replicas with [auth] must be able to tell each other from clients.
+    let o = ServerOptions {
+        store: "postgres://nobody@127.0.0.1:1/none".into(),
+        ..options(&dir.path().join("pg"), Some(policy()))
+    };
+    match Server::start(o).await {
+        Err(e @ ServerError::PeerSecret) => {
+            assert!(e.to_string().contains("QSCHEDULER_PEER_SECRET"), "{e}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("started without a peer secret"),
+    }
+
     let mut o = options(&dir.path().join("b"), Some(policy()));
     o.listen = "0.0.0.0:0".parse().unwrap();
     let server = Server::start(o).await.expect("[auth] starts");
