@@ -46,6 +46,15 @@ fn database_url() -> String {
 }
 
 async fn replica(id: &str, schema: &str, pool_for_viewer: &str) -> TestServer {
+    replica_with(id, schema, pool_for_viewer, None).await
+}
+
+async fn replica_with(
+    id: &str,
+    schema: &str,
+    pool_for_viewer: &str,
+    tls: Option<qscheduler_server::tls::TlsOptions>,
+) -> TestServer {
     let mut o = ServerOptions {
         store: database_url(),
         auth: Some(Policy {
@@ -61,6 +70,7 @@ async fn replica(id: &str, schema: &str, pool_for_viewer: &str) -> TestServer {
             ..Policy::default()
         }),
         peer_secret: Some(PEER_SECRET.into()),
+        tls,
         adopt_every: Duration::from_millis(200),
         ..ServerOptions::default()
     };
@@ -234,6 +244,105 @@ async fn spoofed_forwarding_markers_are_ignored_and_identity_travels() {
         .expect_err("gone");
     assert_eq!(e.code(), Code::NotFound, "{e}");
 
+    a.stop().await;
+    b.stop().await;
+    if let Ok(pg) = sqlx::PgPool::connect(&database_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&pg)
+        .await;
+    }
+}
+
+/// With TLS on the replicas' ports, forwarding goes over TLS, the peers
+/// checked against the client CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![
+        SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        SanType::DnsName("localhost".try_into().unwrap()),
+    ];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let tls = qscheduler_server::tls::TlsOptions {
+        cert: file("tls.crt", &cert.pem()),
+        key: file("tls.key", &key.serialize_pem()),
+        client_ca: Some(file("ca.crt", &ca_pem)),
+    };
+    let schema = format!(
+        "qs_test_auth_tls_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let a = replica_with("a", &schema, "-", Some(tls.clone())).await;
+    let b = replica_with("b", &schema, "-", Some(tls)).await;
+    let live = vec![
+        Replica {
+            replica_id: "a".into(),
+            address: a.addr.to_string(),
+        },
+        Replica {
+            replica_id: "b".into(),
+            address: b.addr.to_string(),
+        },
+    ];
+    let pool = (0..200)
+        .map(|i| format!("auth-tls-{i}"))
+        .find(|p| home(p, &live).is_some_and(|h| h.replica_id == "a"))
+        .unwrap();
+    let cb = tonic::transport::Endpoint::from_shared(format!("https://{}", b.addr))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS to b");
+    QSchedulerAdminClient::new(cb.clone())
+        .create_scheduler_pool(request(
+            adm::CreateSchedulerPoolRequest {
+                pool_id: pool.clone(),
+                config: None,
+            },
+            ADMIN,
+            &[],
+        ))
+        .await
+        .expect("create through b");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !a.registry.open_ids().contains(&pool) {
+        assert!(Instant::now() < until, "a adopts its pool");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    QSchedulerViewClient::new(cb)
+        .list_accounts(request(
+            adm::ListAccountsRequest {
+                pool_id: pool.clone(),
+            },
+            ADMIN,
+            &[],
+        ))
+        .await
+        .expect("forwarded to a over TLS");
     a.stop().await;
     b.stop().await;
     if let Ok(pg) = sqlx::PgPool::connect(&database_url()).await {
