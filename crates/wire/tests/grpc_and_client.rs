@@ -369,5 +369,6 @@ async fn client_timeout_and_limits() {
     );
 
     assert!(PrpcClient::new("not a url").is_err());
-    assert!(PrpcClient::new("https://tls.example").is_err());
+    assert!(PrpcClient::new("ftp://tls.example").is_err());
+    assert!(PrpcClient::new("https://tls.example").is_ok());
 }

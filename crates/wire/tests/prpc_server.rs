@@ -90,9 +90,14 @@ async fn every_encoding_in_and_out() {
 async fn content_type_variants() {
     let server = start_dummy().await;
     let binary = request_body(BINARY);
+    // Without a Content-Type a web page could send the request without
+    // asking the browser first: refused.
+    for ct in [None, Some("")] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let r = post_exact(server.addr, ASSIGN, &headers, binary.clone()).await;
+        assert_eq!(r.status, 415, "{ct:?}");
+    }
     for ct in [
-        None,
-        Some(""),
         Some("application/prpc"),
         Some("*/*"),
         Some("application/*"),
