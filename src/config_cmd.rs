@@ -13,7 +13,9 @@ pub const EXAMPLE: &str = include_str!("../docs/qscheduler.example.toml");
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Validate a configuration file: report the first error with its line
-    /// and column (exit status 1), or print "OK".
+    /// and column (exit status 1), or print "OK". QSCHEDULER_STORE, when
+    /// set, is applied as `serve` would (a store URL given by the
+    /// environment, as in the Kubernetes manifests).
     Check {
         /// The file.
         file: PathBuf,
@@ -26,7 +28,19 @@ pub enum ConfigCommand {
 pub fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
         ConfigCommand::Check { file } => {
-            let config = Config::load(&file).map_err(|e| anyhow!("{}", e.report()))?;
+            let mut config = Config::load(&file).map_err(|e| anyhow!("{}", e.report()))?;
+            if let Ok(store) = std::env::var("QSCHEDULER_STORE")
+                && !store.is_empty()
+            {
+                if store.contains("://") {
+                    qscheduler_server::config::check_postgres_url(&store)
+                        .map_err(|e| anyhow!("QSCHEDULER_STORE: {e}"))?;
+                    config.store.postgres_url = Some(store);
+                } else {
+                    config.store.postgres_url = None;
+                    config.store.data_dir = PathBuf::from(store);
+                }
+            }
             // Settings that only conflict once combined are found here.
             let options = config.server_options()?;
             if let Some(tls) = options.tls {

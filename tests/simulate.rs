@@ -186,9 +186,25 @@ fn play_extract_and_simulate_a_recorded_run() {
             }
         }
     }
+    // Play stamps each call with the workload time at which it is sent, and
+    // a pool's clock never goes back: on a loaded machine a NotifyTasks sent
+    // late, after an AssignTasks stamped later, is recorded at the pool's
+    // clock. So an arrival is where it was planned, give or take how far
+    // play fell behind (at most a minute of workload time here; exact on an
+    // idle machine).
+    let mut late = 0;
     for (id, p) in &planned_tasks {
         let g = &got[id];
-        assert_eq!(g.0, p.0 - first, "{id}: arrival");
+        let off = g.0 - (p.0 - first);
+        assert!(
+            off.abs() <= 60_000,
+            "{id}: arrival {} against {}",
+            g.0,
+            p.0 - first
+        );
+        if off != 0 {
+            late += 1;
+        }
         assert_eq!(
             (&g.1, &g.2, &g.3),
             (&p.1, &p.2, &p.3),
@@ -206,6 +222,10 @@ fn play_extract_and_simulate_a_recorded_run() {
             );
         }
     }
+    println!(
+        "{late} of {} arrivals recorded off their planned time",
+        planned_tasks.len()
+    );
     // The fleet: the bots that did work, with their labels.
     let bots: BTreeMap<String, Value> = text
         .lines()

@@ -700,18 +700,9 @@ impl Config {
         };
         let config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), clean_message(e.message())))?;
-        if let Some(enabled) = &config.event_log.postgres.enabled
-            && *enabled.get_ref()
-            && config.event_log.postgres.url.is_none()
-            && config.store.postgres_url.is_none()
-        {
-            return Err(invalid(
-                Some(enabled.span()),
-                "the PostgreSQL event log needs a database: set event_log.postgres.url, \
-                 or store.postgres_url to use the store's"
-                    .to_owned(),
-            ));
-        }
+        // Whether the PostgreSQL event log has a database is checked by
+        // `server_options`, once flags and the environment (the store's URL
+        // often comes from QSCHEDULER_STORE) are applied.
         config.check_auth(&invalid)?;
         Ok(config)
     }
@@ -1613,9 +1604,18 @@ mod tests {
             assert!(msg.contains("invalid path"), "{bad}: {msg}");
         }
 
-        let (line, msg) = err("[event_log.postgres]\nenabled = true\n");
-        assert_eq!(line, 2);
-        assert!(msg.contains("needs a database"), "{msg}");
+        // Only an error once nothing (flag, environment) gave the store a
+        // PostgreSQL URL.
+        let c = Config::parse(
+            "[event_log.postgres]\nenabled = true\n",
+            Path::new("t.toml"),
+        )
+        .expect("parses");
+        let msg = c.server_options().expect_err("no database").to_string();
+        assert!(msg.contains("needs event_log.postgres.url"), "{msg}");
+        let mut c = c;
+        c.store.postgres_url = Some("postgres://u@h/db".to_owned());
+        assert!(c.server_options().is_ok());
 
         let (line, msg) = err("[batching]\nwindow = 1.5\n");
         assert_eq!(line, 2);
