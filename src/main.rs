@@ -1,12 +1,16 @@
 //! The `qscheduler` command: server, administration and simulation tools.
 
+mod auth_cmd;
 mod cli;
 mod config_cmd;
 mod hostile;
 mod loadgen;
+mod play;
 mod replay;
 mod serve;
+mod simulate;
 mod telemetry;
+mod workload_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +56,9 @@ enum Command {
     /// Check a configuration file, or print the documented example.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Make credentials for the server's [auth] section.
+    #[command(subcommand)]
+    Auth(auth_cmd::AuthCommand),
     /// Replay a workload trace (qsched-trace/1 JSON Lines) through the
     /// scheduling core and report timings, assignments, memory and
     /// snapshot size.
@@ -67,6 +74,14 @@ enum Command {
     /// AssignTasks, one item per NotifyTasks, many concurrent callers) and
     /// report throughput and latency.
     Loadgen(loadgen::LoadgenArgs),
+    /// Simulate a workload under a pool configuration (a pools file as for
+    /// `apply`), or two side by side: waits, usage against entitlement,
+    /// preemptions and level changes per account, fleet utilisation.
+    Simulate(simulate::SimulateArgs),
+    /// Make workloads for `simulate`: generate one from a model, extract
+    /// one from a server's event log, or play one against a server.
+    #[command(subcommand)]
+    Workload(workload_cmd::WorkloadCommand),
     #[command(flatten)]
     Client(cli::ClientCommand),
     /// Print a shell completion script.
@@ -116,8 +131,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Auth(cmd) => auth_cmd::run(cmd),
         Command::Replay { trace, json } => replay::run(&trace, json),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Workload(command) => workload_cmd::run(command),
         Command::Client(command) => cli::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(

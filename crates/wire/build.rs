@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "qscheduler/qslib/protos/reconciler.proto",
     "qscheduler/qslib/protos/metrics/metrics.proto",
     "qscheduler/service/api/qscheduler/v1/admin.proto",
+    "qscheduler/service/api/qscheduler/v1/insight.proto",
     "luci/prpc/details.proto",
 ];
 

@@ -124,12 +124,12 @@ struct AccountDoc {
 
 /// A pool as the file wants it, checked.
 #[derive(Debug, Clone, PartialEq)]
-struct Desired {
-    id: String,
-    allow_preemption: Option<bool>,
-    bot_expiration_seconds: Option<i32>,
+pub(crate) struct Desired {
+    pub(crate) id: String,
+    pub(crate) allow_preemption: Option<bool>,
+    pub(crate) bot_expiration_seconds: Option<i32>,
     /// Charge rates always have five entries, as the server reports them.
-    accounts: BTreeMap<String, protos::AccountConfig>,
+    pub(crate) accounts: BTreeMap<String, protos::AccountConfig>,
 }
 
 /// Collects problems with their positions, so one run reports them all.
@@ -724,20 +724,28 @@ fn read_file(path: &Path) -> anyhow::Result<(String, String)> {
     Ok((name, text))
 }
 
-/// Runs `qscheduler apply`.
-pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
-    let (name, text) = read_file(&args.file)?;
-    let want = match parse_file(&name, &text) {
-        Ok(want) => want,
+/// Reads and checks a pools file, reporting every problem with its line;
+/// `consequence` completes the error's first sentence. `qscheduler
+/// simulate` reads its configurations through this too, so a file that
+/// applies is a file that simulates, and the other way round.
+pub(crate) fn load(path: &Path, consequence: &str) -> anyhow::Result<(String, Vec<Desired>)> {
+    let (name, text) = read_file(path)?;
+    match parse_file(&name, &text) {
+        Ok(want) => Ok((name, want)),
         Err(problems) => {
             let n = problems.len();
             bail!(
-                "{name} is not valid ({n} problem{}); nothing was changed:\n  {}",
+                "{name} is not valid ({n} problem{}){consequence}:\n  {}",
                 if n == 1 { "" } else { "s" },
                 problems.join("\n  ")
             );
         }
-    };
+    }
+}
+
+/// Runs `qscheduler apply`.
+pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
+    let (name, want) = load(&args.file, "; nothing was changed")?;
     if want.is_empty() {
         println!("{name} lists no pools; nothing to do.");
         return Ok(());

@@ -1,4 +1,5 @@
-//! The administration commands: `pool`, `account`, `inspect` and `apply`.
+//! The administration commands: `pool`, `account`, `inspect` and `apply`,
+//! and the insight commands `explain`, `report` and `top`.
 //!
 //! They cover `qscheduler.QSchedulerAdmin` and `qscheduler.QSchedulerView`
 //! over pRPC or gRPC. Two rules shape them:
@@ -37,6 +38,7 @@
 mod account;
 mod apply;
 mod client;
+mod insight;
 mod inspect;
 mod pool;
 mod table;
@@ -48,7 +50,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-pub use client::{Client, Transport, code_name};
+pub(crate) use apply::{Desired as PoolsFileEntry, load as load_pools_file};
+pub use client::{Bearer, Client, Credentials, Transport, code_name, grpc_endpoint, prpc_client};
 
 /// A command line that parsed but makes no sense (flags that contradict
 /// each other, nothing to do, a missing confirmation). Like clap's own
@@ -99,6 +102,8 @@ pub struct Conn {
     #[arg(long, global = true, help_heading = "Connection", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
 impl Conn {
@@ -107,6 +112,7 @@ impl Conn {
             &self.server,
             self.transport,
             Duration::from_secs(self.timeout),
+            &self.credentials,
         )
     }
 }
@@ -170,6 +176,14 @@ pub enum ClientCommand {
     /// file is checked before anything is sent; --dry-run shows the plan
     /// and changes nothing. See docs/pools.example.toml for the format.
     Apply(apply::ApplyArgs),
+    /// Why a task waits, what blocks it, and when it may start.
+    Explain(insight::ExplainArgs),
+    /// Per account and level over a window: entitlement, usage, waits,
+    /// preemptions.
+    Report(insight::ReportArgs),
+    /// A live view of a pool, refreshed every few seconds, in the spirit
+    /// of `top`.
+    Top(insight::TopArgs),
 }
 
 /// Runs an administration command.
@@ -179,6 +193,9 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Account(args) => account::run(args),
         ClientCommand::Inspect(args) => inspect::run(args),
         ClientCommand::Apply(args) => apply::run(args),
+        ClientCommand::Explain(args) => insight::explain(args),
+        ClientCommand::Report(args) => insight::report(args),
+        ClientCommand::Top(args) => insight::top(args),
     }
 }
 

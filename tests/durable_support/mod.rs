@@ -4,6 +4,8 @@
 //! that it can be checked after a crash or a takeover.
 #![allow(dead_code)]
 
+pub mod facts;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -138,9 +140,19 @@ impl ServerProc {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(&mut self) {
+        self.signal_term();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and returns at once (see [`ServerProc::exited`]).
+    pub fn signal_term(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn url(&self) -> String {
@@ -517,6 +529,10 @@ pub struct Model {
     pub accounts_sent: BTreeSet<String>,
     pub acked_ops: u64,
     pub failed_ops: u64,
+    /// Failed calls by gRPC code.
+    pub failures_by_code: BTreeMap<String, u64>,
+    /// The first message of each code.
+    pub failure_examples: BTreeMap<String, String>,
     /// Time of the last acknowledged write.
     pub last_write_ack: Option<Instant>,
     next_task: u64,
@@ -638,8 +654,8 @@ impl Workload {
                     drop(m);
                     self.acked();
                 }
-                Err(_) => {
-                    self.model().failed_ops += 1;
+                Err(e) => {
+                    self.model().failed(&e);
                     self.pause(&mut rng, 50).await;
                 }
             }
@@ -665,8 +681,8 @@ impl Workload {
                     self.model().accounts.insert(account);
                     self.acked();
                 }
-                Err(_) => {
-                    self.model().failed_ops += 1;
+                Err(e) => {
+                    self.model().failed(&e);
                 }
             }
             self.pause(&mut rng, 100).await;
@@ -701,8 +717,8 @@ impl Workload {
                             drop(m);
                             self.acked();
                         }
-                        Err(_) => {
-                            self.model().failed_ops += 1;
+                        Err(e) => {
+                            self.model().failed(&e);
                             self.pause(&mut rng, 50).await;
                         }
                     }
@@ -723,8 +739,8 @@ impl Workload {
                             drop(m);
                             self.acked();
                         }
-                        Err(_) => {
-                            self.model().failed_ops += 1;
+                        Err(e) => {
+                            self.model().failed(&e);
                             self.pause(&mut rng, 50).await;
                         }
                     }
@@ -750,6 +766,16 @@ impl Workload {
 }
 
 impl Model {
+    /// Counts a failed call.
+    pub fn failed(&mut self, e: &tonic::Status) {
+        self.failed_ops += 1;
+        let code = format!("{:?}", e.code());
+        self.failure_examples
+            .entry(code.clone())
+            .or_insert_with(|| e.message().to_owned());
+        *self.failures_by_code.entry(code).or_default() += 1;
+    }
+
     /// An acknowledged AssignTasks answer for `bot`. Checks that it agrees
     /// with what was acknowledged before; in particular that no task is
     /// handed to a second bot.

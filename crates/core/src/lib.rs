@@ -109,6 +109,7 @@ pub mod account;
 mod codec;
 pub mod command;
 pub mod event;
+pub mod explain;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod pool;

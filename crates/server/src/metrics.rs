@@ -132,6 +132,8 @@ pub struct Metrics {
     registry: PromRegistry,
     rpc: RpcHistograms,
     pools: Arc<PoolsCollector>,
+    insecure: prometheus_client::metrics::gauge::Gauge,
+    admin_calls: crate::audit::AdminCalls,
 }
 
 impl fmt::Debug for Metrics {
@@ -157,16 +159,40 @@ impl Metrics {
             sinks,
         });
         registry.register_collector(Box::new(pools.clone()));
+        let insecure = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "qscheduler_insecure",
+            "1 when the server serves a non-loopback address without [auth] (serve --insecure)",
+            insecure.clone(),
+        );
+        let admin_calls = crate::audit::AdminCalls::default();
+        registry.register(
+            "qscheduler_admin_calls",
+            "Administrative calls (QSchedulerAdmin), by method and gRPC status code",
+            admin_calls.clone(),
+        );
         Arc::new(Metrics {
             registry,
             rpc,
             pools,
+            insecure,
+            admin_calls,
         })
     }
 
     /// Lets scrapes read the pools' committed state.
     pub fn attach(&self, registry: &Arc<Registry>) {
         let _ = self.pools.registry.set(Arc::downgrade(registry));
+    }
+
+    /// `qscheduler_admin_calls_total`.
+    pub fn admin_calls(&self) -> crate::audit::AdminCalls {
+        self.admin_calls.clone()
+    }
+
+    /// Sets the `qscheduler_insecure` gauge.
+    pub fn set_insecure(&self, insecure: bool) {
+        self.insecure.set(i64::from(insecure));
     }
 
     pub(crate) fn rpc_histograms(&self) -> RpcHistograms {
@@ -477,6 +503,9 @@ struct PoolGauges {
     running: [u64; FREE_PRIORITY as usize + 1],
     idle: u64,
     balances: Vec<(String, [f32; NUM_PRIORITIES])>,
+    /// Per configured account (others under ""): waiting tasks, and running
+    /// tasks by the priority they run at.
+    account_tasks: Vec<(String, u64, [u64; FREE_PRIORITY as usize + 1])>,
     /// Per label: waiting tasks, running tasks, idle bots, running bots.
     labels: Vec<(Arc<str>, [u64; 4])>,
 }
@@ -493,9 +522,37 @@ impl PoolGauges {
                 *c += 1;
             }
         }
-        let balances = s
+        let balances: Vec<(String, [f32; NUM_PRIORITIES])> = s
             .accounts()
             .map(|(id, _, b)| (id.to_owned(), b.0))
+            .collect();
+        // Configured accounts only (see the module docs): the rest under "".
+        let mut per_account: std::collections::BTreeMap<String, (u64, [u64; 6])> = balances
+            .iter()
+            .map(|(id, _)| (id.clone(), (0, [0; 6])))
+            .collect();
+        fn entry<'a>(
+            m: &'a mut std::collections::BTreeMap<String, (u64, [u64; 6])>,
+            id: &str,
+        ) -> &'a mut (u64, [u64; 6]) {
+            let key = if m.contains_key(id) { id } else { "" };
+            m.entry(key.to_owned()).or_default()
+        }
+        for (id, n) in s.queued_per_account() {
+            entry(&mut per_account, id).0 += n;
+        }
+        for w in &workers {
+            if let Some(r) = &w.running
+                && let Some(c) = entry(&mut per_account, r.request.account)
+                    .1
+                    .get_mut(usize::from(r.priority))
+            {
+                *c += 1;
+            }
+        }
+        let account_tasks = per_account
+            .into_iter()
+            .map(|(id, (waiting, running))| (id, waiting, running))
             .collect();
         let labels = if options.label_metrics {
             label_counts(pool, &workers, options.max_labels_per_pool)
@@ -507,6 +564,7 @@ impl PoolGauges {
             running,
             idle: s.idle_len() as u64,
             balances,
+            account_tasks,
             labels,
         }
     }
@@ -807,6 +865,41 @@ impl Collector for PoolsCollector {
         )?;
         family(
             &mut enc,
+            "qscheduler_account_tasks",
+            "Tasks per account (accounts the pool does not configure under account=\"\"): \
+             waiting ones under priority 5, running ones by the priority they run at",
+            Gauge,
+            gauges.iter().flat_map(|(p, g)| {
+                g.account_tasks
+                    .iter()
+                    .flat_map(move |(a, waiting, running)| {
+                        std::iter::once((
+                            [
+                                ("pool", p.as_str()),
+                                ("account", a.as_str()),
+                                ("state", "waiting"),
+                                ("priority", PRIORITY[FREE_PRIORITY as usize]),
+                            ],
+                            V::U(*waiting),
+                        ))
+                        .chain(running.iter().enumerate().map(
+                            move |(i, n)| {
+                                (
+                                    [
+                                        ("pool", p.as_str()),
+                                        ("account", a.as_str()),
+                                        ("state", "running"),
+                                        ("priority", PRIORITY[i]),
+                                    ],
+                                    V::U(*n),
+                                )
+                            },
+                        ))
+                    })
+            }),
+        )?;
+        family(
+            &mut enc,
             "qscheduler_bots",
             "Bots by state; running ones by the priority of their task, idle ones under priority 5",
             Gauge,
@@ -953,6 +1046,62 @@ impl Collector for PoolsCollector {
             Gauge,
             [([("", ""); 0], V::U(gauges.len() as u64))],
         )?;
+        let registry = self.registry.get().and_then(Weak::upgrade);
+        if let Some(r) = &registry {
+            let waiting = r.waiting_calls();
+            family(
+                &mut enc,
+                "qscheduler_pool_waiting_calls",
+                "Calls waiting for the pool's writer",
+                Gauge,
+                waiting
+                    .iter()
+                    .map(|(p, n, _)| ([("pool", p.as_str())], V::U(*n as u64))),
+            )?;
+            family(
+                &mut enc,
+                "qscheduler_queue_capacity",
+                "Most calls that may wait for the pool's writer (batching.queue_capacity); \
+                 beyond it callers get RESOURCE_EXHAUSTED",
+                Gauge,
+                waiting
+                    .iter()
+                    .map(|(p, _, c)| ([("pool", p.as_str())], V::U(*c as u64))),
+            )?;
+            let settlement = r.settlement();
+            // 0 for the pools served here, 1 for those nobody serves; the
+            // pools other replicas serve are theirs to report.
+            let mut unserved: BTreeMap<&str, u64> =
+                waiting.iter().map(|(p, _, _)| (p.as_str(), 0)).collect();
+            for p in &settlement.unserved {
+                unserved.insert(p.as_str(), 1);
+            }
+            family(
+                &mut enc,
+                "qscheduler_pool_unserved",
+                "1 for a stored pool nobody served at this replica's last adoption round \
+                 (unowned, or failed to recover), 0 for a pool served here",
+                Gauge,
+                unserved.iter().map(|(p, v)| ([("pool", *p)], V::U(*v))),
+            )?;
+            let changes = r.ownership_changes();
+            family(
+                &mut enc,
+                "qscheduler_pool_ownership_changes",
+                "Pools opened (adopted), given back (handed_off) or stopped without being \
+                 given back (lost) at this replica",
+                Counter,
+                changes.iter().flat_map(|(p, c)| {
+                    [
+                        ("adopted", c.adopted),
+                        ("handed_off", c.handed_off),
+                        ("lost", c.lost),
+                    ]
+                    .into_iter()
+                    .map(move |(change, n)| ([("pool", p.as_str()), ("change", change)], V::U(n)))
+                }),
+            )?;
+        }
 
         let sink = |f: fn(&SinkStats) -> u64| {
             self.sinks

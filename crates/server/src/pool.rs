@@ -415,6 +415,17 @@ impl PoolRef {
         self.shared.stop.send_replace(true);
     }
 
+    /// Calls waiting for the writer now.
+    pub fn waiting_calls(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Most calls that may wait for the writer (`batching.queue_capacity`);
+    /// beyond it callers get `RESOURCE_EXHAUSTED`.
+    pub fn call_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Waits until the writer has stopped.
     pub async fn closed(&self) {
         let mut rx = self.shared.closed.subscribe();
@@ -1387,21 +1398,34 @@ mod tests {
             }],
             is_callback: false,
         };
-        // Sent together, in this order, into one batch window.
-        let calls: Vec<_> = (0..5)
+        // Sent together, in this order, into one batch window: a call is
+        // queued by the first poll of `notify`, so polling the calls once
+        // each, in order, fixes their order of arrival.
+        let mut calls: Vec<_> = (0..5)
             .map(|i| {
                 let p = p.clone();
                 let c = call(i);
-                async move { p.notify(c, None).await }
+                Some(Box::pin(async move { p.notify(c, None).await }))
             })
             .collect();
-        let mut joined = Vec::new();
-        for c in calls {
-            joined.push(tokio::spawn(c));
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut done = Vec::new();
+        std::future::poll_fn(|cx| {
+            for c in &mut calls {
+                if let Some(f) = c
+                    && let std::task::Poll::Ready(r) = f.as_mut().poll(cx)
+                {
+                    done.push(r);
+                    *c = None;
+                }
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for c in calls.into_iter().flatten() {
+            done.push(c.await);
         }
-        for j in joined {
-            j.await.expect("join").expect("notify");
+        for r in done {
+            r.expect("notify");
         }
         assert_eq!(p.read().scheduler().queued_len(), 5);
         drop(p);

@@ -231,6 +231,44 @@ pub struct Registry {
     /// Wakes the adoption loop up to stop.
     stop_adoption: tokio::sync::watch::Sender<bool>,
     adoption: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when a graceful hand-off starts: this replica no longer counts
+    /// itself among the live replicas and opens no pool.
+    draining: AtomicBool,
+    /// What readiness and the metrics report; see [`Settlement`].
+    settlement: Mutex<Settlement>,
+    /// Pools opened, handed off and lost here, per pool.
+    ownership: Mutex<BTreeMap<String, OwnershipChanges>>,
+}
+
+/// How far this replica is from serving every pool it should, as of the
+/// last adoption round.
+#[derive(Clone, Debug, Default)]
+pub struct Settlement {
+    /// The first recovery of the pools finished.
+    pub recovered: bool,
+    /// The store counts this replica among the live ones (always true for
+    /// the embedded store).
+    pub registered: bool,
+    /// Pools whose home is this replica and that nobody serves yet, apart
+    /// from those that failed to recover.
+    pub pending: usize,
+    /// Pools that nobody serves, as this replica saw them at the end of its
+    /// last round (failed ones included): what `qscheduler_pool_unserved`
+    /// reports.
+    pub unserved: Vec<String>,
+}
+
+/// Changes of a pool's owner seen from this replica (the counters of
+/// `qscheduler_pool_ownership_changes_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnershipChanges {
+    /// Opened here (recovered at start, adopted, or opened for a call).
+    pub adopted: u64,
+    /// Given back on purpose (rebalancing or a graceful hand-off).
+    pub handed_off: u64,
+    /// Stopped without being given back: the lease was lost or the store
+    /// failed.
+    pub lost: u64,
 }
 
 /// The rendezvous score of `replica` for `pool`: FNV-1a over both ids, then
@@ -279,6 +317,9 @@ impl Registry {
             max_pools: std::sync::atomic::AtomicUsize::new(usize::MAX),
             stop_adoption: tokio::sync::watch::Sender::new(false),
             adoption: Mutex::new(None),
+            draining: AtomicBool::new(false),
+            settlement: Mutex::new(Settlement::default()),
+            ownership: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -310,6 +351,51 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn ownership_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OwnershipChanges>> {
+        self.ownership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn settlement_mut(&self) -> std::sync::MutexGuard<'_, Settlement> {
+        self.settlement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks the first recovery as over even though it failed as a whole
+    /// (the adoption loop retries the pools one by one).
+    pub fn mark_recovered(&self) {
+        self.settlement_mut().recovered = true;
+    }
+
+    /// Readiness as of the last adoption round (see [`Settlement`]).
+    pub fn settlement(&self) -> Settlement {
+        self.settlement_mut().clone()
+    }
+
+    /// Ownership changes per pool since the start (bounded by the pools
+    /// the store holds: a deleted pool's counters go with it).
+    pub fn ownership_changes(&self) -> Vec<(String, OwnershipChanges)> {
+        self.ownership_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// True once a graceful hand-off started ([`Registry::drain`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Calls waiting for each open pool's writer, and how many may wait.
+    pub fn waiting_calls(&self) -> Vec<(String, usize, usize)> {
+        self.open_map()
+            .iter()
+            .map(|(id, p)| (id.clone(), p.waiting_calls(), p.call_capacity()))
+            .collect()
+    }
+
     fn running(&self, id: &str) -> Option<PoolRef> {
         self.open_map().get(id).filter(|p| !p.is_closed()).cloned()
     }
@@ -333,7 +419,14 @@ impl Registry {
     /// database round trip.
     async fn candidates(&self) -> Result<Vec<Replica>, RegistryError> {
         let mut live = self.store.live_replicas().await?;
-        if !live.iter().any(|r| r.replica_id == self.me) {
+        if self.is_draining() {
+            // Handing everything over: never the home of anything.
+            live.retain(|r| r.replica_id != self.me);
+            return Ok(live);
+        }
+        let registered = live.iter().any(|r| r.replica_id == self.me);
+        self.settlement_mut().registered = registered;
+        if !registered {
             live.push(Replica {
                 replica_id: self.me.clone(),
                 address: String::new(),
@@ -360,6 +453,8 @@ impl Registry {
         let ids = self.store.list_pools().await?;
         info!(pools = ids.len(), replica = %self.me, "recovering pools");
         self.adopt_unowned().await?;
+        self.settlement_mut().recovered = true;
+        info!(pools = self.open_ids().len(), "recovery finished");
         Ok(())
     }
 
@@ -369,12 +464,23 @@ impl Registry {
         let live = self.candidates().await?;
         let unowned = self.store.unowned_pools().await?;
         let mut adopted = 0;
+        let mut pending = 0;
+        let mut unserved = Vec::new();
         for id in unowned {
-            if self.shutting_down.load(Ordering::Acquire)
-                || self.running(&id).is_some()
-                || self.recent_failure(&id).is_some()
-                || self.other_home(&id, &live).is_some()
-            {
+            if self.running(&id).is_some() {
+                continue;
+            }
+            if self.shutting_down.load(Ordering::Acquire) || self.is_draining() {
+                unserved.push(id);
+                continue;
+            }
+            if self.recent_failure(&id).is_some() {
+                unserved.push(id);
+                continue;
+            }
+            if self.other_home(&id, &live).is_some() {
+                // Its home adopts it; until then nobody serves it.
+                unserved.push(id);
                 continue;
             }
             match self.get(&id).await {
@@ -382,10 +488,17 @@ impl Registry {
                 // Someone else was faster, or the pool was just deleted.
                 Err(RegistryError::NotOwner { .. } | RegistryError::NotFound(_)) => {}
                 Err(e) => {
+                    if !matches!(e, RegistryError::Unrecoverable { .. }) && !e.is_data_loss() {
+                        pending += 1;
+                    }
+                    unserved.push(id.clone());
                     error!(pool = %id, error = %e, "pool not recovered; it stays unavailable until the problem is fixed")
                 }
             }
         }
+        let mut s = self.settlement_mut();
+        s.pending = pending;
+        s.unserved = unserved;
         Ok(adopted)
     }
 
@@ -453,6 +566,10 @@ impl Registry {
         // service retries them at the new home) and releases the lease.
         p.stop();
         p.closed().await;
+        self.ownership_map()
+            .entry(id.to_owned())
+            .or_default()
+            .handed_off += 1;
         info!(pool = %id, to = %to.replica_id, "pool handed off to its home replica");
     }
 
@@ -545,7 +662,7 @@ impl Registry {
         if let Some(p) = self.running(id) {
             return Ok(p);
         }
-        if self.shutting_down.load(Ordering::Acquire) {
+        if self.shutting_down.load(Ordering::Acquire) || self.is_draining() {
             return Err(RegistryError::ShuttingDown);
         }
         if let Some(e) = self.recent_failure(id) {
@@ -553,7 +670,9 @@ impl Registry {
         }
         let stopped = self.open_map().remove(id);
         if let Some(old) = stopped {
-            // Its writer stopped; wait until it let go of the store handle.
+            // Its writer stopped on its own (lease lost, store failure);
+            // wait until it let go of the store handle.
+            self.ownership_map().entry(id.to_owned()).or_default().lost += 1;
             old.closed().await;
             if old.store_failed() {
                 self.note_store_failure(id);
@@ -621,6 +740,10 @@ impl Registry {
             self.observer.clone(),
         );
         self.open_map().insert(id.to_owned(), p.clone());
+        self.ownership_map()
+            .entry(id.to_owned())
+            .or_default()
+            .adopted += 1;
         Ok(p)
     }
 
@@ -715,6 +838,7 @@ impl Registry {
         let _guard = self.lifecycle.lock().await;
         self.store.delete_pool(id).await?;
         self.failed_map().remove(id);
+        self.ownership_map().remove(id);
         let old = self.open_map().remove(id);
         if let Some(old) = old {
             old.stop();
@@ -773,10 +897,8 @@ impl Registry {
         self.open_map().keys().cloned().collect()
     }
 
-    /// Stops adopting pools, waits for every pool writer to finish its
-    /// current batch and stop, then releases the store.
-    pub async fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
+    /// Stops the adoption loop and waits for a round in progress to end.
+    async fn stop_adoption_loop(&self) {
         self.stop_adoption.send_replace(true);
         let adoption = self
             .adoption
@@ -789,6 +911,46 @@ impl Registry {
         if let Some(t) = adoption {
             let _ = t.await;
         }
+    }
+
+    /// Graceful hand-off (SIGTERM): leaves the store's registry of live
+    /// replicas so that peers stop choosing this one as a home, then gives
+    /// back every pool at once (each writer finishes its batch, answers the
+    /// calls still queued as "closed" so the service retries them at the
+    /// new home, and releases the lease). The server keeps serving while
+    /// this runs: calls for a pool given back are forwarded to its new home,
+    /// or refused with the retriable `UNAVAILABLE` when there is none.
+    /// Returns how many pools were handed off.
+    pub async fn drain(&self) -> usize {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        self.stop_adoption_loop().await;
+        if let Err(e) = self.store.leave_registry().await {
+            warn!(error = %e, "cannot leave the registry of live replicas; peers adopt this replica's pools when its heartbeat expires");
+        }
+        let _guard = self.lifecycle.lock().await;
+        let pools: Vec<(String, PoolRef)> =
+            std::mem::take(&mut *self.open_map()).into_iter().collect();
+        for (_, p) in &pools {
+            p.stop();
+        }
+        for (id, p) in &pools {
+            p.closed().await;
+            self.ownership_map()
+                .entry(id.clone())
+                .or_default()
+                .handed_off += 1;
+        }
+        info!(pools = pools.len(), "handed off every pool");
+        pools.len()
+    }
+
+    /// Stops adopting pools, waits for every pool writer to finish its
+    /// current batch and stop, then releases the store.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.stop_adoption_loop().await;
         // No pool can be opened any more past this point.
         let _guard = self.lifecycle.lock().await;
         let pools: Vec<PoolRef> = std::mem::take(&mut *self.open_map())

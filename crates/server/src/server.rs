@@ -1,7 +1,18 @@
 //! Starting and stopping the server: open the store, start the event log
 //! and metrics, recover the pools, serve gRPC, pRPC and plain HTTP
-//! (health, metrics) on one port, and shut down gracefully — the event log
-//! is flushed after the last batch.
+//! (health, readiness, metrics) on one port, and stop gracefully.
+//!
+//! # Stopping
+//!
+//! When the shutdown future completes (SIGTERM), the server goes
+//! [`Phase::Draining`] (readiness and gRPC health turn `NOT_SERVING`), leaves
+//! the store's registry of live replicas and hands every pool over
+//! ([`Registry::drain`]) while it still answers calls: a call for a pool
+//! already handed over is forwarded to its new home, or refused with the
+//! retriable `UNAVAILABLE`. Then it stops accepting connections, lets calls
+//! in flight finish, stops the writers, releases the store and flushes the
+//! event log. All of it within [`ServerOptions::shutdown_grace`]; past that
+//! it stops waiting.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,17 +22,25 @@ use std::time::Duration;
 use axum::routing::get;
 use qscheduler_store::{Store, StoreOptions};
 use qscheduler_wire::conn::{ConnectionOptions, effective_max_connections, raise_open_file_limit};
+use qscheduler_wire::prpc::CorsPolicy;
 use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info, warn};
 
+use crate::audit::{AuditLog, AuditOptions};
+use crate::auth::Policy;
+use crate::auth::layer::{AuthLayer, AuthSettings, PolicyCell};
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
+use crate::health::{Health, Phase};
+use crate::insight::Insight;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::pool::{ByteBudget, CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
 use crate::registry::Registry;
+use crate::report::Reports;
 use crate::rpc_layer::RpcLayer;
 use crate::service::Scheduler;
+use crate::tls::{TlsAcceptorCell, TlsError, TlsOptions};
 
 /// Everything the server needs to start.
 #[derive(Clone, Debug)]
@@ -51,7 +70,31 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Connection limits.
     pub connections: ConnectionOptions,
+    /// Longest a graceful stop takes (see the module docs).
+    pub shutdown_grace: Duration,
+    /// Start serving before the pools are recovered: [`Server::start_with`]
+    /// returns at once and recovery runs in the background, reported by
+    /// `/readyz` and gRPC health (what `qscheduler serve` does). When false
+    /// it returns after recovery, with readiness already settled.
+    pub recover_in_background: bool,
+    /// `[auth]`: who may call. `None`: anyone who reaches the port, which
+    /// is only allowed on loopback addresses unless `insecure`.
+    pub auth: Option<Policy>,
+    /// The secret replicas prove themselves to each other with when they
+    /// forward calls.
+    pub peer_secret: Option<String>,
+    /// Serve a non-loopback address without `[auth]`.
+    pub insecure: bool,
+    /// TLS on the port (`[tls]`).
+    pub tls: Option<TlsOptions>,
+    /// The audit log's files (`None`: administrative calls are only
+    /// counted).
+    pub audit: Option<AuditOptions>,
 }
+
+/// Default of [`ServerOptions::shutdown_grace`], below the 40 s the
+/// Kubernetes manifests give the pod.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -67,6 +110,13 @@ impl Default for ServerOptions {
             adopt_every: Duration::from_secs(1),
             limits: Limits::default(),
             connections: ConnectionOptions::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            recover_in_background: false,
+            auth: None,
+            peer_secret: None,
+            insecure: false,
+            tls: None,
+            audit: None,
         }
     }
 }
@@ -108,6 +158,30 @@ pub enum ServerError {
         /// The unusable address.
         address: String,
     },
+    /// A non-loopback address without `[auth]` and without `--insecure`.
+    #[error(
+        "refusing to serve {addr} without authentication: anyone who can reach it could \
+         change or delete every pool. Add an [auth] section to the configuration (see \
+         `qscheduler auth new-token`), listen on a loopback address, or accept the risk \
+         with `serve --insecure`"
+    )]
+    Insecure {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// Replicas with `[auth]` that could not tell each other from clients.
+    #[error(
+        "replicas sharing a PostgreSQL store with [auth] need a peer secret to forward calls \
+         to each other: set QSCHEDULER_PEER_SECRET (the same random string, at least 16 \
+         characters, on every replica) or [auth] peer_secret_file"
+    )]
+    PeerSecret,
+    /// The audit log's directory could not be created.
+    #[error("cannot create the audit log directory: {0}")]
+    Audit(std::io::Error),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Route assembly failed.
     #[error("routes: {0}")]
     Routes(#[from] qscheduler_wire::serve::WireError),
@@ -124,6 +198,11 @@ pub struct Server {
     connections: ConnectionOptions,
     event_log: Arc<EventLog>,
     metrics: Option<Arc<Metrics>>,
+    health: Arc<Health>,
+    shutdown_grace: Duration,
+    recovery: Option<tokio::task::JoinHandle<()>>,
+    auth_policy: Option<Arc<PolicyCell>>,
+    tls: Option<Arc<TlsAcceptorCell>>,
 }
 
 /// How long shutdown waits for the event log to write what is queued.
@@ -169,20 +248,186 @@ pub fn router(
     options: &ServerOptions,
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
-    let svc = Arc::new(Scheduler::new(registry.clone(), options.limits.clone()));
-    let mut extra = extra.route("/healthz", get(|| async { "ok\n" }));
+    let policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+    let audit = AuditLog::new(options.audit.clone(), metrics.map(|m| m.admin_calls()))
+        .map_err(ServerError::Audit)?;
+    router_with(
+        registry,
+        metrics,
+        options,
+        extra,
+        policy,
+        audit,
+        Reports::new(),
+        |s| s,
+    )
+}
+
+/// [`router`] with the `[auth]` policy in a cell the caller keeps (to
+/// replace it when the configuration changes), the insight reports the
+/// pool writers feed, and `more` adding services (gRPC health).
+#[allow(clippy::too_many_arguments)]
+fn router_with(
+    registry: &Arc<Registry>,
+    metrics: Option<&Arc<Metrics>>,
+    options: &ServerOptions,
+    extra: axum::Router,
+    policy: Option<Arc<PolicyCell>>,
+    audit: Arc<AuditLog>,
+    reports: Arc<Reports>,
+    more: impl FnOnce(Services) -> Services,
+) -> Result<axum::Router, ServerError> {
+    let mut scheduler = Scheduler::new(registry.clone(), options.limits.clone())
+        .with_auth(options.auth.is_some(), options.peer_secret.clone());
+    if let Some(tls) = &options.tls {
+        // The CA of client certificates is usually the replicas' CA too.
+        let ca = match &tls.client_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| TlsError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        scheduler = scheduler.with_forwarding_tls(ca);
+    }
+    let svc = Arc::new(scheduler);
+    let insight = Arc::new(Insight::new(
+        (*svc).clone(),
+        reports,
+        options.limits.clone(),
+    ));
+    let auth = AuthSettings {
+        policy,
+        peer_secret: options
+            .peer_secret
+            .as_deref()
+            .map(|s| crate::auth::Sha256Hash::of(s.as_bytes())),
+        metrics_path: metrics.map(|_| options.metrics.path.clone()),
+    };
+    let origins = options
+        .auth
+        .as_ref()
+        .map(|p| p.allowed_origins.clone())
+        .unwrap_or_default();
+    let mut extra = extra
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::ui::router(insight.clone(), registry.clone()));
     if let Some(m) = metrics {
         extra = extra.merge(m.router(&options.metrics.path));
     }
-    Ok(Services::new()
+    let services = Services::new()
         .external_scheduler(svc.clone())
         .admin(svc.clone())
         .view(svc)
+        .insight(insight);
+    let mut services = more(services)
         .request_timeout(Some(options.request_timeout))
         .max_request_size(options.max_request_bytes)
-        .shape_limits(options.limits.shape())
+        .shape_limits(options.limits.shape());
+    if !origins.is_empty() {
+        services = services.cors(CorsPolicy::AllowList {
+            origins,
+            allow_credentials: false,
+        });
+    }
+    // The RPC layer is outside the auth layer, so refused calls are
+    // measured too.
+    Ok(services
         .into_router(extra)?
-        .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+        .layer(AuthLayer::new(auth))
+        .layer(RpcLayer::new(
+            metrics.map(|m| m.rpc_histograms()),
+            Some(audit),
+        )))
+}
+
+/// How often the TLS files are checked for a new certificate.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Serves over TLS: every connection's handshake first.
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    connections: ConnectionOptions,
+    shutdown: impl Future<Output = ()>,
+    tls: Arc<TlsAcceptorCell>,
+) -> std::io::Result<()> {
+    tls.spawn_reload(TLS_RELOAD_EVERY);
+    qscheduler_wire::conn::serve_with(listener, router, connections, shutdown, move |tcp| {
+        let tls = Arc::clone(&tls);
+        async move { tls.accept(tcp).await }
+    })
+    .await
+}
+
+/// Refuses a non-loopback listen address without `[auth]`, unless
+/// `--insecure` was given; then warns, and returns true (for the
+/// `qscheduler_insecure` gauge).
+fn check_exposure(options: &ServerOptions) -> Result<bool, ServerError> {
+    if options.auth.is_some() || options.listen.ip().is_loopback() {
+        return Ok(false);
+    }
+    if !options.insecure {
+        return Err(ServerError::Insecure {
+            addr: options.listen,
+        });
+    }
+    tracing::warn!(
+        addr = %options.listen,
+        "serving a non-loopback address without [auth] (--insecure): anyone who can reach \
+         it may change or delete every pool"
+    );
+    Ok(true)
+}
+
+/// First recovery of the pools, then the adoption loop and the ticker that
+/// keeps gRPC health in line with readiness.
+async fn recover(
+    registry: &Arc<Registry>,
+    health: &Arc<Health>,
+    adopt_every: Duration,
+) -> Result<(), ServerError> {
+    registry.recover_all().await?;
+    registry.spawn_adoption(adopt_every);
+    health.set_phase(Phase::Serving).await;
+    spawn_health_ticker(registry, health, adopt_every);
+    Ok(())
+}
+
+/// [`recover`] in the background; a failure is retried by the adoption
+/// loop, which starts anyway.
+fn spawn_recovery(
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    adopt_every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = recover(&registry, &health, adopt_every).await {
+            error!(error = %e, "recovering the pools failed; the adoption loop retries");
+            registry.mark_recovered();
+            registry.spawn_adoption(adopt_every);
+            health.set_phase(Phase::Serving).await;
+            spawn_health_ticker(&registry, &health, adopt_every);
+        }
+    })
+}
+
+/// Refreshes gRPC health every `every` (readiness moves with the adoption
+/// loop), until the registry is gone.
+fn spawn_health_ticker(registry: &Arc<Registry>, health: &Arc<Health>, every: Duration) {
+    let weak = Arc::downgrade(registry);
+    let health = Arc::downgrade(health);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (Some(_r), Some(h)) = (weak.upgrade(), health.upgrade()) else {
+                return;
+            };
+            h.refresh().await;
+        }
+    });
 }
 
 /// True when `location` names a store several replicas share (PostgreSQL),
@@ -213,6 +458,8 @@ impl Server {
         observer: Arc<dyn Observer>,
         extra: axum::Router,
     ) -> Result<Server, ServerError> {
+        let insecure = check_exposure(&options)?;
+        let tls = options.tls.clone().map(TlsAcceptorCell::new).transpose()?;
         // Bind first, so that the address other replicas forward to can
         // default to the one actually bound (port 0 included).
         let listener =
@@ -227,6 +474,12 @@ impl Server {
             && let Ok(addr) = listener.local_addr()
         {
             store_options.advertise_address = addr.to_string();
+        }
+        if is_shared_store(&options.store)
+            && options.auth.is_some()
+            && options.peer_secret.is_none()
+        {
+            return Err(ServerError::PeerSecret);
         }
         if is_shared_store(&options.store) && !is_reachable(&store_options.advertise_address) {
             return Err(ServerError::Advertise {
@@ -244,7 +497,9 @@ impl Server {
             .metrics
             .enabled
             .then(|| Metrics::new(options.metrics.clone(), event_log.stats()));
-        let mut observers: Vec<Arc<dyn Observer>> = vec![event_log.clone(), observer];
+        let reports = Reports::new();
+        let mut observers: Vec<Arc<dyn Observer>> =
+            vec![event_log.clone(), observer, reports.clone()];
         if let Some(m) = &metrics {
             observers.push(m.clone());
         }
@@ -256,10 +511,46 @@ impl Server {
         registry.set_max_pools(options.limits.max_pools);
         if let Some(m) = &metrics {
             m.attach(&registry);
+            m.set_insecure(insecure);
         }
-        registry.recover_all().await?;
-        registry.spawn_adoption(options.adopt_every);
-        let router = router(&registry, metrics.as_ref(), &options, extra)?;
+        let (health, health_service) = Health::new(registry.clone());
+        health.refresh().await;
+        let recovery = if options.recover_in_background {
+            Some(spawn_recovery(
+                registry.clone(),
+                health.clone(),
+                options.adopt_every,
+            ))
+        } else {
+            recover(&registry, &health, options.adopt_every).await?;
+            None
+        };
+        let readyz = {
+            let health = health.clone();
+            axum::Router::new().route(
+                "/readyz",
+                get(move || {
+                    let health = health.clone();
+                    async move { health.readyz() }
+                }),
+            )
+        };
+        let auth_policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+        let audit = AuditLog::new(
+            options.audit.clone(),
+            metrics.as_ref().map(|m| m.admin_calls()),
+        )
+        .map_err(ServerError::Audit)?;
+        let router = router_with(
+            &registry,
+            metrics.as_ref(),
+            &options,
+            extra.merge(readyz),
+            auth_policy.clone(),
+            audit,
+            reports,
+            |s| s.open_grpc_service(health_service),
+        )?;
         let mut connections = options.connections.clone();
         match raise_open_file_limit() {
             Ok(files) => {
@@ -282,7 +573,23 @@ impl Server {
             connections,
             event_log,
             metrics,
+            health,
+            shutdown_grace: options.shutdown_grace,
+            recovery,
+            auth_policy,
+            tls,
         })
+    }
+
+    /// The server's phase and readiness.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// The `[auth]` policy in force, replaceable while serving (`None`
+    /// without `[auth]`).
+    pub fn auth_policy(&self) -> Option<&Arc<PolicyCell>> {
+        self.auth_policy.as_ref()
     }
 
     /// The bound address (useful with port 0).
@@ -306,13 +613,83 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let addr = self.listener.local_addr().ok();
         info!(addr = ?addr, pools = self.registry.open_ids().len(), "serving gRPC and pRPC");
-        let res =
-            qscheduler_wire::serve::serve(self.listener, self.router, self.connections, shutdown)
-                .await;
-        info!("no longer accepting calls; stopping pool writers");
-        self.registry.shutdown().await;
-        // Every writer has stopped, so no event can follow.
-        self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
+        let grace = self.shutdown_grace;
+        let registry = self.registry.clone();
+        let health = self.health.clone();
+        // When the drain is over (or the grace period), the listener
+        // stops; `deadline` then bounds what follows.
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+        let drained = async move {
+            shutdown.await;
+            let deadline = tokio::time::Instant::now() + grace;
+            let _ = deadline_tx.send(deadline);
+            info!(
+                grace_ms = grace.as_millis() as u64,
+                "stopping: handing pools over"
+            );
+            health.set_phase(Phase::Draining).await;
+            match tokio::time::timeout_at(deadline, registry.drain()).await {
+                Ok(n) => info!(pools = n, "pools handed over; no longer accepting calls"),
+                Err(_) => warn!("the grace period ended while handing pools over; stopping anyway"),
+            }
+        };
+        let serve = async move {
+            match self.tls {
+                None => {
+                    qscheduler_wire::serve::serve(
+                        self.listener,
+                        self.router,
+                        self.connections,
+                        drained,
+                    )
+                    .await
+                }
+                Some(tls) => {
+                    serve_tls(self.listener, self.router, self.connections, drained, tls).await
+                }
+            }
+        };
+        let mut deadline_rx = deadline_rx;
+        let res = tokio::select! {
+            r = serve => r,
+            // The deadline is known once shutdown started; the listener's
+            // own graceful stop (calls in flight) must end by then too.
+            r = async {
+                let deadline = (&mut deadline_rx).await;
+                match deadline {
+                    Ok(d) => tokio::time::sleep_until(d).await,
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            } => {
+                let () = r;
+                warn!("the grace period ended with calls still in flight; stopping anyway");
+                Ok(())
+            }
+        };
+        if let Some(r) = self.recovery {
+            r.abort();
+        }
+        info!("stopping pool writers");
+        let rest = async {
+            self.registry.shutdown().await;
+            // Every writer has stopped, so no event can follow.
+            self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
+        };
+        let left = deadline_rx
+            .try_recv()
+            .ok()
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        match left {
+            Some(left) => {
+                if tokio::time::timeout(left.max(Duration::from_secs(1)), rest)
+                    .await
+                    .is_err()
+                {
+                    warn!("the grace period ended before the event log was flushed");
+                }
+            }
+            None => rest.await,
+        }
         info!("stopped");
         res.map_err(ServerError::from)
     }

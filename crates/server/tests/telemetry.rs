@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use common::*;
@@ -249,6 +249,51 @@ async fn metrics_follow_the_scenario_and_forget_deleted_things() {
     assert_eq!(bots("idle", "5"), 1.0, "bot3");
     assert_eq!(bots("running", "0"), 1.0, "bot2 runs R1");
     assert_eq!(bots("running", "5"), 0.0);
+    // The same tasks, split by account.
+    let per_account = |state: &str, prio: &str| -> f64 {
+        m.0.iter()
+            .filter(|(n, l, _)| {
+                n == "qscheduler_account_tasks"
+                    && l.get("pool").map(String::as_str) == Some("p1")
+                    && l.get("state").map(String::as_str) == Some(state)
+                    && l.get("priority").map(String::as_str) == Some(prio)
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    assert_eq!(per_account("waiting", "5"), tasks("waiting", "5"));
+    assert_eq!(per_account("running", "0"), tasks("running", "0"));
+    assert_eq!(
+        m.value(
+            "qscheduler_account_tasks",
+            &[
+                p,
+                ("account", "hi"),
+                ("state", "running"),
+                ("priority", "0")
+            ]
+        ),
+        1.0,
+        "R1 runs at priority 0 for hi"
+    );
+    // Ownership, the writer's call queue and whether the pool is served.
+    assert_eq!(
+        m.value(
+            "qscheduler_pool_ownership_changes_total",
+            &[p, ("change", "adopted")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "qscheduler_pool_ownership_changes_total",
+            &[p, ("change", "lost")]
+        ),
+        0.0
+    );
+    assert_eq!(m.value("qscheduler_pool_waiting_calls", &[p]), 0.0);
+    assert_eq!(m.value("qscheduler_queue_capacity", &[p]), 10_000.0);
+    assert_eq!(m.value("qscheduler_pool_unserved", &[p]), 0.0);
 
     let labels =
         |metric, label, running| m.get(metric, &[p, ("label", label), ("running", running)]);
@@ -603,4 +648,72 @@ async fn event_log_postgres_table_holds_the_same_rows() {
         .collect();
     assert_events(&got);
     assert_eq!(got, read_events(&events), "both sinks got the same events");
+}
+
+/// The names `qscheduler_...` that `text` mentions (PromQL in the alert
+/// rules and the dashboard).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("qscheduler_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        // Not the tail of a longer identifier (a rule group's name).
+        let before = rest[..i].chars().last();
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            out.insert(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_deploy_files_use_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.event_log.files = Some(FileSinkOptions::new(dir.path().join("events")));
+    // Snapshot figures exist once a snapshot was written.
+    opts.pool.snapshot_every_records = 1;
+    let server = TestServer::start(opts).await;
+    scenario(server.addr, "p1").await;
+    let m = scrape(server.addr).await;
+    let exposed: BTreeSet<String> = m.0.iter().map(|(n, _, _)| n.clone()).collect();
+    let files = [
+        (
+            "deploy/prometheus/alerts.yaml",
+            include_str!("../../../deploy/prometheus/alerts.yaml"),
+        ),
+        (
+            "deploy/kubernetes/base/prometheusrule.yaml",
+            include_str!("../../../deploy/kubernetes/base/prometheusrule.yaml"),
+        ),
+        (
+            "deploy/grafana/qscheduler.json",
+            include_str!("../../../deploy/grafana/qscheduler.json"),
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (file, text) in files {
+        let names = metric_names(text);
+        assert!(!names.is_empty(), "{file} names no metric");
+        for name in names {
+            // A histogram's series carry suffixes the queries name.
+            let found = exposed.contains(&name)
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| exposed.contains(&format!("{name}{s}")));
+            if !found {
+                missing.push(format!("{file}: {name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "metrics the deploy files use but /metrics lacks:\n  {}",
+        missing.join("\n  ")
+    );
+    server.stop().await;
 }

@@ -311,6 +311,16 @@ impl Store {
         }
     }
 
+    /// Starts a graceful hand-off: this replica stops announcing itself as live, so peers
+    /// stop choosing it as a pool's home, while it keeps the leases it holds until it releases
+    /// them one by one (the embedded store has no peers: nothing to do).
+    pub async fn leave_registry(&self) -> Result<()> {
+        match self {
+            Store::Embedded(_) => Ok(()),
+            Store::Postgres(s) => s.leave_registry().await,
+        }
+    }
+
     /// Clean shutdown: releases every lease this replica holds and leaves the registry, so other
     /// replicas take the pools over at once instead of after the lease TTL. Handles still in use
     /// are fenced.

@@ -191,6 +191,9 @@ struct PgInner {
     /// (it then expires and the pool can be taken over).
     held: Mutex<HashMap<String, Weak<PgShared>>>,
     keeper: Mutex<Option<JoinHandle<()>>>,
+    /// Set once the replica has left the registry (it is draining): the keeper then renews the
+    /// leases it still holds but no longer its heartbeat, so peers stop counting it as a home.
+    left_registry: AtomicBool,
 }
 
 impl Drop for PgInner {
@@ -299,6 +302,7 @@ impl PgStore {
             options,
             held: Mutex::new(HashMap::new()),
             keeper: Mutex::new(None),
+            left_registry: AtomicBool::new(false),
         });
         inner.heartbeat().await?;
         let weak = Arc::downgrade(&inner);
@@ -446,6 +450,18 @@ impl PgStore {
             .collect())
     }
 
+    /// Leaves the registry of live replicas while keeping (and renewing) the leases held, so
+    /// that peers no longer pick this replica as any pool's home while it hands its pools over.
+    pub async fn leave_registry(&self) -> Result<()> {
+        self.inner.left_registry.store(true, Ordering::Release);
+        sqlx::query("DELETE FROM qs_replica WHERE replica_id = $1")
+            .bind(&self.inner.options.replica_id)
+            .execute(&self.inner.db)
+            .await
+            .map_err(db_err("leave registry"))?;
+        Ok(())
+    }
+
     /// Releases every held lease, leaves the registry and stops the lease keeper.
     pub async fn shutdown(&self) -> Result<()> {
         if let Some(k) = lock(&self.inner.keeper)?.take() {
@@ -541,6 +557,9 @@ impl PgStore {
 
 impl PgInner {
     async fn heartbeat(&self) -> Result<()> {
+        if self.left_registry.load(Ordering::Acquire) {
+            return Ok(());
+        }
         sqlx::query(HEARTBEAT)
             .bind(&self.options.replica_id)
             .bind(&self.options.advertise_address)

@@ -365,36 +365,6 @@ async fn corrupt_snapshot_falls_back_or_fails_clearly() {
     store.open_pool("other").await.expect("other pool loads");
 }
 
-#[tokio::test]
-async fn snapshot_write_does_not_block_appends() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path(), opts()).await;
-    store.create_pool("s", rec(1, 20)).await.expect("create");
-    let (h, _) = store.open_pool("s").await.expect("open");
-    let big = vec![7u8; 40 << 20];
-    let snap = {
-        let h = h.clone();
-        tokio::spawn(async move { h.write_snapshot(1, big).await })
-    };
-    let mut appended = 0;
-    while !snap.is_finished() {
-        h.append(vec![rec(h.last_seq() + 1, 20)])
-            .await
-            .expect("append");
-        appended += 1;
-    }
-    let st = snap.await.expect("join").expect("snapshot");
-    println!(
-        "appends while a 40 MiB snapshot was written ({:?}): {appended}",
-        st.elapsed
-    );
-    assert!(appended > 1, "appends stalled behind the snapshot");
-    drop(h);
-    let (_, r) = store.open_pool("s").await.expect("reopen");
-    assert_eq!(r.snapshot.map(|(s, b)| (s, b.len())), Some((1, 40 << 20)));
-    assert_eq!(r.records.len(), appended);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_open_in_parallel_and_delete_waits_for_an_open() {
     let dir = tempfile::tempdir().expect("tempdir");

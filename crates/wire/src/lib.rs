@@ -6,7 +6,8 @@
 //! * the protobuf definitions, with the packages, message and field names and
 //!   numbers of the original system, so existing clients and stored data keep
 //!   working: [`swarming::v1`] (the external scheduler API Swarming calls),
-//!   [`qscheduler`] (the admin and view services), [`protos`] (the serialized
+//!   [`qscheduler`] (the admin and view services, and qscheduler's own
+//!   read-only insight service), [`protos`] (the serialized
 //!   scheduler and reconciler state) and [`metrics`] (task events);
 //! * the generated gRPC servers and clients (tonic);
 //! * a pRPC server ([`prpc::PrpcRouter`]) that dispatches to the *same* tonic
@@ -64,7 +65,7 @@ pub mod protos {
     include!(concat!(env!("OUT_DIR"), "/protos.rs"));
 }
 
-/// Package `qscheduler`: the admin and view services.
+/// Package `qscheduler`: the admin, view and insight services.
 pub mod qscheduler {
     #![allow(missing_docs, clippy::doc_lazy_continuation)]
     include!(concat!(env!("OUT_DIR"), "/qscheduler.rs"));

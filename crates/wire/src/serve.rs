@@ -24,6 +24,7 @@ use crate::context::{
 use crate::prpc::headers::parse_timeout;
 use crate::prpc::{CorsPolicy, DEFAULT_MAX_REQUEST_SIZE, DEFAULT_REQUEST_TIMEOUT, PrpcRouter};
 use crate::qscheduler::q_scheduler_admin_server::{QSchedulerAdmin, QSchedulerAdminServer};
+use crate::qscheduler::q_scheduler_insight_server::{QSchedulerInsight, QSchedulerInsightServer};
 use crate::qscheduler::q_scheduler_view_server::{QSchedulerView, QSchedulerViewServer};
 use crate::shape::ShapeLimits;
 use crate::swarming::v1::external_scheduler_server::{ExternalScheduler, ExternalSchedulerServer};
@@ -74,6 +75,9 @@ pub struct Services {
     max_request_size: usize,
     interceptor: Option<RequestInterceptor>,
     shape: Option<Arc<ShapeLimits>>,
+    /// Services every caller may use, whatever the interceptor says (gRPC
+    /// health checking: probes carry no credentials).
+    open_grpc: Vec<GrpcRegistration>,
 }
 
 impl Default for Services {
@@ -93,7 +97,30 @@ impl Services {
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
             interceptor: None,
             shape: None,
+            open_grpc: Vec::new(),
         }
+    }
+
+    /// Serves the gRPC-only service `svc` (for example `grpc.health.v1.Health`)
+    /// without the interceptor: it must reveal nothing a caller without
+    /// credentials may not know. It is not listed by reflection.
+    pub fn open_grpc_service<S>(mut self, svc: S) -> Self
+    where
+        S: Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.open_grpc.push(Box::new(move |config, router| {
+            add_grpc_route(router, S::NAME, svc, config)
+        }));
+        self
     }
 
     /// Serves `swarming.v1.ExternalScheduler` with `svc`, over both transports.
@@ -117,6 +144,14 @@ impl Services {
         self.prpc = self.prpc.view(Arc::clone(&svc));
         self.add_grpc::<QSchedulerViewServer<T>>(move |max| {
             QSchedulerViewServer::from_arc(svc).max_decoding_message_size(max)
+        })
+    }
+
+    /// Serves `qscheduler.QSchedulerInsight` with `svc`, over both transports.
+    pub fn insight<T: QSchedulerInsight>(mut self, svc: Arc<T>) -> Self {
+        self.prpc = self.prpc.insight(Arc::clone(&svc));
+        self.add_grpc::<QSchedulerInsightServer<T>>(move |max| {
+            QSchedulerInsightServer::from_arc(svc).max_decoding_message_size(max)
         })
     }
 
@@ -220,6 +255,9 @@ impl Services {
         };
         grpc = add_grpc_route(grpc, name_of(&v1), v1, &no_interceptor);
         grpc = add_grpc_route(grpc, name_of(&v1alpha), v1alpha, &no_interceptor);
+        for register in self.open_grpc {
+            grpc = register(&no_interceptor, grpc);
+        }
 
         let mut prpc = self
             .prpc

@@ -75,6 +75,7 @@ mod labels;
 mod notify;
 pub(crate) mod ordset;
 mod pass;
+mod probe;
 mod requests;
 pub(crate) mod slab;
 mod view;
@@ -92,6 +93,7 @@ use crate::time::Time;
 use ordset::OrdSet;
 use slab::Slab;
 
+pub use probe::{BotProbe, STANDING_WALK_BUDGET, Standing, TaskProbe};
 pub use view::{QueuedView, RequestDump, RunningView, StateDump, WorkerDump, WorkerView};
 
 /// A request as Swarming describes it, before the scheduler knows it.

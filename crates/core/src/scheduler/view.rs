@@ -82,6 +82,18 @@ impl Scheduler {
         v
     }
 
+    /// How many requests each account has queued, in account id order;
+    /// accounts with none are left out. One step per request.
+    pub fn queued_per_account(&self) -> Vec<(&str, u64)> {
+        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (_, req) in self.requests.iter() {
+            if matches!(req.place, Place::Queued(_)) {
+                *counts.entry(&*self.accounts[req.account].id).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
     /// Workers, sorted by id.
     pub fn worker_views(&self) -> Vec<WorkerView<'_>> {
         let mut v: Vec<WorkerView<'_>> = self

@@ -290,11 +290,39 @@ fn panic_point(pool: &str, site: &str) {
 #[inline(always)]
 fn panic_point(_pool: &str, _site: &str) {}
 
+/// Test-only pause: the first time `site` is reached for a pool registered in
+/// [`test_hooks::PAUSE_AT`], says so and waits to be let go, so that a test can act while
+/// the work is certainly in progress.
+#[cfg(test)]
+fn pause_point(pool: &str, site: &str) {
+    let gate = test_hooks::PAUSE_AT.lock().ok().and_then(|mut v| {
+        let i = v.iter().position(|g| g.pool == pool && g.site == site)?;
+        Some(v.remove(i))
+    });
+    if let Some(g) = gate {
+        let _ = g.reached.send(());
+        let _ = g.go.recv_timeout(std::time::Duration::from_secs(120));
+    }
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn pause_point(_pool: &str, _site: &str) {}
+
 #[cfg(test)]
 pub(crate) mod test_hooks {
     use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender};
     /// (pool, site) pairs where redb work panics on purpose.
     pub(crate) static PANIC_AT: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    /// Where work pauses once: `reached` is told, then `go` is awaited.
+    pub(crate) struct Pause {
+        pub(crate) pool: String,
+        pub(crate) site: String,
+        pub(crate) reached: Sender<()>,
+        pub(crate) go: Receiver<()>,
+    }
+    pub(crate) static PAUSE_AT: Mutex<Vec<Pause>> = Mutex::new(Vec::new());
 }
 
 fn builder(repair: Option<Arc<RepairSeen>>) -> Builder {
@@ -905,6 +933,7 @@ impl PoolShared {
                 };
                 write().map_err(|e| redb_error(&self.pool, &what, e))
             })?;
+            pause_point(&self.pool, "between snapshot chunks");
         }
 
         // Publication and retention, durably, in one transaction: keep the newest

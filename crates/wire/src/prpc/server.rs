@@ -38,6 +38,7 @@ use super::headers::{
 };
 use crate::context::{RequestDeadline, RequestInterceptor, RpcMethod, Transport, deadline_from};
 use crate::qscheduler::q_scheduler_admin_server::{self, QSchedulerAdmin};
+use crate::qscheduler::q_scheduler_insight_server::{self, QSchedulerInsight};
 use crate::qscheduler::q_scheduler_view_server::{self, QSchedulerView};
 use crate::shape::{ShapeError, ShapeLimits};
 use crate::swarming::v1::external_scheduler_server::{self, ExternalScheduler};
@@ -264,6 +265,15 @@ impl PrpcRouter {
             "ListAccounts" => list_accounts,
             "InspectPool" => inspect_pool,
             "ListPools" => list_pools,
+        })
+    }
+
+    /// Serves `qscheduler.QSchedulerInsight` with `svc`.
+    pub fn insight<T: QSchedulerInsight>(self, svc: Arc<T>) -> Self {
+        register_service!(self, q_scheduler_insight_server::SERVICE_NAME, svc, {
+            "ExplainTask" => explain_task,
+            "AccountReport" => account_report,
+            "PoolOverview" => pool_overview,
         })
     }
 
