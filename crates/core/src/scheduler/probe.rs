@@ -7,7 +7,7 @@
 //! explanation stays cheap on a pool of a million queued tasks.
 
 use super::ordset::OrdSet;
-use super::{Place, QKey, QueuedView, SETTLED, Scheduler, has_group, index::is_subset};
+use super::{Place, QKey, QueuedView, SETTLED, Scheduler, has_group, labels::is_subset};
 use crate::account::{Balance, FREE_PRIORITY};
 
 /// One task as an explanation needs it.
