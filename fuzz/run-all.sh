@@ -11,7 +11,7 @@ secs=${1:-600}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(prpc_request grpc_messages log_record_decode snapshot_decode json_prpc)
+    targets=(prpc_request grpc_messages log_record_decode snapshot_decode json_prpc credentials)
 fi
 mkdir -p logs
 failed=0

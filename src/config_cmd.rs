@@ -28,7 +28,11 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Check { file } => {
             let config = Config::load(&file).map_err(|e| anyhow!("{}", e.report()))?;
             // Settings that only conflict once combined are found here.
-            config.server_options()?;
+            let options = config.server_options()?;
+            if let Some(tls) = options.tls {
+                qscheduler_server::tls::TlsAcceptorCell::new(tls)
+                    .map_err(|e| anyhow!("[tls]: {e}"))?;
+            }
             println!("{}: OK", file.display());
             Ok(())
         }

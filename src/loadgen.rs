@@ -38,9 +38,9 @@ use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::swarming::v1 as pb;
 use qscheduler_wire::swarming::v1::external_scheduler_client::ExternalSchedulerClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::cli::{Client, Transport};
+use crate::cli::{Bearer, Client, Credentials, Transport, grpc_endpoint, prpc_client};
 
 /// Options of `qscheduler loadgen`.
 #[derive(clap::Args, Debug)]
@@ -94,6 +94,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    credentials: Credentials,
+    #[command(flatten)]
     hostile: crate::hostile::HostileArgs,
 }
 
@@ -116,7 +118,7 @@ const SCHED: &str = "swarming.v1.ExternalScheduler";
 #[derive(Clone)]
 pub(crate) enum Conn {
     Prpc(Box<PrpcClient>),
-    Grpc(Channel),
+    Grpc(Channel, Bearer),
 }
 
 impl Conn {
@@ -125,24 +127,26 @@ impl Conn {
         server: &str,
         transport: Transport,
         timeout: Duration,
+        credentials: &Credentials,
     ) -> anyhow::Result<Conn> {
+        let token = credentials.token()?;
+        let tls = credentials.tls()?;
         Ok(match transport {
-            Transport::Prpc => Conn::Prpc(Box::new(
-                PrpcClient::new(server)
-                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
-                    .with_timeout(timeout),
-            )),
+            Transport::Prpc => Conn::Prpc(Box::new(prpc_client(
+                server,
+                timeout,
+                token.as_deref(),
+                &tls,
+            )?)),
             Transport::Grpc => Conn::Grpc(
-                Endpoint::from_shared(server.to_owned())
-                    .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
-                    .timeout(timeout)
-                    .connect_timeout(timeout)
+                grpc_endpoint(server, timeout, &tls)?
                     .tcp_nodelay(true)
                     .connect()
                     .await
                     .with_context(|| {
                         format!("connecting to {server}; is the server running? (--server)")
                     })?,
+                Bearer::new(token.as_deref())?,
             ),
         })
     }
@@ -153,10 +157,14 @@ impl Conn {
                 .call::<_, pb::NotifyTasksResponse>(SCHED, "NotifyTasks", &req)
                 .await
                 .map(drop),
-            Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
-                .notify_tasks(req)
-                .await
-                .map(drop),
+            Conn::Grpc(ch, bearer) => {
+                let mut req = tonic::Request::new(req);
+                bearer.apply(&mut req);
+                ExternalSchedulerClient::new(ch.clone())
+                    .notify_tasks(req)
+                    .await
+                    .map(drop)
+            }
         }
     }
 
@@ -166,10 +174,14 @@ impl Conn {
     ) -> Result<pb::AssignTasksResponse, tonic::Status> {
         match self {
             Conn::Prpc(c) => c.call(SCHED, "AssignTasks", &req).await,
-            Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
-                .assign_tasks(req)
-                .await
-                .map(tonic::Response::into_inner),
+            Conn::Grpc(ch, bearer) => {
+                let mut req = tonic::Request::new(req);
+                bearer.apply(&mut req);
+                ExternalSchedulerClient::new(ch.clone())
+                    .assign_tasks(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         }
     }
 
@@ -179,10 +191,14 @@ impl Conn {
     ) -> Result<pb::GetCancellationsResponse, tonic::Status> {
         match self {
             Conn::Prpc(c) => c.call(SCHED, "GetCancellations", &req).await,
-            Conn::Grpc(ch) => ExternalSchedulerClient::new(ch.clone())
-                .get_cancellations(req)
-                .await
-                .map(tonic::Response::into_inner),
+            Conn::Grpc(ch, bearer) => {
+                let mut req = tonic::Request::new(req);
+                bearer.apply(&mut req);
+                ExternalSchedulerClient::new(ch.clone())
+                    .get_cancellations(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         }
     }
 }
@@ -437,7 +453,7 @@ async fn connect(args: &LoadgenArgs, timeout: Duration) -> anyhow::Result<Vec<Co
     let n = 4;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        conns.push(Conn::open(&args.server, args.transport, timeout).await?);
+        conns.push(Conn::open(&args.server, args.transport, timeout, &args.credentials).await?);
     }
     Ok(conns)
 }
@@ -530,7 +546,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
-    let admin = Client::new(&args.server, args.transport, timeout)?;
+    let admin = Client::new(&args.server, args.transport, timeout, &args.credentials)?;
     let conns = connect(&args, timeout).await?;
     let run = format!(
         "lg{}",

@@ -1,5 +1,6 @@
 //! The `qscheduler` command: server, administration and simulation tools.
 
+mod auth_cmd;
 mod cli;
 mod config_cmd;
 mod hostile;
@@ -55,6 +56,9 @@ enum Command {
     /// Check a configuration file, or print the documented example.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Make credentials for the server's [auth] section.
+    #[command(subcommand)]
+    Auth(auth_cmd::AuthCommand),
     /// Replay a workload trace (qsched-trace/1 JSON Lines) through the
     /// scheduling core and report timings, assignments, memory and
     /// snapshot size.
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Auth(cmd) => auth_cmd::run(cmd),
         Command::Replay { trace, json } => replay::run(&trace, json),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Simulate(args) => simulate::run(args),

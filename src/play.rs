@@ -37,7 +37,7 @@ use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::swarming::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::cli::{Client, Transport, code_name};
+use crate::cli::{Client, Credentials, Transport, code_name};
 use crate::loadgen::Conn;
 
 /// Where the workload's time 0 is put.
@@ -66,6 +66,8 @@ pub struct PlayArgs {
     /// Protocol: pRPC with binary protobuf (what Swarming speaks) or gRPC.
     #[arg(long, value_enum, default_value = "prpc")]
     transport: Transport,
+    #[command(flatten)]
+    credentials: Credentials,
     /// The pool (default: the workload's).
     #[arg(long, value_name = "POOL")]
     pool: Option<String>,
@@ -254,7 +256,7 @@ async fn play(args: PlayArgs, w: Workload) -> anyhow::Result<()> {
         bail!("the workload names no pool; give one with --pool");
     }
     // The pool must exist, with its accounts: say so clearly if not.
-    let admin = Client::new(&args.server, args.transport, timeout)?;
+    let admin = Client::new(&args.server, args.transport, timeout, &args.credentials)?;
     let accounts = admin
         .list_accounts(
             &format!("reading the accounts of pool {pool:?}"),
@@ -279,7 +281,7 @@ async fn play(args: PlayArgs, w: Workload) -> anyhow::Result<()> {
             "play: note: accounts {missing:?} are not configured in pool {pool:?} (it has {configured:?}); their tasks run at the free level"
         );
     }
-    let conn = Conn::open(&args.server, args.transport, timeout).await?;
+    let conn = Conn::open(&args.server, args.transport, timeout, &args.credentials).await?;
     let base = match args.start {
         StartAt::Workload => w.start,
         StartAt::Now => {

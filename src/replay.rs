@@ -116,6 +116,39 @@ struct Report {
     snapshot_bytes: usize,
     snapshot_encode_ms: f64,
     snapshot_decode_ms: f64,
+    /// FNV-1a of every assignment in order (kind, worker, task, level,
+    /// provisioning flag): two builds that print the same digest for a trace
+    /// made the same decisions.
+    assignments_digest: String,
+    /// FNV-1a of the final snapshot's bytes.
+    snapshot_digest: String,
+}
+
+/// 64-bit FNV-1a, enough to tell two replays apart (not a security hash).
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    const fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// A field, length-prefixed so that adjacent fields cannot blur.
+    fn field(&mut self, b: &[u8]) {
+        self.bytes(&(b.len() as u64).to_le_bytes());
+        self.bytes(b);
+    }
+
+    fn hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 fn time_of(secs: i64, line: u64, field: &str) -> anyhow::Result<Time> {
@@ -144,6 +177,7 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     let mut consumed = 0u64;
     let mut last_progress = Instant::now();
     let mut buf = String::new();
+    let mut digest = Fnv::new();
 
     loop {
         buf.clear();
@@ -261,6 +295,16 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
                 durations.entry(phase.clone()).or_default().push(d);
                 let counts = phase_counts.entry(phase.clone()).or_default();
                 for a in &assignments {
+                    match &a.kind {
+                        AssignmentKind::Idle => digest.field(b"idle"),
+                        AssignmentKind::Preempt { task_to_abort } => {
+                            digest.field(b"preempt");
+                            digest.field(task_to_abort.as_bytes());
+                        }
+                    }
+                    digest.field(a.worker_id.as_bytes());
+                    digest.field(a.request_id.as_bytes());
+                    digest.field(&[a.priority, u8::from(a.provision_required)]);
                     match a.kind {
                         AssignmentKind::Idle => {
                             idle_n += 1;
@@ -360,6 +404,12 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
         snapshot_bytes: bytes.len(),
         snapshot_encode_ms,
         snapshot_decode_ms,
+        assignments_digest: digest.hex(),
+        snapshot_digest: {
+            let mut h = Fnv::new();
+            h.bytes(&bytes);
+            h.hex()
+        },
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -409,6 +459,10 @@ fn print_report(r: &Report) {
     println!(
         "snapshot         {} bytes, encode {:.1} ms, decode {:.1} ms",
         r.snapshot_bytes, r.snapshot_encode_ms, r.snapshot_decode_ms
+    );
+    println!(
+        "digests          assignments {}, snapshot {}",
+        r.assignments_digest, r.snapshot_digest
     );
 }
 

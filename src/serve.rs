@@ -74,6 +74,22 @@ pub struct ServeArgs {
     /// [default: text].
     #[arg(long, env = "QSCHEDULER_LOG_FORMAT", value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Serve a non-loopback address even without an [auth] section: anyone
+    /// who reaches the port may then change or delete every pool. The
+    /// server warns at start and sets the gauge qscheduler_insecure to 1.
+    #[arg(long)]
+    insecure: bool,
+    /// The secret replicas share to prove forwarded calls come from a peer
+    /// (at least 16 characters). Give it through the environment rather
+    /// than the command line, which other users of the host can read
+    /// [default: [auth] peer_secret_file].
+    #[arg(
+        long,
+        env = "QSCHEDULER_PEER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    peer_secret: Option<String>,
 }
 
 impl ServeArgs {
@@ -127,6 +143,9 @@ impl ServeArgs {
     }
 }
 
+/// How often the configuration file is checked for [auth] changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -160,6 +179,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Answer probes (and calls) while the pools recover; /readyz and gRPC
     // health say when recovery is over.
     options.recover_in_background = true;
+    options.insecure = args.insecure;
+    if let Some(secret) = &args.peer_secret {
+        let secret = secret.trim();
+        if secret.len() < 16 {
+            anyhow::bail!(
+                "QSCHEDULER_PEER_SECRET (--peer-secret) is too short: use at least 16 random \
+                 characters"
+            );
+        }
+        options.peer_secret = Some(secret.to_owned());
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,6 +206,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("starting the server")?;
         let addr = server.local_addr().context("reading the bound address")?;
+        if let (Some(path), Some(policy)) = (&args.config, server.auth_policy()) {
+            qscheduler_server::auth::spawn_reload(path.clone(), policy.clone(), RELOAD_EVERY);
+        }
         tracing::info!(%addr, "listening; recovering pools (GET /readyz says when done)");
         // "ready" (with the address) once the pools are recovered: what
         // scripts and tests wait for, like the readiness probe.

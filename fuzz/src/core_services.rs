@@ -288,39 +288,19 @@ fn execute(pool: &mut Pool, queue: Vec<(usize, Work)>) -> Vec<(usize, Result<Ans
     if !slots.is_empty() {
         steps.push((slots, Command::Batch(batch)));
     }
-    // The writer's checks, in order, on a scratch view of which accounts
-    // exist.
-    let mut accounts: BTreeMap<String, bool> = BTreeMap::new();
+    // The writer's admission check, in order.
     let mut logged = Vec::new();
-    for (slots, cmd) in steps {
-        let check = cmd.validate().map_err(|e| e.to_string()).and_then(|()| {
-            match &cmd {
-                Command::CreateAccount { account_id, .. } => {
-                    accounts.insert(account_id.clone(), true);
-                }
-                Command::DeleteAccount { account_id } => {
-                    accounts.insert(account_id.clone(), false);
-                }
-                Command::ModAccount { account_id, .. } => {
-                    let exists = accounts
-                        .get(account_id)
-                        .copied()
-                        .unwrap_or_else(|| pool.scheduler().account_config(account_id).is_some());
-                    if !exists {
-                        return Err(format!("no account {account_id:?}"));
-                    }
-                }
-                _ => {}
+    {
+        let mut admission = pool.admission();
+        for (slots, cmd) in steps {
+            match admission.admit(&cmd) {
+                Ok(()) => logged.push((slots, cmd)),
+                Err(e) => out.extend(
+                    slots
+                        .into_iter()
+                        .map(|(s, _)| (s, Err(Status::invalid_argument(e.to_string())))),
+                ),
             }
-            Ok(())
-        });
-        match check {
-            Ok(()) => logged.push((slots, cmd)),
-            Err(e) => out.extend(
-                slots
-                    .into_iter()
-                    .map(|(s, _)| (s, Err(Status::invalid_argument(e.clone())))),
-            ),
         }
     }
     let records: Vec<Vec<u8>> = logged.iter().map(|(_, c)| c.encode()).collect();

@@ -14,6 +14,7 @@ use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
 use qscheduler_wire::qscheduler::q_scheduler_insight_client::QSchedulerInsightClient;
 use qscheduler_wire::qscheduler::q_scheduler_view_client::QSchedulerViewClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -59,6 +60,11 @@ impl fmt::Display for RpcError {
                  QSCHEDULER_SERVER.",
                 self.server
             )?;
+        } else if self.status.code() == Code::Unauthenticated {
+            write!(
+                f,
+                "\nhint: give a bearer token with --token-file, --token or QSCHEDULER_TOKEN."
+            )?;
         } else if self.status.code() == Code::DeadlineExceeded {
             write!(
                 f,
@@ -95,12 +101,196 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The caller's credentials, shared by every client command and loadgen.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Credentials {
+    /// Bearer token to send (a server with [auth] requires one). Prefer
+    /// QSCHEDULER_TOKEN or --token-file: a command line is visible to other
+    /// users of the host.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "TOKEN",
+        env = "QSCHEDULER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the bearer token from this file (surrounding white space is
+    /// ignored).
+    #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates to check an https:// server's certificate with
+    /// (in addition to the system's).
+    #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) to present to a server that accepts
+    /// them (with --client-key).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+}
+
+/// TLS settings read from [`Credentials`]' files.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    /// The rustls configuration for pRPC (`None`: the defaults).
+    pub fn rustls(&self) -> anyhow::Result<Option<rustls::ClientConfig>> {
+        if self.ca.is_none() && self.identity.is_none() {
+            return Ok(None);
+        }
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_slice(), k.as_slice()));
+        qscheduler_wire::prpc::client_tls_config(self.ca.as_deref(), identity)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The tonic configuration for gRPC over https.
+    pub fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &self.ca {
+            c = c.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        c
+    }
+}
+
+impl Credentials {
+    /// The bearer token, if any, checked to be sendable as a header.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!(
+                "the bearer token (--token, QSCHEDULER_TOKEN or --token-file) must be one word \
+                 of printable ASCII"
+            );
+        }
+        Ok(Some(token))
+    }
+
+    /// The TLS files, read.
+    pub fn tls(&self) -> anyhow::Result<TlsFiles> {
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+        };
+        Ok(TlsFiles {
+            ca: self
+                .ca_cert
+                .as_deref()
+                .map(|p| read("--ca-cert", p))
+                .transpose()?,
+            identity: match (&self.client_cert, &self.client_key) {
+                (Some(c), Some(k)) => Some((read("--client-cert", c)?, read("--client-key", k)?)),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// A pRPC client for `server` with the caller's token and TLS settings.
+pub fn prpc_client(
+    server: &str,
+    timeout: Duration,
+    token: Option<&str>,
+    tls: &TlsFiles,
+) -> anyhow::Result<PrpcClient> {
+    let mut c = PrpcClient::with_tls(server, tls.rustls()?)
+        .map_err(|e| anyhow::anyhow!("--server: {e}"))?
+        .with_timeout(timeout);
+    if let Some(t) = token {
+        c = c
+            .with_header("authorization", &format!("Bearer {t}"))
+            .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header value"))?;
+    }
+    Ok(c)
+}
+
+/// A gRPC endpoint for `server`, over TLS for https:// URLs.
+pub fn grpc_endpoint(server: &str, timeout: Duration, tls: &TlsFiles) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(server.to_string())
+        .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if server.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tls.tonic())
+            .map_err(|e| anyhow::anyhow!("--server: TLS: {e}"))?;
+    }
+    Ok(endpoint)
+}
+
+/// Adds the bearer token to every gRPC call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// The `authorization` value for `token`.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
+        token
+            .map(|t| {
+                tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header value"))
+            })
+            .transpose()
+            .map(Bearer)
+    }
+
+    /// Puts the token on `request`.
+    pub fn apply<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        self.apply(&mut request);
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
 enum Inner {
     Prpc(PrpcClient),
     Grpc {
-        admin: QSchedulerAdminClient<Channel>,
-        view: QSchedulerViewClient<Channel>,
-        insight: QSchedulerInsightClient<Channel>,
+        admin: QSchedulerAdminClient<Authed>,
+        view: QSchedulerViewClient<Authed>,
+        insight: QSchedulerInsightClient<Authed>,
     },
 }
 
@@ -137,27 +327,30 @@ macro_rules! rpcs {
 impl Client {
     /// A client for `server` (`http://host:port`). Nothing is sent yet: a
     /// server that is down shows up at the first call, with a hint.
-    pub fn new(server: &str, transport: Transport, timeout: Duration) -> anyhow::Result<Client> {
+    pub fn new(
+        server: &str,
+        transport: Transport,
+        timeout: Duration,
+        credentials: &Credentials,
+    ) -> anyhow::Result<Client> {
+        let token = credentials.token()?;
+        let tls = credentials.tls()?;
+        let bearer = Bearer::new(token.as_deref())?;
         let inner = match transport {
-            Transport::Prpc => {
-                let c = PrpcClient::new(server)
-                    .map_err(|e| anyhow::anyhow!("--server: {e}"))?
-                    .with_timeout(timeout);
-                Inner::Prpc(c)
-            }
+            Transport::Prpc => Inner::Prpc(prpc_client(server, timeout, token.as_deref(), &tls)?),
             Transport::Grpc => {
-                let endpoint = Endpoint::from_shared(server.to_string())
-                    .map_err(|e| anyhow::anyhow!("--server: bad URL {server:?}: {e}"))?
-                    .timeout(timeout)
-                    .connect_timeout(timeout);
-                let channel = endpoint.connect_lazy();
+                let channel = grpc_endpoint(server, timeout, &tls)?.connect_lazy();
                 Inner::Grpc {
-                    admin: QSchedulerAdminClient::new(channel.clone()),
-                    insight: QSchedulerInsightClient::new(channel.clone()),
+                    admin: QSchedulerAdminClient::with_interceptor(channel.clone(), bearer.clone()),
+                    insight: QSchedulerInsightClient::with_interceptor(
+                        channel.clone(),
+                        bearer.clone(),
+                    ),
                     // The view of a pool with 100k queued tasks is far
                     // larger than tonic's 4 MiB default; pRPC has no limit
                     // either unless asked for one.
-                    view: QSchedulerViewClient::new(channel).max_decoding_message_size(usize::MAX),
+                    view: QSchedulerViewClient::with_interceptor(channel, bearer)
+                        .max_decoding_message_size(usize::MAX),
                 }
             }
         };

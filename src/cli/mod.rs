@@ -51,7 +51,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 pub(crate) use apply::{Desired as PoolsFileEntry, load as load_pools_file};
-pub use client::{Client, Transport, code_name};
+pub use client::{Bearer, Client, Credentials, Transport, code_name, grpc_endpoint, prpc_client};
 
 /// A command line that parsed but makes no sense (flags that contradict
 /// each other, nothing to do, a missing confirmation). Like clap's own
@@ -102,6 +102,8 @@ pub struct Conn {
     #[arg(long, global = true, help_heading = "Connection", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
 impl Conn {
@@ -110,6 +112,7 @@ impl Conn {
             &self.server,
             self.transport,
             Duration::from_secs(self.timeout),
+            &self.credentials,
         )
     }
 }

@@ -4,6 +4,8 @@
 //! that it can be checked after a crash or a takeover.
 #![allow(dead_code)]
 
+pub mod facts;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

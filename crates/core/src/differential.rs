@@ -10,6 +10,14 @@
 //! after every step: the returned values, the events and the full
 //! [`StateDump`]. It also runs the scheduler's own invariant check.
 //!
+//! The model does its own balance arithmetic (it does not call the
+//! scheduler's helpers), and a second property puts the reconciler on top
+//! of each side (the optimized [`crate::reconciler::Reconciler`] against
+//! the model's). Two further tests sample the generators and fail if the
+//! sequences stop reaching the rules that are easy to miss: preemption,
+//! fanout throttling, per-label limits, promotion, demotion, bot expiry,
+//! the pickup timeout and cancellations.
+//!
 //! `PROPTEST_CASES` overrides the number of sequences for longer local runs.
 //! Bugs found this way are kept below as fixed regression sequences.
 
@@ -17,7 +25,7 @@ use proptest::prelude::*;
 
 use crate::Scheduler;
 use crate::account::{AccountConfig, Balance, PoolSettings};
-use crate::model::Model;
+use crate::model::{Coverage, Model};
 use crate::scheduler::{NewRequest, StateDump};
 use crate::time::{NANOS_PER_SEC, Time};
 
@@ -515,13 +523,14 @@ fn same_dump(opt: &StateDump, model: &StateDump) -> Result<(), String> {
     same("workers", &opt.workers, &model.workers)
 }
 
-/// Runs a sequence, reporting the first difference with its step number.
-fn run(ops: &[Op]) -> Result<(), String> {
+/// Runs a sequence, reporting the first difference with its step number;
+/// else the rules the sequence reached.
+fn run(ops: &[Op]) -> Result<Coverage, String> {
     let mut d = Driver::new();
     for (i, op) in ops.iter().enumerate() {
         d.step(op).map_err(|e| format!("step {i} ({op:?}): {e}"))?;
     }
-    Ok(())
+    Ok(d.model.coverage())
 }
 
 /// `PROPTEST_CASES`, or `default` sequences.
@@ -561,6 +570,54 @@ proptest! {
         if let Err(e) = run(&ops) {
             return Err(TestCaseError::fail(e));
         }
+    }
+}
+
+/// The generated sequences reach the rules that are easy to miss: a
+/// generator that stopped producing preemptions (say) would leave the
+/// comparison above passing while testing much less. Runs a sample of each
+/// profile and demands that every counted rule came into play.
+#[test]
+fn generated_sequences_reach_every_rule() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut total = Coverage::default();
+    let mut add = |c: Coverage| {
+        total.preemptions += c.preemptions;
+        total.fanout_throttled += c.fanout_throttled;
+        total.label_limited += c.label_limited;
+        total.promotions += c.promotions;
+        total.demotions += c.demotions;
+        total.bots_expired += c.bots_expired;
+    };
+    for _ in 0..300 {
+        let ops = case().new_tree(&mut runner).expect("case").current();
+        add(run(&ops).unwrap_or_else(|e| panic!("{e}")));
+        let ops = crowded_case()
+            .new_tree(&mut runner)
+            .expect("case")
+            .current();
+        add(run(&ops).unwrap_or_else(|e| panic!("{e}")));
+    }
+    println!("rules reached by 600 sequences: {total:?}");
+    let Coverage {
+        preemptions,
+        fanout_throttled,
+        label_limited,
+        promotions,
+        demotions,
+        bots_expired,
+    } = total;
+    for (rule, n) in [
+        ("preemption", preemptions),
+        ("fanout throttling", fanout_throttled),
+        ("per-label limits", label_limited),
+        ("promotion", promotions),
+        ("demotion", demotions),
+        ("bot expiry", bots_expired),
+    ] {
+        assert!(n > 0, "no generated sequence reached {rule}: {total:?}");
     }
 }
 
@@ -656,4 +713,303 @@ fn regression_fanout_counts_from_pass_start() {
         request(3, 1, &[0], &[], 0),
         Op::RunOnce,
     ]);
+}
+
+/// The reconciler on top: the optimized [`Reconciler`] over the
+/// [`Scheduler`] against the model's reconciler over the model, driven
+/// through AssignTasks batches, notifications, task errors and clock jumps
+/// past the ten-minute pickup timeout, compared after every step (answers,
+/// cancellations, pending assignments, events and state).
+mod with_reconciler {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::model::ModelReconciler;
+    use crate::reconciler::{IdleBot, Reconciler};
+
+    #[derive(Clone, Debug)]
+    pub(super) enum ROp {
+        Account {
+            acc: u8,
+            config: AccountConfig,
+            balance: Option<Balance>,
+        },
+        Settings {
+            disable_preemption: bool,
+            expiry: i64,
+        },
+        Request {
+            req: u8,
+            acc: u8,
+            base: Vec<u8>,
+            prov: Vec<u8>,
+            dt: i64,
+        },
+        Assign {
+            bots: Vec<(u8, Option<Vec<u8>>)>,
+            dt: i64,
+        },
+        Running {
+            pair: Pair,
+            dt: i64,
+        },
+        Absent {
+            req: u8,
+            dt: i64,
+        },
+        Error {
+            req: u8,
+        },
+    }
+
+    /// Mostly `dt()`, sometimes past the pickup timeout.
+    fn rdt() -> impl Strategy<Value = i64> {
+        prop_oneof![8 => dt(), 1 => Just(11 * 60 * SEC)]
+    }
+
+    fn rop() -> BoxedStrategy<ROp> {
+        let acc = 0u8..ACCOUNTS.len() as u8;
+        prop_oneof![
+            1 => (acc.clone(), config(), balance())
+                .prop_map(|(acc, config, balance)| ROp::Account { acc, config, balance }),
+            1 => (prop::bool::weighted(0.2), prop_oneof![Just(0i64), Just(600 * SEC), Just(30 * SEC)])
+                .prop_map(|(disable_preemption, expiry)| ROp::Settings { disable_preemption, expiry }),
+            8 => (0u8..REQUESTS as u8, acc, base_labels(), provisionable_labels(), rdt())
+                .prop_map(|(req, acc, base, prov, dt)| ROp::Request { req, acc, base, prov, dt }),
+            8 => (
+                prop::collection::vec(
+                    (0u8..WORKERS as u8, prop::option::weighted(0.2, labels(4))),
+                    1..4,
+                ),
+                rdt(),
+            )
+                .prop_map(|(bots, dt)| ROp::Assign { bots, dt }),
+            4 => (pair(), rdt()).prop_map(|(pair, dt)| ROp::Running { pair, dt }),
+            2 => (0u8..REQUESTS as u8, rdt()).prop_map(|(req, dt)| ROp::Absent { req, dt }),
+            1 => (0u8..REQUESTS as u8).prop_map(|req| ROp::Error { req }),
+        ]
+        .boxed()
+    }
+
+    pub(super) fn rcase() -> impl Strategy<Value = Vec<ROp>> {
+        (
+            proptest::collection::vec((config(), balance()), 3),
+            prop::collection::vec(rop(), 1..80),
+        )
+            .prop_map(|(accounts, ops)| {
+                let mut v: Vec<ROp> = accounts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (config, balance))| ROp::Account {
+                        acc: i as u8,
+                        config,
+                        balance,
+                    })
+                    .collect();
+                v.extend(ops);
+                v
+            })
+    }
+
+    /// What a run reached.
+    #[derive(Default, Debug)]
+    pub(super) struct Reached {
+        pub(super) rules: Coverage,
+        pub(super) timeouts: u64,
+        pub(super) preempt_cancellations: u64,
+        pub(super) error_cancellations: u64,
+    }
+
+    struct RDriver {
+        opt: Scheduler,
+        rec: Reconciler,
+        model: Model,
+        mrec: ModelReconciler,
+        clock: Time,
+        reached: Reached,
+    }
+
+    impl RDriver {
+        fn time(&mut self, dt: i64) -> Time {
+            let t = self.clock.add_nanos(dt);
+            self.clock = self.clock.max(t);
+            t
+        }
+
+        fn pick(&self, pair: &Pair) -> (String, String) {
+            if let Pair::Running(k) = pair {
+                let running: Vec<(String, String)> = self
+                    .model
+                    .dump()
+                    .workers
+                    .into_iter()
+                    .filter_map(|w| w.running.map(|(r, _, _)| (r.id, w.id)))
+                    .collect();
+                if !running.is_empty() {
+                    return running[*k as usize % running.len()].clone();
+                }
+            }
+            match pair {
+                Pair::Any(r, w) | Pair::Running(r @ w) => (request_id(*r), worker_id(*w)),
+            }
+        }
+
+        fn step(&mut self, op: &ROp) -> Result<(), String> {
+            match op {
+                ROp::Account {
+                    acc,
+                    config,
+                    balance,
+                } => {
+                    let id = ACCOUNTS[*acc as usize];
+                    self.opt.add_account(id, config.clone(), *balance);
+                    self.model.add_account(id, config.clone(), *balance);
+                }
+                ROp::Settings {
+                    disable_preemption,
+                    expiry,
+                } => {
+                    let s = PoolSettings {
+                        disable_preemption: *disable_preemption,
+                        bot_expiration_nanos: *expiry,
+                    };
+                    self.opt.set_settings(s.clone());
+                    self.model.set_settings(s);
+                }
+                ROp::Request {
+                    req,
+                    acc,
+                    base,
+                    prov,
+                    dt,
+                } => {
+                    let t = self.time(*dt);
+                    let new = NewRequest {
+                        id: request_id(*req),
+                        account: ACCOUNTS[*acc as usize].to_owned(),
+                        base_labels: label_names(base),
+                        provisionable_labels: label_names(prov),
+                        enqueue_time: t,
+                    };
+                    self.opt.add_request(&new, t, &[]);
+                    self.model.add_request(&new, t, &[]);
+                }
+                ROp::Assign { bots, dt } => {
+                    let t = self.time(*dt);
+                    let bots: Vec<IdleBot> = bots
+                        .iter()
+                        .map(|(w, l)| IdleBot {
+                            id: worker_id(*w),
+                            labels: l
+                                .as_ref()
+                                .map_or_else(|| usual_labels(*w), |l| label_names(l)),
+                        })
+                        .collect();
+                    let a = self.rec.assign_tasks(&mut self.opt, t, &bots);
+                    let b = self.mrec.assign_tasks(&mut self.model, t, &bots);
+                    same("AssignTasks answers", &a, &b)?;
+                }
+                ROp::Running { pair, dt } => {
+                    let t = self.time(*dt);
+                    let (r, w) = self.pick(pair);
+                    self.rec.notify_running(&mut self.opt, &r, &w, t);
+                    self.mrec.notify_running(&mut self.model, &r, &w, t);
+                }
+                ROp::Absent { req, dt } => {
+                    let t = self.time(*dt);
+                    let r = request_id(*req);
+                    self.rec.notify_absent(&mut self.opt, &r, t);
+                    self.mrec.notify_absent(&mut self.model, &r, t);
+                }
+                ROp::Error { req } => {
+                    let r = request_id(*req);
+                    self.rec.add_task_error(&r, format!("error of {r}"));
+                    self.mrec.add_task_error(&r, format!("error of {r}"));
+                }
+            }
+            self.opt.check_invariants();
+            let cancellations = self.rec.cancellations();
+            same("cancellations", &cancellations, &self.mrec.cancellations())?;
+            for c in &cancellations {
+                match c.reason {
+                    crate::reconciler::CancelReason::Preempted => {
+                        self.reached.preempt_cancellations += 1
+                    }
+                    crate::reconciler::CancelReason::Error => self.reached.error_cancellations += 1,
+                }
+            }
+            let pending: BTreeMap<String, (Time, String, Option<String>)> = self
+                .rec
+                .pending()
+                .iter()
+                .map(|(b, p)| {
+                    (
+                        b.to_string(),
+                        (
+                            p.enqueue_time,
+                            p.task_to_assign.to_string(),
+                            p.task_to_abort.as_ref().map(|a| a.to_string()),
+                        ),
+                    )
+                })
+                .collect();
+            same("pending assignments", &pending, &self.mrec.pending())?;
+            same("events", &self.opt.take_events(), &self.model.take_events())?;
+            same_dump(&self.opt.dump(), &self.model.dump())
+        }
+    }
+
+    pub(super) fn rrun(ops: &[ROp]) -> Result<Reached, String> {
+        let start = Time::from_nanos(START);
+        let mut d = RDriver {
+            opt: Scheduler::new(start),
+            rec: Reconciler::default(),
+            model: Model::new(start),
+            mrec: ModelReconciler::default(),
+            clock: start,
+            reached: Reached::default(),
+        };
+        for (i, op) in ops.iter().enumerate() {
+            d.step(op).map_err(|e| format!("step {i} ({op:?}): {e}"))?;
+        }
+        d.reached.rules = d.model.coverage();
+        d.reached.timeouts = d.mrec.timeouts;
+        Ok(d.reached)
+    }
+
+    proptest! {
+        #![proptest_config(config_with(cases(1500)))]
+
+        #[test]
+        fn reconciler_matches_model(ops in rcase()) {
+            if let Err(e) = rrun(&ops) {
+                return Err(TestCaseError::fail(e));
+            }
+        }
+    }
+
+    /// The reconciler sequences reach the pickup timeout, preemption
+    /// cancellations and task errors.
+    #[test]
+    fn reconciler_sequences_reach_timeouts_and_cancellations() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let (mut timeouts, mut preempt, mut errors, mut preemptions) = (0, 0, 0, 0);
+        for _ in 0..300 {
+            let ops = rcase().new_tree(&mut runner).expect("case").current();
+            let r = rrun(&ops).unwrap_or_else(|e| panic!("{e}"));
+            timeouts += r.timeouts;
+            preempt += r.preempt_cancellations;
+            errors += r.error_cancellations;
+            preemptions += r.rules.preemptions;
+        }
+        println!(
+            "300 reconciler sequences: {timeouts} pickup timeouts, {preemptions} preemptions, \
+             {preempt} preemption and {errors} error cancellations seen"
+        );
+        assert!(timeouts > 0, "no pickup timeout");
+        assert!(preemptions > 0 && preempt > 0, "no preemption cancellation");
+        assert!(errors > 0, "no task error");
+    }
 }

@@ -124,6 +124,8 @@ mod conformance;
 mod differential;
 #[cfg(test)]
 mod replay_props;
+#[cfg(test)]
+mod snapshot_props;
 
 pub use account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES, PoolSettings};
 pub use codec::DecodeError;
@@ -132,7 +134,7 @@ pub use command::{
     NotifyCall, NotifyKind,
 };
 pub use event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
-pub use pool::{Outcome, Pool, PoolEvent};
+pub use pool::{Admission, Outcome, Pool, PoolEvent};
 pub use reconciler::{BotAssignment, CancelReason, Cancellation, IdleBot, Reconciler};
 pub use scheduler::{NewRequest, Scheduler};
 pub use time::Time;

@@ -19,6 +19,9 @@
 //! wanting an executable statement of the rules, via the `model` feature)
 //! can use either.
 
+// The model is a test oracle: a broken expectation in it is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use crate::account::{
 };
 use crate::event::{Assignment, AssignmentKind, CompletedReason, Event, EventKind, Labels};
 use crate::scheduler::{NewRequest, NotAssigned, RequestDump, StateDump, WorkerDump};
-use crate::time::{MAX_QUEUEING_AGE_NANOS, Time};
+use crate::time::{MAX_QUEUEING_AGE_NANOS, NANOS_PER_SEC, Time};
 
 type LabelSet = BTreeSet<String>;
 
@@ -117,6 +120,116 @@ fn ceil_count(x: f32, len: usize) -> usize {
     (x.ceil() as usize).min(len)
 }
 
+// ------------------------------------------------------------ arithmetic
+//
+// The model states the balance arithmetic itself, from the rules
+// (reference §6.1, §6.4, §6.8), instead of calling the methods of
+// `Balance`, `AccountConfig` and `PoolSettings` that the scheduler uses: a
+// bug there would otherwise show up on both sides and go unnoticed.
+
+/// Reference §6.4: `elapsed` seconds, from the scheduler's clock, as `f32`
+/// (whole seconds and the fraction added in `f64`, then narrowed once).
+fn elapsed_secs(later: Time, earlier: Time) -> f32 {
+    let nanos = later.nanos_since(earlier);
+    let whole = nanos.div_euclid(NANOS_PER_SEC);
+    let frac = nanos.rem_euclid(NANOS_PER_SEC);
+    (whole as f64 + frac as f64 / 1e9) as f32
+}
+
+/// Reference §6.4 step 4 for one account, level by level, in `f32` and in
+/// the order written there: spend, then recharge up to the cap unless the
+/// balance is already at or above it.
+fn recharge(
+    config: &AccountConfig,
+    balance: &mut Balance,
+    elapsed: f32,
+    running: &[u32; NUM_PRIORITIES],
+) {
+    for (p, &tasks) in running.iter().enumerate() {
+        let cap = config.charge_rate[p] * config.max_charge_seconds;
+        let spent = balance.0[p] - elapsed * tasks as f32;
+        balance.0[p] = if spent < cap {
+            (spent + elapsed * config.charge_rate[p]).min(cap)
+        } else {
+            spent
+        };
+    }
+}
+
+/// Reference §6.4 `BestPriorityFor`: the first level with a strictly
+/// positive balance, else the free level.
+fn best_priority(b: &Balance) -> u8 {
+    let mut p = 0;
+    while p < NUM_PRIORITIES && b.0[p] <= 0.0 {
+        p += 1;
+    }
+    p as u8
+}
+
+/// Reference §6.8: `a` lexicographically below `b`, P0 first; the first
+/// level where they differ decides; equal vectors are not below.
+fn lex_below(a: &Balance, b: &Balance) -> bool {
+    let mut p = 0;
+    while p < NUM_PRIORITIES && a.0[p] == b.0[p] {
+        p += 1;
+    }
+    p < NUM_PRIORITIES && a.0[p] < b.0[p]
+}
+
+/// The order of [`lex_below`].
+fn lex_order(a: &Balance, b: &Balance) -> Ordering {
+    match (lex_below(a, b), lex_below(b, a)) {
+        (true, _) => Ordering::Less,
+        (_, true) => Ordering::Greater,
+        _ => Ordering::Equal,
+    }
+}
+
+/// Level by level `to + what` (a refund, reference §6.8).
+fn plus(to: &Balance, what: &Balance) -> Balance {
+    let mut out = Balance::ZERO;
+    for p in 0..NUM_PRIORITIES {
+        out.0[p] = to.0[p] + what.0[p];
+    }
+    out
+}
+
+/// Level by level `to - what` (a charge, reference §6.8).
+fn minus(to: &Balance, what: &Balance) -> Balance {
+    let mut out = Balance::ZERO;
+    for p in 0..NUM_PRIORITIES {
+        out.0[p] = to.0[p] - what.0[p];
+    }
+    out
+}
+
+/// Reference §6.2 and §6.4 step 6: the idle-bot expiry, 300 s when unset.
+fn bot_expiry(settings: &PoolSettings) -> i64 {
+    match settings.bot_expiration_nanos {
+        0 => 300 * NANOS_PER_SEC,
+        n => n,
+    }
+}
+
+/// How often the rules that are easy to miss came into play, so that a
+/// test can demand that generated sequences reach them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Tasks started by preempting another.
+    pub preemptions: u64,
+    /// Requests put in the free level or left out because their fanout
+    /// group was full (at the start of a pass or during it).
+    pub fanout_throttled: u64,
+    /// Matches refused because of a per-label task limit.
+    pub label_limited: u64,
+    /// Running tasks moved to a better level.
+    pub promotions: u64,
+    /// Running tasks moved to a worse level.
+    pub demotions: u64,
+    /// Idle bots forgotten after their expiry.
+    pub bots_expired: u64,
+}
+
 /// The reference model. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -128,6 +241,8 @@ pub struct Model {
     queued: BTreeMap<String, Req>,
     workers: BTreeMap<String, Wrk>,
     events: Vec<Event>,
+    /// Rules reached so far (a cell, so that checks can count too).
+    coverage: std::cell::Cell<Coverage>,
 }
 
 /// Bookkeeping that lives for one pass.
@@ -159,7 +274,19 @@ impl Model {
             queued: BTreeMap::new(),
             workers: BTreeMap::new(),
             events: Vec::new(),
+            coverage: std::cell::Cell::default(),
         }
+    }
+
+    /// The rules reached so far.
+    pub fn coverage(&self) -> Coverage {
+        self.coverage.get()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut Coverage)) {
+        let mut c = self.coverage.get();
+        f(&mut c);
+        self.coverage.set(c);
     }
 
     /// The clock.
@@ -232,7 +359,7 @@ impl Model {
         if t < self.now {
             return;
         }
-        let elapsed = t.elapsed_secs_f32(self.now);
+        let elapsed = elapsed_secs(t, self.now);
         let mut running: BTreeMap<String, [u32; NUM_PRIORITIES]> = BTreeMap::new();
         for w in self.workers.values_mut() {
             if let Some(run) = &mut w.running {
@@ -245,13 +372,16 @@ impl Model {
         }
         for (id, (config, balance)) in self.accounts.iter_mut() {
             let counts = running.get(id).copied().unwrap_or_default();
-            config.recharge(balance, elapsed, &counts);
+            recharge(config, balance, elapsed, &counts);
         }
         self.now = t;
-        let expiry = self.settings.effective_bot_expiration();
+        let expiry = bot_expiry(&self.settings);
         let now = self.now;
+        let before = self.workers.len();
         self.workers
             .retain(|_, w| w.running.is_some() || now.nanos_since(w.latest_confirmed()) <= expiry);
+        let expired = (before - self.workers.len()) as u64;
+        self.note(|c| c.bots_expired += expired);
     }
 
     // ------------------------------------------------------- notifications
@@ -493,6 +623,18 @@ impl Model {
         Ok(())
     }
 
+    /// The provisionable labels of a queued or running request.
+    pub fn provisionable_of(&self, request: &str) -> Option<BTreeSet<String>> {
+        if let Some(r) = self.queued.get(request) {
+            return Some(r.prov.clone());
+        }
+        self.workers
+            .values()
+            .filter_map(|w| w.running.as_ref())
+            .find(|run| run.req.id == request)
+            .map(|run| run.req.prov.clone())
+    }
+
     /// True iff `worker` runs `request`.
     pub fn is_assigned(&self, request: &str, worker: &str) -> bool {
         self.workers
@@ -544,10 +686,13 @@ impl Model {
             pass.fanout_start.insert(g, running);
             let max = self.max_fanout(&r.account);
             let throttled = max > 0 && running >= max;
+            if throttled {
+                self.note(|c| c.fanout_throttled += 1);
+            }
             let level = if throttled {
                 FREE_PRIORITY
             } else {
-                self.balance_or_zero(&r.account).best_priority()
+                best_priority(&self.balance_or_zero(&r.account))
             };
             if level == FREE_PRIORITY && self.free_disabled(&r.account) {
                 continue;
@@ -581,7 +726,7 @@ impl Model {
         let Some((config, _)) = self.accounts.get(account) else {
             return false;
         };
-        config.per_label_task_limits.iter().any(|(key, &limit)| {
+        let blocked = config.per_label_task_limits.iter().any(|(key, &limit)| {
             label_for_key(&w.labels, key).is_some_and(|label| {
                 let n = pass
                     .label_counts
@@ -590,7 +735,11 @@ impl Model {
                     .unwrap_or(0);
                 i64::from(n) >= i64::from(limit)
             })
-        })
+        });
+        if blocked {
+            self.note(|c| c.label_limited += 1);
+        }
+        blocked
     }
 
     /// Counts an assignment at level `p` against the request's fanout group;
@@ -609,6 +758,9 @@ impl Model {
         }
         let free_disabled = self.free_disabled(&req.account);
         for r in self.queued.values().filter(|r| group_of(r) == g) {
+            if pass.level.get(&r.id).is_some_and(|&l| l < FREE_PRIORITY) {
+                self.note(|c| c.fanout_throttled += 1);
+            }
             if free_disabled {
                 pass.level.remove(&r.id);
             } else if pass.level.contains_key(&r.id) {
@@ -710,18 +862,20 @@ impl Model {
             let net = config.charge_rate[pi] - at_p as f32;
             if b < DEMOTE_THRESHOLD && net < 0.0 {
                 let mut at: Vec<_> = tasks.into_iter().filter(|t| t.1 == p).collect();
-                at.sort_by(|x, y| x.2.lex_cmp(&y.2).then(x.0.cmp(&y.0)));
+                at.sort_by(|x, y| lex_order(&x.2, &y.2).then(x.0.cmp(&y.0)));
                 let n = ceil_count(-net, at.len());
                 for (w, _, _) in &at[..n] {
                     self.set_priority(w, p + 1);
                 }
+                self.note(|c| c.demotions += n as u64);
             } else if b > PROMOTE_THRESHOLD && net > 0.0 {
                 let mut below: Vec<_> = tasks.into_iter().filter(|t| t.1 > p).collect();
-                below.sort_by(|x, y| y.2.lex_cmp(&x.2).then(x.0.cmp(&y.0)));
+                below.sort_by(|x, y| lex_order(&y.2, &x.2).then(x.0.cmp(&y.0)));
                 let n = ceil_count(net, below.len());
                 for (w, _, _) in &below[..n] {
                     self.set_priority(w, p);
                 }
+                self.note(|c| c.promotions += n as u64);
             }
         }
     }
@@ -736,7 +890,7 @@ impl Model {
                 (run.priority > p).then(|| (w.id.clone(), run.cost))
             })
             .collect();
-        candidates.sort_by(|x, y| x.1.lex_cmp(&y.1).then(x.0.cmp(&y.0)));
+        candidates.sort_by(|x, y| lex_order(&x.1, &y.1).then(x.0.cmp(&y.0)));
         let banned: BTreeSet<String> = candidates
             .iter()
             .map(|(w, _)| {
@@ -761,7 +915,7 @@ impl Model {
                 .filter(|r| pass.level.get(&r.id) == Some(&p))
                 .filter(|r| r.base.is_subset(&w.labels))
                 .filter(|r| !banned.contains(&r.account))
-                .filter(|r| old.cost.lex_less(&self.balance_or_zero(&r.account)))
+                .filter(|r| lex_below(&old.cost, &self.balance_or_zero(&r.account)))
                 .filter(|r| !self.label_blocked(pass, &r.account, w))
                 .min_by(|a, b| rank(a, b))
                 .cloned();
@@ -797,11 +951,12 @@ impl Model {
             );
             self.events.push(ev);
             if let Some((_, b)) = self.accounts.get_mut(&old.req.account) {
-                b.add(&old.cost);
+                *b = plus(b, &old.cost);
             }
             if let Some((_, b)) = self.accounts.get_mut(&req.account) {
-                b.sub(&old.cost);
+                *b = minus(b, &old.cost);
             }
+            self.note(|c| c.preemptions += 1);
             self.queued.remove(&req.id);
             pass.preempted.insert(wid.clone());
             self.count_fanout(pass, &req, p);
@@ -886,5 +1041,146 @@ impl Model {
                 })
                 .collect(),
         }
+    }
+}
+
+// ---------------------------------------------------------- reconciler
+
+/// The reconciler's rules (reference §7, with the project's decisions: a
+/// preemption handed to a bot that asks is a plain assignment, and news
+/// that the aborted task is gone drops only the abort), over [`Model`]:
+/// one plain map of pending assignments, scanned in full, and the task
+/// errors.
+#[derive(Clone, Debug, Default)]
+pub struct ModelReconciler {
+    /// Bot → (enqueue time, task to assign, task to abort).
+    pending: BTreeMap<String, (Time, String, Option<String>)>,
+    errors: BTreeMap<String, String>,
+    /// Pending assignments withdrawn after the pickup timeout.
+    pub timeouts: u64,
+}
+
+impl ModelReconciler {
+    /// Reference §7.3.
+    pub fn assign_tasks(
+        &mut self,
+        s: &mut Model,
+        t: Time,
+        bots: &[crate::reconciler::IdleBot],
+    ) -> Vec<Option<crate::reconciler::BotAssignment>> {
+        // §7.4: every entry at least ten minutes old, oldest first (ties by
+        // bot id), is withdrawn.
+        let mut stale: Vec<(Time, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, (enq, _, _))| t.nanos_since(*enq) >= 10 * 60 * NANOS_PER_SEC)
+            .map(|(bot, (enq, _, _))| (*enq, bot.clone()))
+            .collect();
+        stale.sort();
+        for (_, bot) in stale {
+            let (_, task, _) = self.pending.remove(&bot).expect("pending");
+            self.timeouts += 1;
+            let _ = s.unassign(&task, &bot, t);
+        }
+        s.update_time(t);
+        for bot in bots {
+            let consistent = self
+                .pending
+                .get(&bot.id)
+                .is_some_and(|(_, task, _)| s.is_assigned(task, &bot.id));
+            if !consistent {
+                s.mark_idle(&bot.id, &bot.labels, t);
+                self.pending.remove(&bot.id);
+            }
+        }
+        for a in s.run_once() {
+            let abort = match a.kind {
+                AssignmentKind::Idle => None,
+                AssignmentKind::Preempt { task_to_abort } => Some(task_to_abort.to_string()),
+            };
+            self.pending.insert(
+                a.worker_id.to_string(),
+                (a.time, a.request_id.to_string(), abort),
+            );
+        }
+        let mut out = Vec::new();
+        for bot in bots {
+            let Some(entry) = self.pending.get_mut(&bot.id) else {
+                out.push(None);
+                continue;
+            };
+            // The bot asks, so it is idle: nothing is left to abort.
+            entry.2 = None;
+            let task = entry.1.clone();
+            let Some(prov) = s.provisionable_of(&task) else {
+                out.push(None);
+                continue;
+            };
+            let offered: LabelSet = bot.labels.iter().cloned().collect();
+            out.push(Some(crate::reconciler::BotAssignment {
+                bot_id: Arc::from(bot.id.as_str()),
+                task_id: Arc::from(task.as_str()),
+                provision_required: !prov.is_subset(&offered),
+            }));
+        }
+        out
+    }
+
+    /// Reference §7.5.
+    pub fn notify_running(&mut self, s: &mut Model, request: &str, worker: &str, t: Time) {
+        s.notify_running(request, worker, t);
+        if self
+            .pending
+            .get(worker)
+            .is_some_and(|(enq, _, _)| t >= *enq)
+        {
+            self.pending.remove(worker);
+        }
+    }
+
+    /// Reference §7.6, keeping the preempting task assigned.
+    pub fn notify_absent(&mut self, s: &mut Model, request: &str, t: Time) {
+        s.notify_absent(request, t);
+        for (enq, _, abort) in self.pending.values_mut() {
+            if abort.as_deref() == Some(request) && *enq < t {
+                *abort = None;
+            }
+        }
+        self.errors.remove(request);
+    }
+
+    /// Reference §7.8.
+    pub fn add_task_error(&mut self, task: &str, message: String) {
+        self.errors.insert(task.to_owned(), message);
+    }
+
+    /// Reference §7.8: preemptions by bot, then errors by task.
+    pub fn cancellations(&self) -> Vec<crate::reconciler::Cancellation> {
+        use crate::reconciler::{CancelReason, Cancellation};
+        let mut out = Vec::new();
+        for (bot, (_, _, abort)) in &self.pending {
+            if let Some(task) = abort {
+                out.push(Cancellation {
+                    bot_id: Some(Arc::from(bot.as_str())),
+                    task_id: Arc::from(task.as_str()),
+                    reason: CancelReason::Preempted,
+                    extra_info: String::new(),
+                });
+            }
+        }
+        for (task, msg) in &self.errors {
+            out.push(Cancellation {
+                bot_id: None,
+                task_id: Arc::from(task.as_str()),
+                reason: CancelReason::Error,
+                extra_info: msg.clone(),
+            });
+        }
+        out
+    }
+
+    /// Pending assignments as the reconciler shows them.
+    pub fn pending(&self) -> BTreeMap<String, (Time, String, Option<String>)> {
+        self.pending.clone()
     }
 }

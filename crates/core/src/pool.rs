@@ -5,6 +5,7 @@
 //! questions of the API — cancellations, callbacks, inspection — from its
 //! in-memory state.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::account::{AccountConfig, PoolSettings};
@@ -31,6 +32,64 @@ pub struct Outcome {
     pub assignments: Vec<Vec<BotAssignment>>,
     /// Events, in order.
     pub events: Vec<PoolEvent>,
+}
+
+/// Debug builds check the invariants after each command on pools up to this
+/// many requests and workers.
+#[cfg(any(test, debug_assertions))]
+pub const DEBUG_CHECK_UP_TO: usize = 2_000;
+
+/// Admission of a sequence of commands (see [`Pool::admission`]).
+#[derive(Debug)]
+pub struct Admission<'a> {
+    pool: &'a Pool,
+    /// A `Create` was admitted: the pool's own accounts are gone.
+    cleared: bool,
+    /// Account configurations as the admitted commands leave them, where
+    /// they differ from the pool's (`None`: not configured).
+    accounts: BTreeMap<String, Option<AccountConfig>>,
+}
+
+impl Admission<'_> {
+    /// The configuration of `id` after the commands admitted so far.
+    fn config(&self, id: &str) -> Option<&AccountConfig> {
+        match self.accounts.get(id) {
+            Some(c) => c.as_ref(),
+            None if self.cleared => None,
+            None => self.pool.scheduler.account_config(id),
+        }
+    }
+
+    /// Checks `cmd` against the pool as the commands admitted so far leave
+    /// it, and admits it if it passes. A refused command changes nothing.
+    pub fn admit(&mut self, cmd: &Command) -> Result<(), CommandError> {
+        cmd.validate()?;
+        match cmd {
+            Command::ModAccount {
+                account_id,
+                changes,
+            } => {
+                let config = self
+                    .config(account_id)
+                    .ok_or_else(|| CommandError::NoSuchAccount(account_id.clone()))?;
+                let new = changes.apply_to(config)?;
+                self.accounts.insert(account_id.clone(), Some(new));
+            }
+            Command::CreateAccount { account_id, config } => {
+                self.accounts
+                    .insert(account_id.clone(), Some(config.clone()));
+            }
+            Command::DeleteAccount { account_id } => {
+                self.accounts.insert(account_id.clone(), None);
+            }
+            Command::Create { .. } => {
+                self.cleared = true;
+                self.accounts.clear();
+            }
+            Command::Batch(_) | Command::ModPool { .. } | Command::Wipe { .. } => {}
+        }
+        Ok(())
+    }
 }
 
 /// One pool's complete scheduling state.
@@ -69,21 +128,24 @@ impl Pool {
 
     /// Checks the state-dependent preconditions of a command: if this
     /// returns `Ok`, [`Pool::apply`] will succeed. (Stateless rules are in
-    /// [`Command::validate`].)
+    /// [`Command::validate`], which this runs too.)
     pub fn check(&self, cmd: &Command) -> Result<(), CommandError> {
-        cmd.validate()?;
-        if let Command::ModAccount {
-            account_id,
-            changes,
-        } = cmd
-        {
-            let config = self
-                .scheduler
-                .account_config(account_id)
-                .ok_or_else(|| CommandError::NoSuchAccount(account_id.clone()))?;
-            changes.apply_to(config)?;
+        self.admission().admit(cmd)
+    }
+
+    /// Starts admitting a sequence of commands that will be applied in
+    /// order: each is checked against the pool as the commands admitted
+    /// before it will leave it (a `ModAccount` after a `DeleteAccount` of
+    /// the same account fails). This is the one admission check: whoever
+    /// logs commands before applying them (the server's pool writer, the
+    /// fuzz targets) must ask it, since a logged command that does not
+    /// apply would stop recovery.
+    pub fn admission(&self) -> Admission<'_> {
+        Admission {
+            pool: self,
+            cleared: false,
+            accounts: BTreeMap::new(),
         }
-        Ok(())
     }
 
     /// Applies a command. On error nothing changed.
@@ -124,7 +186,21 @@ impl Pool {
             Command::Wipe { time } => self.wipe(*time),
             Command::Create { time } => *self = Pool::new(*time),
         }
+        #[cfg(debug_assertions)]
+        if self.scheduler.requests.len() + self.scheduler.workers_len() <= DEBUG_CHECK_UP_TO {
+            self.check_invariants();
+        }
         Ok(out)
+    }
+
+    /// Recomputes the scheduler's derived structures from scratch and
+    /// panics if they differ from the maintained ones. Debug builds run it
+    /// after every command on pools of up to [`DEBUG_CHECK_UP_TO`] requests
+    /// and workers (it costs far more than the command); the fuzz targets,
+    /// built with debug assertions, thereby check every batch they apply.
+    #[cfg(any(test, debug_assertions))]
+    pub fn check_invariants(&self) {
+        self.scheduler.check_invariants();
     }
 
     fn apply_batch(&mut self, b: &Batch, out: &mut Outcome) {
@@ -203,6 +279,9 @@ impl Pool {
         for (id, c) in accounts {
             s.add_account(&id, c, None);
         }
+        // The original's wipe keeps the configurations but not the
+        // balances, which its next clock update creates again.
+        s.forget_balances();
         self.scheduler = s;
         self.reconciler = Reconciler::default();
     }
@@ -247,5 +326,83 @@ impl Pool {
     /// Pool settings.
     pub fn settings(&self) -> &PoolSettings {
         self.scheduler.settings()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: i64) -> Time {
+        Time::from_secs(1_700_000_000 + s)
+    }
+
+    fn create(id: &str) -> Command {
+        Command::CreateAccount {
+            account_id: id.into(),
+            config: AccountConfig {
+                charge_rate: [1.0, 0.0, 0.0, 0.0, 0.0],
+                max_charge_seconds: 100.0,
+                ..AccountConfig::default()
+            },
+        }
+    }
+
+    /// Reference, admin `Wipe`: the configuration stays, the balances go
+    /// until the pool's next clock update creates them again.
+    #[test]
+    fn wipe_leaves_no_balances_until_the_clock_moves() {
+        let mut pool = Pool::new(secs(0));
+        pool.apply(&create("a")).unwrap();
+        pool.scheduler.update_time(secs(10));
+        assert_eq!(pool.scheduler().balance("a").map(|b| b.0[0]), Some(10.0));
+        pool.apply(&Command::Wipe { time: secs(20) }).unwrap();
+        assert!(pool.scheduler().account_config("a").is_some());
+        assert_eq!(pool.scheduler().balance("a"), None);
+        // An account created after the wipe has its balance at once.
+        pool.apply(&create("b")).unwrap();
+        assert!(pool.scheduler().balance("b").is_some());
+        // A clock update that goes back in time changes nothing.
+        pool.scheduler.update_time(secs(5));
+        assert_eq!(pool.scheduler().balance("a"), None);
+        pool.scheduler.update_time(secs(21));
+        assert_eq!(pool.scheduler().balance("a").map(|b| b.0[0]), Some(1.0));
+    }
+
+    /// Commands are admitted against the state the earlier ones leave.
+    #[test]
+    fn admission_follows_the_batch() {
+        let mut pool = Pool::new(secs(0));
+        pool.apply(&create("a")).unwrap();
+        let modify = |id: &str| Command::ModAccount {
+            account_id: id.into(),
+            changes: crate::command::AccountChanges::default(),
+        };
+        let mut adm = pool.admission();
+        assert!(adm.admit(&modify("a")).is_ok());
+        assert!(adm.admit(&modify("b")).is_err());
+        assert!(adm.admit(&create("b")).is_ok());
+        assert!(adm.admit(&modify("b")).is_ok());
+        assert!(
+            adm.admit(&Command::DeleteAccount {
+                account_id: "a".into()
+            })
+            .is_ok()
+        );
+        assert!(adm.admit(&modify("a")).is_err());
+        assert!(adm.admit(&create("a")).is_ok());
+        assert!(adm.admit(&Command::Create { time: secs(1) }).is_ok());
+        assert!(adm.admit(&modify("a")).is_err());
+        assert!(adm.admit(&modify("b")).is_err());
+        // A refused change of configuration is refused in admission, not
+        // when applied.
+        let bad = Command::ModAccount {
+            account_id: "a".into(),
+            changes: crate::command::AccountChanges {
+                max_charge_seconds: Some(f32::NAN),
+                ..Default::default()
+            },
+        };
+        assert!(pool.admission().admit(&bad).is_err());
     }
 }

@@ -10,10 +10,12 @@
 //! through the same code paths as live operation; a snapshot that decodes
 //! is a valid pool, and bad bytes give a [`DecodeError`], never a panic.
 //!
-//! Layout (version 2): magic `QSCHEDP\0`, `u32` version, then the clock,
+//! Layout (version 3): magic `QSCHEDP\0`, `u32` version, then the clock,
 //! settings and the time of the last pass, the label table, the label-set
-//! table, the account-id table, configured accounts with balances, queued requests, workers (with their
-//! running tasks), pending assignments, task errors.
+//! table, the account-id table, configured accounts (each with whether the
+//! pool holds its balance, and the balance if so), queued requests, workers
+//! (with their running tasks), pending assignments, task errors. Versions 1
+//! and 2 still load.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,10 +33,19 @@ use crate::time::Time;
 const MAGIC: &[u8; 8] = b"QSCHEDP\0";
 /// Version 2 added the time of the last pass (version 1 derived it from the
 /// queued requests, which loses it when none is queued; see [`decode`]).
-const VERSION: u32 = 2;
+/// Version 3 added accounts without a balance (after a wipe, until the next
+/// clock update); earlier versions hold a balance for every account.
+const VERSION: u32 = 3;
 
 /// Encodes a pool.
 pub fn encode(pool: &Pool) -> Vec<u8> {
+    encode_as(pool, VERSION)
+}
+
+/// Encodes a pool in format `version` (earlier versions for tests only:
+/// they cannot say that an account has no balance, nor version 1 when
+/// the last pass was).
+fn encode_as(pool: &Pool, version: u32) -> Vec<u8> {
     let s = &pool.scheduler;
     let now = s.now();
 
@@ -93,11 +104,13 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
     let mut w = Writer::default();
     w.buf.reserve(64 + all_requests.len() * 48);
     w.bytes(MAGIC);
-    w.u32_le(VERSION);
+    w.u32_le(version);
     w.time(now);
     w.bool(s.settings().disable_preemption);
     w.zigzag(s.settings().bot_expiration_nanos);
-    w.time_rel(s.last_pass, now);
+    if version >= 2 {
+        w.time_rel(s.last_pass, now);
+    }
     w.len(label_ids.len());
     for &l in &label_ids {
         w.str(&s.labels[l].name);
@@ -123,7 +136,13 @@ pub fn encode(pool: &Pool) -> Vec<u8> {
     for (id, cfg, bal) in configured {
         w.str(id);
         write_config(&mut w, cfg);
-        bal.0.iter().for_each(|&v| w.f32(v));
+        let listed = s.balance(id).is_some();
+        if version >= 3 {
+            w.bool(listed);
+        }
+        if listed || version < 3 {
+            bal.0.iter().for_each(|&v| w.f32(v));
+        }
     }
     let write_request = |w: &mut Writer, r: u32| {
         let req = &s.requests[r];
@@ -200,7 +219,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         return Err(DecodeError::BadMagic("qscheduler pool snapshot"));
     }
     let version = r.u32_le()?;
-    if version != VERSION && version != 1 {
+    if !(1..=VERSION).contains(&version) {
         return Err(DecodeError::Version {
             what: "snapshot",
             version,
@@ -245,17 +264,23 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         accounts.push(r.str()?.to_owned());
     }
 
-    let mut configured: Vec<(String, AccountConfig, Balance)> = Vec::new();
+    let mut configured: Vec<(String, AccountConfig, Option<Balance>)> = Vec::new();
     for _ in 0..r.len(1)? {
         let id = r.str()?.to_owned();
         if id.is_empty() || configured.last().is_some_and(|(prev, _, _)| *prev >= id) {
             return Err(bad("configured accounts not sorted or empty id"));
         }
         let cfg = read_config(&mut r)?;
-        let mut bal = Balance::ZERO;
-        for v in bal.0.iter_mut() {
-            *v = r.finite_f32("balance")?;
-        }
+        let listed = version < 3 || r.bool()?;
+        let bal = if listed {
+            let mut bal = Balance::ZERO;
+            for v in bal.0.iter_mut() {
+                *v = r.finite_f32("balance")?;
+            }
+            Some(bal)
+        } else {
+            None
+        };
         configured.push((id, cfg, bal));
     }
 
@@ -373,7 +398,11 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     let mut s = Scheduler::new(now);
     s.set_settings(settings);
     for (id, cfg, bal) in configured {
-        s.add_account(&id, cfg, Some(bal));
+        let listed = bal.is_some();
+        s.add_account(&id, cfg, bal);
+        if !listed {
+            s.forget_balance(&id);
+        }
     }
     // The tables hold one reference to each label and set while requests
     // and workers are built from them, so that nothing is interned twice.
@@ -554,30 +583,40 @@ mod tests {
 
     /// Version 1 had no last-pass field: it is derived from the queued
     /// requests, which is exact whenever one was examined at the last pass.
+    /// Version 2 had a balance for every account.
     #[test]
-    fn version_1_snapshots_still_load() {
+    fn earlier_versions_still_load() {
         let pool = sample_pool();
-        let v2 = encode(&pool);
-        // Magic, version, clock, preemption flag, bot expiration, then the
-        // last pass: skip the varints one by one.
-        let varint_end = |at: usize| {
-            let mut i = at;
-            while v2[i] & 0x80 != 0 {
-                i += 1;
-            }
-            i + 1
-        };
-        let clock_end = varint_end(12);
-        let expiration_end = varint_end(clock_end + 1);
-        let last_pass_end = varint_end(expiration_end);
-        let mut v1 = v2[..expiration_end].to_vec();
-        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        v1.extend_from_slice(&v2[last_pass_end..]);
-        let decoded = decode(&v1).expect("a version 1 snapshot decodes");
-        assert_eq!(encode(&decoded), v2);
-        let mut v3 = v2.clone();
-        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
-        assert!(decode(&v3).is_err());
+        let now = encode(&pool);
+        for version in [1, 2] {
+            let old = encode_as(&pool, version);
+            assert_eq!(&old[8..12], &version.to_le_bytes());
+            let decoded = decode(&old).expect("an earlier version decodes");
+            assert_eq!(encode(&decoded), now, "version {version}");
+        }
+        let mut next = now.clone();
+        next[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert!(decode(&next).is_err());
+    }
+
+    /// After a wipe the accounts have no balance until the clock moves, and
+    /// a snapshot says so.
+    #[test]
+    fn wiped_balances_survive_a_snapshot() {
+        let mut pool = sample_pool();
+        let t = pool.scheduler().now();
+        pool.apply(&crate::command::Command::Wipe { time: t })
+            .unwrap();
+        let ids: Vec<String> = pool
+            .scheduler()
+            .accounts()
+            .map(|(id, _, _)| id.to_owned())
+            .collect();
+        assert!(!ids.is_empty());
+        assert!(ids.iter().all(|id| pool.scheduler().balance(id).is_none()));
+        let back = decode(&encode(&pool)).unwrap();
+        assert!(ids.iter().all(|id| back.scheduler().balance(id).is_none()));
+        assert_eq!(encode(&back), encode(&pool));
     }
 
     #[test]

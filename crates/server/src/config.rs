@@ -26,11 +26,17 @@ use toml::Spanned;
 
 use qscheduler_wire::conn::ConnectionOptions;
 
+use crate::audit::AuditOptions;
+use crate::auth::oidc::{OidcGrant, OidcOptions, OidcVerifier};
+use crate::auth::{
+    CertificateEntry, Grant, Kind, Policy, Pools, Principal, Role, Sha256Hash, TokenEntry,
+};
 use crate::eventlog::{EventLogOptions, FileSinkOptions, PostgresSinkOptions};
 use crate::limits::Limits;
 use crate::metrics::MetricsOptions;
 use crate::pool::PoolOptions;
 use crate::server::ServerOptions;
+use crate::tls::TlsOptions;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -54,6 +60,11 @@ pub struct Config {
     pub limits: LimitsSection,
     /// Connection limits.
     pub connections: ConnectionsSection,
+    /// Who may call. Its presence alone turns authorization on: every call
+    /// is then refused unless a credential grants it.
+    pub auth: Option<AuthSection>,
+    /// TLS on the server's port.
+    pub tls: Option<TlsSection>,
 }
 
 /// `[server]`.
@@ -486,6 +497,111 @@ impl Default for TracingSection {
     }
 }
 
+/// `[auth]`: principals and what they may do (see [`crate::auth`]).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Browser origins (`https://host[:port]`) allowed to call pRPC; none
+    /// by default.
+    #[serde(deserialize_with = "origins")]
+    pub allowed_origins: Vec<String>,
+    /// `[[auth.tokens]]`: static bearer tokens, by their SHA-256.
+    pub tokens: Vec<TokenSection>,
+    /// When set, `/metrics` needs a bearer token with this SHA-256.
+    #[serde(deserialize_with = "sha256_opt")]
+    pub metrics_token_sha256: Option<Sha256Hash>,
+    /// A file holding the secret replicas prove themselves to each other
+    /// with (`QSCHEDULER_PEER_SECRET` overrides it).
+    #[serde(deserialize_with = "readable_file_opt")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// `[auth.oidc]`: JWT bearer tokens checked against a JWKS file.
+    pub oidc: Option<OidcSection>,
+}
+
+/// One `[[auth.tokens]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// The principal's name (in logs, audit records and messages).
+    pub name: Spanned<String>,
+    /// Lower-case hex SHA-256 of the token.
+    #[serde(deserialize_with = "sha256")]
+    pub sha256: Sha256Hash,
+    /// `swarming`, `admin` and/or `view`.
+    pub roles: Spanned<Vec<Role>>,
+    /// Pools the roles apply to (`"*"`: all, the default).
+    pub pools: Option<Spanned<Vec<String>>>,
+}
+
+/// `[auth.oidc]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The tokens' `iss`.
+    #[serde(deserialize_with = "non_empty")]
+    pub issuer: String,
+    /// The `aud` the tokens must carry.
+    #[serde(deserialize_with = "non_empty")]
+    pub audience: String,
+    /// The issuer's signing keys (a JWKS document), re-read when it changes.
+    #[serde(deserialize_with = "jwks_file")]
+    pub jwks_file: PathBuf,
+    /// `[[auth.oidc.grants]]`: what each subject or email may do.
+    #[serde(default)]
+    pub grants: Vec<OidcGrantSection>,
+    /// How far `exp` and `nbf` may be off the server's clock.
+    #[serde(default = "default_clock_skew", deserialize_with = "duration")]
+    pub clock_skew: Duration,
+}
+
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// One `[[auth.oidc.grants]]` entry: a `subject` or an `email`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcGrantSection {
+    /// The token's `sub`.
+    pub subject: Option<Spanned<String>>,
+    /// The token's `email` (verified).
+    pub email: Option<Spanned<String>>,
+    /// Roles.
+    pub roles: Spanned<Vec<Role>>,
+    /// Pools (`"*"`: all, the default).
+    pub pools: Option<Spanned<Vec<String>>>,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, re-read when it changes.
+    #[serde(deserialize_with = "readable_file")]
+    pub cert: PathBuf,
+    /// PEM private key, re-read when it changes.
+    #[serde(deserialize_with = "readable_file")]
+    pub key: PathBuf,
+    /// PEM CA certificates of client certificates; turns mTLS on.
+    #[serde(default, deserialize_with = "readable_file_opt")]
+    pub client_ca: Option<PathBuf>,
+    /// `[[tls.grants]]`: principals named by a certificate SAN.
+    #[serde(default)]
+    pub grants: Vec<TlsGrantSection>,
+}
+
+/// One `[[tls.grants]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsGrantSection {
+    /// A DNS name or URI SAN of the client certificate.
+    pub san: Spanned<String>,
+    /// Roles.
+    pub roles: Spanned<Vec<Role>>,
+    /// Pools (`"*"`: all, the default).
+    pub pools: Option<Spanned<Vec<String>>>,
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -596,7 +712,194 @@ impl Config {
                     .to_owned(),
             ));
         }
+        config.check_auth(&invalid)?;
         Ok(config)
+    }
+
+    /// The rules of `[auth]` and `[tls]` that span several values: unique
+    /// names and hashes, grants with roles, well-formed pool lists.
+    fn check_auth(
+        &self,
+        invalid: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let check_grant = |roles: &Spanned<Vec<Role>>,
+                           pools: &Option<Spanned<Vec<String>>>|
+         -> Result<(), ConfigError> {
+            if roles.get_ref().is_empty() {
+                return Err(invalid(
+                    Some(roles.span()),
+                    "roles must not be empty: give one or more of \"swarming\", \"admin\", \"view\""
+                        .to_owned(),
+                ));
+            }
+            if let Some(pools) = pools {
+                if pools.get_ref().is_empty() {
+                    return Err(invalid(
+                        Some(pools.span()),
+                        "pools must not be empty: list pool ids, or \"*\" for all (the default)"
+                            .to_owned(),
+                    ));
+                }
+                for p in pools.get_ref() {
+                    if p.trim().is_empty() || p.chars().any(char::is_control) || p.contains(' ') {
+                        return Err(invalid(
+                            Some(pools.span()),
+                            format!("invalid pool {p:?}: a pool id, or \"*\" for all"),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Some(auth) = &self.auth {
+            let mut names = std::collections::HashSet::new();
+            let mut hashes = std::collections::HashSet::new();
+            for t in &auth.tokens {
+                let name = t.name.get_ref();
+                if name.trim().is_empty() || name.chars().any(char::is_control) {
+                    return Err(invalid(
+                        Some(t.name.span()),
+                        "invalid token name: must not be empty".to_owned(),
+                    ));
+                }
+                if !names.insert(name.clone()) {
+                    return Err(invalid(
+                        Some(t.name.span()),
+                        format!("duplicate token name {name:?}: names must be unique"),
+                    ));
+                }
+                if !hashes.insert(t.sha256.0) {
+                    return Err(invalid(
+                        Some(t.name.span()),
+                        format!(
+                            "token {name:?} has the same sha256 as an earlier token: give each \
+                             caller its own token"
+                        ),
+                    ));
+                }
+                check_grant(&t.roles, &t.pools)?;
+            }
+            if let Some(oidc) = &auth.oidc {
+                for g in &oidc.grants {
+                    match (&g.subject, &g.email) {
+                        (None, None) => {
+                            return Err(invalid(
+                                Some(g.roles.span()),
+                                "an [[auth.oidc.grants]] entry needs a subject or an email"
+                                    .to_owned(),
+                            ));
+                        }
+                        (Some(_), Some(e)) => {
+                            return Err(invalid(
+                                Some(e.span()),
+                                "an [[auth.oidc.grants]] entry has either a subject or an email, \
+                                 not both"
+                                    .to_owned(),
+                            ));
+                        }
+                        (Some(v), None) | (None, Some(v)) if v.get_ref().trim().is_empty() => {
+                            return Err(invalid(Some(v.span()), "must not be empty".to_owned()));
+                        }
+                        _ => {}
+                    }
+                    check_grant(&g.roles, &g.pools)?;
+                }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for g in &tls.grants {
+                if g.san.get_ref().trim().is_empty() {
+                    return Err(invalid(Some(g.san.span()), "must not be empty".to_owned()));
+                }
+                check_grant(&g.roles, &g.pools)?;
+            }
+            if !tls.grants.is_empty() && tls.client_ca.is_none() {
+                return Err(invalid(
+                    Some(tls.grants[0].san.span()),
+                    "[[tls.grants]] need [tls] client_ca: without it no client certificate \
+                     is asked for"
+                        .to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[auth]` policy, when the section exists.
+    pub fn auth_policy(&self) -> Result<Option<Policy>, ConfigError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let grant = |roles: &Spanned<Vec<Role>>, pools: &Option<Spanned<Vec<String>>>| Grant {
+            roles: roles.get_ref().clone(),
+            pools: Pools::from_list(pools.as_ref().map(|p| p.get_ref().as_slice())),
+        };
+        let tokens = auth
+            .tokens
+            .iter()
+            .map(|t| TokenEntry {
+                sha256: t.sha256,
+                principal: std::sync::Arc::new(Principal {
+                    name: t.name.get_ref().clone(),
+                    kind: Kind::Token,
+                    grants: vec![grant(&t.roles, &t.pools)],
+                }),
+            })
+            .collect();
+        let certificates = self
+            .tls
+            .iter()
+            .flat_map(|t| &t.grants)
+            .map(|g| CertificateEntry {
+                san: g.san.get_ref().clone(),
+                principal: std::sync::Arc::new(Principal {
+                    name: g.san.get_ref().clone(),
+                    kind: Kind::Certificate,
+                    grants: vec![grant(&g.roles, &g.pools)],
+                }),
+            })
+            .collect();
+        let oidc = match &auth.oidc {
+            Some(o) => {
+                let grants = o
+                    .grants
+                    .iter()
+                    .map(|g| {
+                        let subject = g.subject.as_ref().map(|v| v.get_ref().clone());
+                        let email = g.email.as_ref().map(|v| v.get_ref().clone());
+                        OidcGrant {
+                            principal: std::sync::Arc::new(Principal {
+                                name: subject
+                                    .clone()
+                                    .or_else(|| email.clone())
+                                    .unwrap_or_default(),
+                                kind: Kind::Oidc,
+                                grants: vec![grant(&g.roles, &g.pools)],
+                            }),
+                            subject,
+                            email,
+                        }
+                    })
+                    .collect();
+                let verifier = OidcVerifier::new(OidcOptions {
+                    issuer: o.issuer.clone(),
+                    audience: o.audience.clone(),
+                    jwks_file: o.jwks_file.clone(),
+                    grants,
+                    leeway: o.clock_skew,
+                })
+                .map_err(ConfigError::Unusable)?;
+                Some(std::sync::Arc::new(verifier))
+            }
+            None => None,
+        };
+        Ok(Some(Policy {
+            tokens,
+            allowed_origins: auth.allowed_origins.clone(),
+            metrics_token: auth.metrics_token_sha256,
+            certificates,
+            oidc,
+        }))
     }
 
     /// Where the store lives: the PostgreSQL URL, or the data directory.
@@ -740,8 +1043,46 @@ impl Config {
             files,
             postgres,
         };
+        options.auth = self.auth_policy()?;
+        options.audit = Some(AuditOptions::new(self.store.data_dir.join("audit")));
+        if let Some(auth) = &self.auth
+            && let Some(path) = &auth.peer_secret_file
+        {
+            options.peer_secret = Some(read_secret(path)?);
+        }
+        if let Some(tls) = &self.tls {
+            if !tls.grants.is_empty() && self.auth.is_none() {
+                return Err(ConfigError::Unusable(
+                    "[[tls.grants]] name principals, which only an [auth] section uses: add \
+                     [auth]"
+                        .to_owned(),
+                ));
+            }
+            options.tls = Some(TlsOptions {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                client_ca: tls.client_ca.clone(),
+            });
+        }
+
         Ok(options)
     }
+}
+
+/// A secret from a file: its content without surrounding white space.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text.trim();
+    if secret.len() < 16 {
+        return Err(ConfigError::Unusable(format!(
+            "the peer secret in {} is too short: use at least 16 random characters",
+            path.display()
+        )));
+    }
+    Ok(secret.to_owned())
 }
 
 /// The line and column of a byte offset, and the text of that line.
@@ -1062,6 +1403,63 @@ fn http_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
+fn sha256<'de, D: Deserializer<'de>>(d: D) -> Result<Sha256Hash, D::Error> {
+    let s = String::deserialize(d)?;
+    Sha256Hash::parse(&s).map_err(de::Error::custom)
+}
+
+fn sha256_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sha256Hash>, D::Error> {
+    sha256(d).map(Some)
+}
+
+fn readable_file<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let p = path(d)?;
+    std::fs::File::open(&p)
+        .and_then(|f| f.metadata())
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
+        .map_err(|e| de::Error::custom(format!("cannot read {}: {e}", p.display())))?;
+    Ok(p)
+}
+
+fn readable_file_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    readable_file(d).map(Some)
+}
+
+fn jwks_file<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let p = readable_file(d)?;
+    crate::auth::oidc::read_jwks(&p).map_err(de::Error::custom)?;
+    Ok(p)
+}
+
+fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for o in &list {
+        let ok = match o.split_once("://") {
+            Some(("http" | "https", host)) => {
+                !host.is_empty()
+                    && !host.contains('/')
+                    && host.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                    })
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(de::Error::custom(format!(
+                "invalid origin {o:?}: expected scheme://host[:port] with no path, e.g. \
+                 \"https://ui.example.com\""
+            )));
+        }
+    }
+    Ok(list)
+}
+
 fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     tracing_subscriber::EnvFilter::builder()
@@ -1233,6 +1631,82 @@ mod tests {
 
         let (line, _) = err("[server\nlisten = 1\n");
         assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn auth_and_tls_errors_point_at_the_line() {
+        let good = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let token = |extra: &str| {
+            format!(
+                "[auth]\n[[auth.tokens]]\nname = \"a\"\nsha256 = \"{good}\"\nroles = [\"view\"]\n{extra}"
+            )
+        };
+        let c = Config::parse(&token("pools = [\"p1\"]\n"), Path::new("t.toml")).unwrap();
+        let p = c.auth_policy().unwrap().unwrap();
+        assert_eq!(p.tokens.len(), 1);
+        assert_eq!(p.tokens[0].principal.name, "a");
+        assert!(
+            Config::parse("", Path::new("t.toml"))
+                .unwrap()
+                .auth
+                .is_none()
+        );
+        assert!(
+            Config::parse("[auth]\n", Path::new("t.toml"))
+                .unwrap()
+                .auth
+                .is_some()
+        );
+
+        let (line, msg) = err(&token("").replace(good, "ABC"));
+        assert_eq!(line, 4, "{msg}");
+        assert!(msg.contains("malformed SHA-256"), "{msg}");
+        let (line, msg) = err(&token("").replace(good, &good.to_uppercase()));
+        assert_eq!(line, 4, "{msg}");
+        let (line, msg) = err(&token("").replace("\"view\"", "\"root\""));
+        assert_eq!(line, 5, "{msg}");
+        assert!(msg.contains("root") && msg.contains("swarming"), "{msg}");
+        let (line, msg) = err(&token("").replace("[\"view\"]", "[]"));
+        assert_eq!(line, 5, "{msg}");
+        let (line, msg) = err(&token("pools = []\n"));
+        assert_eq!(line, 6, "{msg}");
+        let dup = format!(
+            "{}[[auth.tokens]]\nname = \"a\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n",
+            token(""),
+            good.replace('0', "1")
+        );
+        let (line, msg) = err(&dup);
+        assert_eq!(line, 7, "{msg}");
+        assert!(msg.contains("duplicate"), "{msg}");
+        let (line, msg) = err("[auth]\nmetrics_token_sha256 = \"xyz\"\n");
+        assert_eq!(line, 2, "{msg}");
+        let (line, msg) = err("[auth]\nallowed_origins = [\"https://a.example/path\"]\n");
+        assert_eq!(line, 2, "{msg}");
+        assert!(msg.contains("invalid origin"), "{msg}");
+
+        let (line, msg) = err("[tls]\ncert = \"/nonexistent/tls.crt\"\nkey = \"/nonexistent/k\"\n");
+        assert_eq!(line, 2, "{msg}");
+        assert!(msg.contains("cannot read /nonexistent/tls.crt"), "{msg}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+        let oidc = format!(
+            "[auth]\n[auth.oidc]\nissuer = \"https://i\"\naudience = \"q\"\njwks_file = {:?}\n",
+            jwks.display().to_string()
+        );
+        let (line, msg) = err(&oidc);
+        assert_eq!(line, 5, "{msg}");
+        assert!(msg.contains("no keys"), "{msg}");
+        std::fs::write(
+            &jwks,
+            r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}"#,
+        )
+        .unwrap();
+        Config::parse(&oidc, Path::new("t.toml")).unwrap();
+        let (line, msg) = err(&format!("{oidc}[[auth.oidc.grants]]\nroles = [\"view\"]\n"));
+        assert_eq!(line, 7, "{msg}");
+        assert!(msg.contains("subject or an email"), "{msg}");
     }
 
     #[test]

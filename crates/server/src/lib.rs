@@ -15,12 +15,17 @@
 //! * [`config`]: the configuration file;
 //! * [`metrics`]: the Prometheus endpoint;
 //! * [`eventlog`]: the task event log (JSON-lines files, PostgreSQL);
-//! * [`rpc_layer`]: per-RPC spans, logs and latency histograms.
+//! * [`rpc_layer`]: per-RPC spans, logs and latency histograms;
+//! * [`auth`]: who may call what (principals, roles, the auth layer);
+//! * [`tls`]: TLS and client certificates on the server's port;
+//! * [`audit`]: the audit log of administrative calls.
 //!
 //! It must not contain scheduling rules (those live in `qscheduler-core`),
 //! wire-format details (`qscheduler-wire`) or storage formats
 //! (`qscheduler-store`).
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod eventlog;
 pub mod health;
@@ -33,6 +38,7 @@ pub mod report;
 pub mod rpc_layer;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod translate;
 pub mod ui;
 

@@ -132,6 +132,8 @@ pub struct Metrics {
     registry: PromRegistry,
     rpc: RpcHistograms,
     pools: Arc<PoolsCollector>,
+    insecure: prometheus_client::metrics::gauge::Gauge,
+    admin_calls: crate::audit::AdminCalls,
 }
 
 impl fmt::Debug for Metrics {
@@ -157,16 +159,40 @@ impl Metrics {
             sinks,
         });
         registry.register_collector(Box::new(pools.clone()));
+        let insecure = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "qscheduler_insecure",
+            "1 when the server serves a non-loopback address without [auth] (serve --insecure)",
+            insecure.clone(),
+        );
+        let admin_calls = crate::audit::AdminCalls::default();
+        registry.register(
+            "qscheduler_admin_calls",
+            "Administrative calls (QSchedulerAdmin), by method and gRPC status code",
+            admin_calls.clone(),
+        );
         Arc::new(Metrics {
             registry,
             rpc,
             pools,
+            insecure,
+            admin_calls,
         })
     }
 
     /// Lets scrapes read the pools' committed state.
     pub fn attach(&self, registry: &Arc<Registry>) {
         let _ = self.pools.registry.set(Arc::downgrade(registry));
+    }
+
+    /// `qscheduler_admin_calls_total`.
+    pub fn admin_calls(&self) -> crate::audit::AdminCalls {
+        self.admin_calls.clone()
+    }
+
+    /// Sets the `qscheduler_insecure` gauge.
+    pub fn set_insecure(&self, insecure: bool) {
+        self.insecure.set(i64::from(insecure));
     }
 
     pub(crate) fn rpc_histograms(&self) -> RpcHistograms {

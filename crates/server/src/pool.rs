@@ -870,56 +870,19 @@ impl Writer {
         // freed with their batch.
         let mut held = Vec::with_capacity(calls);
         let mut steps = self.plan(msgs, &mut held);
-        // State-dependent checks (an account that must exist), in order, on
-        // a scratch view: a ModAccount after a DeleteAccount of the same
-        // batch must fail. Simulate the admin effects that matter.
+        // Never log a command that would not apply: recovery would stop at
+        // it. The core admits the steps in order, each against the state
+        // the ones before it leave.
         {
             let state = self.read_state();
-            let mut accounts: std::collections::BTreeMap<String, bool> = Default::default();
-            steps.retain_mut(|step| {
-                // Never log a command that would not apply: recovery would
-                // stop at it.
-                if let Err(e) = step.cmd.validate() {
+            let mut admission = state.admission();
+            steps.retain_mut(|step| match admission.admit(&step.cmd) {
+                Ok(()) => true,
+                Err(e) => {
                     for r in step.responders.drain(..) {
                         r.fail(PoolError::Command(e.clone()));
                     }
-                    return false;
-                }
-                let exists = |id: &str, acc: &std::collections::BTreeMap<String, bool>| {
-                    acc.get(id)
-                        .copied()
-                        .unwrap_or_else(|| state.scheduler().account_config(id).is_some())
-                };
-                let res = match &step.cmd {
-                    Command::CreateAccount { account_id, .. } => {
-                        accounts.insert(account_id.clone(), true);
-                        Ok(())
-                    }
-                    Command::DeleteAccount { account_id } => {
-                        accounts.insert(account_id.clone(), false);
-                        Ok(())
-                    }
-                    Command::Wipe { .. } | Command::Batch(_) | Command::ModPool { .. } => Ok(()),
-                    Command::Create { .. } => {
-                        accounts.clear();
-                        Ok(())
-                    }
-                    Command::ModAccount { account_id, .. } => {
-                        if exists(account_id, &accounts) {
-                            Ok(())
-                        } else {
-                            Err(CommandError::NoSuchAccount(account_id.clone()))
-                        }
-                    }
-                };
-                match res {
-                    Ok(()) => true,
-                    Err(e) => {
-                        for r in step.responders.drain(..) {
-                            r.fail(PoolError::Command(e.clone()));
-                        }
-                        false
-                    }
+                    false
                 }
             });
         }
@@ -1435,21 +1398,34 @@ mod tests {
             }],
             is_callback: false,
         };
-        // Sent together, in this order, into one batch window.
-        let calls: Vec<_> = (0..5)
+        // Sent together, in this order, into one batch window: a call is
+        // queued by the first poll of `notify`, so polling the calls once
+        // each, in order, fixes their order of arrival.
+        let mut calls: Vec<_> = (0..5)
             .map(|i| {
                 let p = p.clone();
                 let c = call(i);
-                async move { p.notify(c, None).await }
+                Some(Box::pin(async move { p.notify(c, None).await }))
             })
             .collect();
-        let mut joined = Vec::new();
-        for c in calls {
-            joined.push(tokio::spawn(c));
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut done = Vec::new();
+        std::future::poll_fn(|cx| {
+            for c in &mut calls {
+                if let Some(f) = c
+                    && let std::task::Poll::Ready(r) = f.as_mut().poll(cx)
+                {
+                    done.push(r);
+                    *c = None;
+                }
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for c in calls.into_iter().flatten() {
+            done.push(c.await);
         }
-        for j in joined {
-            j.await.expect("join").expect("notify");
+        for r in done {
+            r.expect("notify");
         }
         assert_eq!(p.read().scheduler().queued_len(), 5);
         drop(p);

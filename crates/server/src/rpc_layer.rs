@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -31,7 +31,11 @@ use http_body::Frame;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug, field};
 
+use crate::audit::{AuditLog, AuditSlot};
 use crate::metrics::{RpcHistograms, RpcLabels};
+
+/// The service whose calls are audited.
+const ADMIN_SERVICE: &str = "qscheduler.QSchedulerAdmin";
 
 /// The services whose calls are measured.
 const SERVICES: [&str; 3] = [
@@ -65,12 +69,14 @@ pub fn record_pool(pool: &str) {
 #[derive(Clone)]
 pub struct RpcLayer {
     histograms: Option<RpcHistograms>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl RpcLayer {
-    /// A layer recording into `histograms`, if any.
-    pub(crate) fn new(histograms: Option<RpcHistograms>) -> Self {
-        RpcLayer { histograms }
+    /// A layer recording into `histograms`, if any, and administrative
+    /// calls into `audit`.
+    pub(crate) fn new(histograms: Option<RpcHistograms>, audit: Option<Arc<AuditLog>>) -> Self {
+        RpcLayer { histograms, audit }
     }
 }
 
@@ -80,6 +86,7 @@ impl<S> Layer<S> for RpcLayer {
         RpcService {
             inner,
             histograms: self.histograms.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -89,6 +96,7 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     histograms: Option<RpcHistograms>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -170,11 +178,15 @@ struct Call {
     transport: Transport,
     start: Instant,
     span: Span,
+    audit: Option<(Arc<AuditLog>, AuditSlot)>,
 }
 
 impl Call {
     fn finish(self, code: &'static str) {
         let elapsed = self.start.elapsed();
+        if let Some((log, slot)) = &self.audit {
+            log.record(&self.method, code, slot);
+        }
         self.span.record("code", code);
         debug!(
             parent: &self.span,
@@ -210,12 +222,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // The clone that was made ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some((service, method, transport)) = classify(&req) else {
             return Box::pin(inner.call(req));
+        };
+        let audit = match &self.audit {
+            Some(log) if service == ADMIN_SERVICE => {
+                let slot = AuditSlot::default();
+                req.extensions_mut().insert(slot.clone());
+                Some((Arc::clone(log), slot))
+            }
+            _ => None,
         };
         let span = tracing::info_span!(
             "rpc",
@@ -232,6 +252,7 @@ where
             transport,
             start: Instant::now(),
             span: span.clone(),
+            audit,
         };
         let fut = span.in_scope(|| inner.call(req));
         Box::pin(async move {

@@ -22,10 +22,14 @@ use std::time::Duration;
 use axum::routing::get;
 use qscheduler_store::{Store, StoreOptions};
 use qscheduler_wire::conn::{ConnectionOptions, effective_max_connections, raise_open_file_limit};
+use qscheduler_wire::prpc::CorsPolicy;
 use qscheduler_wire::serve::Services;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
+use crate::audit::{AuditLog, AuditOptions};
+use crate::auth::Policy;
+use crate::auth::layer::{AuthLayer, AuthSettings, PolicyCell};
 use crate::eventlog::{EventLog, EventLogError, EventLogOptions};
 use crate::health::{Health, Phase};
 use crate::insight::Insight;
@@ -36,6 +40,7 @@ use crate::registry::Registry;
 use crate::report::Reports;
 use crate::rpc_layer::RpcLayer;
 use crate::service::Scheduler;
+use crate::tls::{TlsAcceptorCell, TlsError, TlsOptions};
 
 /// Everything the server needs to start.
 #[derive(Clone, Debug)]
@@ -72,6 +77,19 @@ pub struct ServerOptions {
     /// `/readyz` and gRPC health (what `qscheduler serve` does). When false
     /// it returns after recovery, with readiness already settled.
     pub recover_in_background: bool,
+    /// `[auth]`: who may call. `None`: anyone who reaches the port, which
+    /// is only allowed on loopback addresses unless `insecure`.
+    pub auth: Option<Policy>,
+    /// The secret replicas prove themselves to each other with when they
+    /// forward calls.
+    pub peer_secret: Option<String>,
+    /// Serve a non-loopback address without `[auth]`.
+    pub insecure: bool,
+    /// TLS on the port (`[tls]`).
+    pub tls: Option<TlsOptions>,
+    /// The audit log's files (`None`: administrative calls are only
+    /// counted).
+    pub audit: Option<AuditOptions>,
 }
 
 /// Default of [`ServerOptions::shutdown_grace`], below the 40 s the
@@ -94,6 +112,11 @@ impl Default for ServerOptions {
             connections: ConnectionOptions::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             recover_in_background: false,
+            auth: None,
+            peer_secret: None,
+            insecure: false,
+            tls: None,
+            audit: None,
         }
     }
 }
@@ -135,6 +158,30 @@ pub enum ServerError {
         /// The unusable address.
         address: String,
     },
+    /// A non-loopback address without `[auth]` and without `--insecure`.
+    #[error(
+        "refusing to serve {addr} without authentication: anyone who can reach it could \
+         change or delete every pool. Add an [auth] section to the configuration (see \
+         `qscheduler auth new-token`), listen on a loopback address, or accept the risk \
+         with `serve --insecure`"
+    )]
+    Insecure {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// Replicas with `[auth]` that could not tell each other from clients.
+    #[error(
+        "replicas sharing a PostgreSQL store with [auth] need a peer secret to forward calls \
+         to each other: set QSCHEDULER_PEER_SECRET (the same random string, at least 16 \
+         characters, on every replica) or [auth] peer_secret_file"
+    )]
+    PeerSecret,
+    /// The audit log's directory could not be created.
+    #[error("cannot create the audit log directory: {0}")]
+    Audit(std::io::Error),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Route assembly failed.
     #[error("routes: {0}")]
     Routes(#[from] qscheduler_wire::serve::WireError),
@@ -154,6 +201,8 @@ pub struct Server {
     health: Arc<Health>,
     shutdown_grace: Duration,
     recovery: Option<tokio::task::JoinHandle<()>>,
+    auth_policy: Option<Arc<PolicyCell>>,
+    tls: Option<Arc<TlsAcceptorCell>>,
 }
 
 /// How long shutdown waits for the event log to write what is queued.
@@ -199,24 +248,67 @@ pub fn router(
     options: &ServerOptions,
     extra: axum::Router,
 ) -> Result<axum::Router, ServerError> {
-    assemble(registry, metrics, options, extra, Reports::new(), |s| s)
+    let policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+    let audit = AuditLog::new(options.audit.clone(), metrics.map(|m| m.admin_calls()))
+        .map_err(ServerError::Audit)?;
+    router_with(
+        registry,
+        metrics,
+        options,
+        extra,
+        policy,
+        audit,
+        Reports::new(),
+        |s| s,
+    )
 }
 
-/// [`router`], with `more` adding services (gRPC health).
-fn assemble(
+/// [`router`] with the `[auth]` policy in a cell the caller keeps (to
+/// replace it when the configuration changes), the insight reports the
+/// pool writers feed, and `more` adding services (gRPC health).
+#[allow(clippy::too_many_arguments)]
+fn router_with(
     registry: &Arc<Registry>,
     metrics: Option<&Arc<Metrics>>,
     options: &ServerOptions,
     extra: axum::Router,
+    policy: Option<Arc<PolicyCell>>,
+    audit: Arc<AuditLog>,
     reports: Arc<Reports>,
     more: impl FnOnce(Services) -> Services,
 ) -> Result<axum::Router, ServerError> {
-    let svc = Arc::new(Scheduler::new(registry.clone(), options.limits.clone()));
+    let mut scheduler = Scheduler::new(registry.clone(), options.limits.clone())
+        .with_auth(options.auth.is_some(), options.peer_secret.clone());
+    if let Some(tls) = &options.tls {
+        // The CA of client certificates is usually the replicas' CA too.
+        let ca = match &tls.client_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| TlsError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        scheduler = scheduler.with_forwarding_tls(ca);
+    }
+    let svc = Arc::new(scheduler);
     let insight = Arc::new(Insight::new(
         (*svc).clone(),
         reports,
         options.limits.clone(),
     ));
+    let auth = AuthSettings {
+        policy,
+        peer_secret: options
+            .peer_secret
+            .as_deref()
+            .map(|s| crate::auth::Sha256Hash::of(s.as_bytes())),
+        metrics_path: metrics.map(|_| options.metrics.path.clone()),
+    };
+    let origins = options
+        .auth
+        .as_ref()
+        .map(|p| p.allowed_origins.clone())
+        .unwrap_or_default();
     let mut extra = extra
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::ui::router(insight.clone(), registry.clone()));
@@ -228,12 +320,64 @@ fn assemble(
         .admin(svc.clone())
         .view(svc)
         .insight(insight);
-    Ok(more(services)
+    let mut services = more(services)
         .request_timeout(Some(options.request_timeout))
         .max_request_size(options.max_request_bytes)
-        .shape_limits(options.limits.shape())
+        .shape_limits(options.limits.shape());
+    if !origins.is_empty() {
+        services = services.cors(CorsPolicy::AllowList {
+            origins,
+            allow_credentials: false,
+        });
+    }
+    // The RPC layer is outside the auth layer, so refused calls are
+    // measured too.
+    Ok(services
         .into_router(extra)?
-        .layer(RpcLayer::new(metrics.map(|m| m.rpc_histograms()))))
+        .layer(AuthLayer::new(auth))
+        .layer(RpcLayer::new(
+            metrics.map(|m| m.rpc_histograms()),
+            Some(audit),
+        )))
+}
+
+/// How often the TLS files are checked for a new certificate.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Serves over TLS: every connection's handshake first.
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    connections: ConnectionOptions,
+    shutdown: impl Future<Output = ()>,
+    tls: Arc<TlsAcceptorCell>,
+) -> std::io::Result<()> {
+    tls.spawn_reload(TLS_RELOAD_EVERY);
+    qscheduler_wire::conn::serve_with(listener, router, connections, shutdown, move |tcp| {
+        let tls = Arc::clone(&tls);
+        async move { tls.accept(tcp).await }
+    })
+    .await
+}
+
+/// Refuses a non-loopback listen address without `[auth]`, unless
+/// `--insecure` was given; then warns, and returns true (for the
+/// `qscheduler_insecure` gauge).
+fn check_exposure(options: &ServerOptions) -> Result<bool, ServerError> {
+    if options.auth.is_some() || options.listen.ip().is_loopback() {
+        return Ok(false);
+    }
+    if !options.insecure {
+        return Err(ServerError::Insecure {
+            addr: options.listen,
+        });
+    }
+    tracing::warn!(
+        addr = %options.listen,
+        "serving a non-loopback address without [auth] (--insecure): anyone who can reach \
+         it may change or delete every pool"
+    );
+    Ok(true)
 }
 
 /// First recovery of the pools, then the adoption loop and the ticker that
@@ -314,6 +458,8 @@ impl Server {
         observer: Arc<dyn Observer>,
         extra: axum::Router,
     ) -> Result<Server, ServerError> {
+        let insecure = check_exposure(&options)?;
+        let tls = options.tls.clone().map(TlsAcceptorCell::new).transpose()?;
         // Bind first, so that the address other replicas forward to can
         // default to the one actually bound (port 0 included).
         let listener =
@@ -328,6 +474,12 @@ impl Server {
             && let Ok(addr) = listener.local_addr()
         {
             store_options.advertise_address = addr.to_string();
+        }
+        if is_shared_store(&options.store)
+            && options.auth.is_some()
+            && options.peer_secret.is_none()
+        {
+            return Err(ServerError::PeerSecret);
         }
         if is_shared_store(&options.store) && !is_reachable(&store_options.advertise_address) {
             return Err(ServerError::Advertise {
@@ -359,6 +511,7 @@ impl Server {
         registry.set_max_pools(options.limits.max_pools);
         if let Some(m) = &metrics {
             m.attach(&registry);
+            m.set_insecure(insecure);
         }
         let (health, health_service) = Health::new(registry.clone());
         health.refresh().await;
@@ -382,11 +535,19 @@ impl Server {
                 }),
             )
         };
-        let router = assemble(
+        let auth_policy = options.auth.clone().map(|p| Arc::new(PolicyCell::new(p)));
+        let audit = AuditLog::new(
+            options.audit.clone(),
+            metrics.as_ref().map(|m| m.admin_calls()),
+        )
+        .map_err(ServerError::Audit)?;
+        let router = router_with(
             &registry,
             metrics.as_ref(),
             &options,
             extra.merge(readyz),
+            auth_policy.clone(),
+            audit,
             reports,
             |s| s.open_grpc_service(health_service),
         )?;
@@ -415,12 +576,20 @@ impl Server {
             health,
             shutdown_grace: options.shutdown_grace,
             recovery,
+            auth_policy,
+            tls,
         })
     }
 
     /// The server's phase and readiness.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// The `[auth]` policy in force, replaceable while serving (`None`
+    /// without `[auth]`).
+    pub fn auth_policy(&self) -> Option<&Arc<PolicyCell>> {
+        self.auth_policy.as_ref()
     }
 
     /// The bound address (useful with port 0).
@@ -464,8 +633,22 @@ impl Server {
                 Err(_) => warn!("the grace period ended while handing pools over; stopping anyway"),
             }
         };
-        let serve =
-            qscheduler_wire::serve::serve(self.listener, self.router, self.connections, drained);
+        let serve = async move {
+            match self.tls {
+                None => {
+                    qscheduler_wire::serve::serve(
+                        self.listener,
+                        self.router,
+                        self.connections,
+                        drained,
+                    )
+                    .await
+                }
+                Some(tls) => {
+                    serve_tls(self.listener, self.router, self.connections, drained, tls).await
+                }
+            }
+        };
         let mut deadline_rx = deadline_rx;
         let res = tokio::select! {
             r = serve => r,

@@ -45,6 +45,9 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::audit;
+use crate::auth::layer::{FORWARDED_PRINCIPAL, PEER_SECRET_HEADER};
+use crate::auth::{Access, check_pool};
 use crate::limits::{self, Limits};
 use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Location, PoolStatus, Registry, RegistryError};
@@ -105,6 +108,8 @@ pub(crate) struct Origin {
     forwarded_by: Vec<MetadataValue<tonic::metadata::Ascii>>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     deadline: Option<Instant>,
+    /// The caller and the role its method needs (with `[auth]`).
+    access: Option<Access>,
 }
 
 impl Origin {
@@ -114,6 +119,7 @@ impl Origin {
             forwarded_by: md.get_all(FORWARDED_BY).iter().cloned().collect(),
             authorization: md.get("authorization").cloned(),
             deadline: request_deadline(request),
+            access: request.extensions().get::<Access>().cloned(),
         }
     }
 
@@ -149,6 +155,10 @@ impl From<PoolError> for Fail {
 struct Forwarder {
     me: String,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Proves to the other replicas that a call comes from a peer.
+    peer_secret: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// With TLS on the replicas' ports: how to check their certificates.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Forwarder {
@@ -160,16 +170,24 @@ impl Forwarder {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = if address.contains("://") {
             address.to_owned()
         } else {
-            format!("http://{address}")
+            format!("{scheme}://{address}")
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| {
             Status::unavailable(format!(
                 "cannot forward to the pool's owner: bad address {address:?}: {e}"
             ))
         })?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot forward to the pool's owner at {address:?}: TLS: {e}"
+                ))
+            })?;
+        }
         let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -217,6 +235,15 @@ impl Forwarder {
         if let Some(a) = &origin.authorization {
             md.insert("authorization", a.clone());
         }
+        if let Some(secret) = &self.peer_secret {
+            md.insert(PEER_SECRET_HEADER, secret.clone());
+            // The owner authorizes the original caller, not this replica.
+            if let Some(access) = &origin.access
+                && let Ok(name) = MetadataValue::try_from(access.principal.name.as_str())
+            {
+                md.insert(FORWARDED_PRINCIPAL, name);
+            }
+        }
         match call(channel, request).await {
             Ok(r) => Ok(Response::new(r.into_inner())),
             // A status of our own transport (the owner did not answer), not
@@ -238,6 +265,8 @@ pub struct Scheduler {
     registry: Arc<Registry>,
     forwarder: Arc<Forwarder>,
     limits: Arc<Limits>,
+    /// Calls without an [`Access`] are refused (the server has `[auth]`).
+    auth_required: bool,
 }
 
 fn scheduler_client(c: Channel) -> ExternalSchedulerClient<Channel> {
@@ -264,12 +293,50 @@ impl Scheduler {
         let forwarder = Arc::new(Forwarder {
             me: registry.replica_id().to_owned(),
             channels: Mutex::new(HashMap::new()),
+            peer_secret: None,
+            tls: None,
         });
         Scheduler {
             registry,
             forwarder,
             limits: Arc::new(limits),
+            auth_required: false,
         }
+    }
+
+    /// Requires an authorized caller on every call (`required`), and proves
+    /// forwarded calls with `peer_secret`.
+    pub fn with_auth(mut self, required: bool, peer_secret: Option<String>) -> Self {
+        self.auth_required = required;
+        let secret = peer_secret.and_then(|s| MetadataValue::try_from(s.as_str()).ok());
+        self.forwarder = Arc::new(Forwarder {
+            me: self.forwarder.me.clone(),
+            channels: Mutex::new(HashMap::new()),
+            peer_secret: secret,
+            tls: self.forwarder.tls.clone(),
+        });
+        self
+    }
+
+    /// Forwards calls over TLS, checking the other replicas' certificates
+    /// against `ca_pem` (PEM CA certificates) and the system's roots.
+    pub fn with_forwarding_tls(mut self, ca_pem: Option<Vec<u8>>) -> Self {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        self.forwarder = Arc::new(Forwarder {
+            me: self.forwarder.me.clone(),
+            channels: Mutex::new(HashMap::new()),
+            peer_secret: self.forwarder.peer_secret.clone(),
+            tls: Some(tls),
+        });
+        self
+    }
+
+    /// `PERMISSION_DENIED` unless the caller may call for `pool`.
+    fn authorize(&self, access: Option<&Access>, pool: &str) -> Result<(), Status> {
+        check_pool(access, self.auth_required, pool)
     }
 
     /// Serves a call for pool `id`: with `local` if the pool is (or can be
@@ -291,6 +358,7 @@ impl Scheduler {
     {
         translate::pool_id(id, field, &self.limits)?;
         record_pool(id);
+        self.authorize(origin.access.as_ref(), id)?;
         let mut retried = false;
         loop {
             match self.registry.locate(id, origin.hops()).await? {
@@ -563,9 +631,12 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::CreateSchedulerPoolRequest>,
     ) -> Result<Response<adm::CreateSchedulerPoolResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
+        let access = request.extensions().get::<Access>().cloned();
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
         record_pool(&req.pool_id);
+        self.authorize(access.as_ref(), &req.pool_id)?;
         if req.config.is_some() {
             return Err(Status::invalid_argument(
                 "config: deprecated; create the pool, then set accounts and settings with \
@@ -582,6 +653,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::CreateAccountRequest>,
     ) -> Result<Response<adm::CreateAccountResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = create_account_command(&req, &self.limits)?;
@@ -601,6 +673,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::WipeRequest>,
     ) -> Result<Response<adm::WipeResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
@@ -621,6 +694,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::ModAccountRequest>,
     ) -> Result<Response<adm::ModAccountResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = mod_account_command(&req, &self.limits)?;
@@ -640,6 +714,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::ModSchedulerPoolRequest>,
     ) -> Result<Response<adm::ModSchedulerPoolResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
@@ -659,6 +734,7 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::DeleteAccountRequest>,
     ) -> Result<Response<adm::DeleteAccountResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = delete_account_command(&req, &self.limits)?;
@@ -678,10 +754,12 @@ impl QSchedulerAdmin for Scheduler {
         &self,
         request: Request<adm::DeleteSchedulerPoolRequest>,
     ) -> Result<Response<adm::DeleteSchedulerPoolResponse>, Status> {
+        audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
         translate::pool_id(&req.pool_id, "pool_id", &self.limits)?;
         record_pool(&req.pool_id);
+        self.authorize(origin.access.as_ref(), &req.pool_id)?;
         // The owner deletes, so that it stops serving the pool at once
         // rather than when its next write or lease renewal finds it gone.
         if let Some(owner) = self
@@ -767,14 +845,24 @@ impl QSchedulerView for Scheduler {
 
     async fn list_pools(
         &self,
-        _request: Request<adm::ListPoolsRequest>,
+        request: Request<adm::ListPoolsRequest>,
     ) -> Result<Response<adm::ListPoolsResponse>, Status> {
         use adm::list_pools_response::{Pool, pool::State};
+        let access = request.extensions().get::<Access>().cloned();
+        if access.is_none() && self.auth_required {
+            check_pool(None, true, "")?;
+        }
+        // A principal sees the pools it may view, and no others.
         let pools = self
             .registry
             .list()
             .await?
             .into_iter()
+            .filter(|(pool_id, _)| {
+                access
+                    .as_ref()
+                    .is_none_or(|a| a.check_pool(pool_id).is_ok())
+            })
             .map(|(pool_id, status)| match status {
                 PoolStatus::Serving { replica_id } => Pool {
                     pool_id,
@@ -887,13 +975,16 @@ fn inspect(state: &qscheduler_core::Pool, now: Time, page: &Page) -> adm::Inspec
         disable_preemption: s.settings().disable_preemption,
         ..Default::default()
     };
-    for (id, c, b) in s.accounts() {
-        resp.account_balances.insert(
-            id.to_owned(),
-            protos::scheduler_state::Balance {
-                value: b.0.to_vec(),
-            },
-        );
+    for (id, c, _) in s.accounts() {
+        // After a wipe, accounts have no balance until the next clock update.
+        if let Some(b) = s.balance(id) {
+            resp.account_balances.insert(
+                id.to_owned(),
+                protos::scheduler_state::Balance {
+                    value: b.0.to_vec(),
+                },
+            );
+        }
         resp.account_configs
             .insert(id.to_owned(), account_config_pb(c));
     }

@@ -198,7 +198,20 @@ async fn concurrent_callers_equal_the_serial_replay_of_the_log() {
     for i in 0..CALLERS {
         callers.spawn(caller(i, clients[i % clients.len()].clone()));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Release the writer once every caller of the busy pool has its first
+    // call queued behind it (calls are queued in the order they arrive).
+    let busy = server.registry.get(POOLS[0]).await.unwrap();
+    let queued = CALLERS / 2;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while busy.waiting_calls() < queued {
+        assert!(
+            std::time::Instant::now() < until,
+            "only {} of {queued} calls reached the held pool",
+            busy.waiting_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(busy);
     recorder.release();
     let mut told = Vec::new();
     while let Some(t) = callers.join_next().await {

@@ -12,6 +12,8 @@ async fn an_unspecified_advertise_address_is_refused_on_a_shared_store() {
             listen: listen.parse().expect("address"),
             // Refused before the store is opened: nothing listens here.
             store: "postgres://nobody@127.0.0.1:1/none".into(),
+            // All interfaces without [auth] (tested in auth.rs).
+            insecure: true,
             ..ServerOptions::default()
         };
         match Server::start(options).await {
@@ -43,6 +45,7 @@ async fn all_interfaces_are_fine_for_the_embedded_store() {
     let options = ServerOptions {
         listen: "0.0.0.0:0".parse().expect("address"),
         store: dir.path().to_str().expect("utf-8").into(),
+        insecure: true,
         ..ServerOptions::default()
     };
     let server = Server::start(options).await.expect("start");

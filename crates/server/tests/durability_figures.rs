@@ -482,3 +482,84 @@ async fn durable_ack_throughput_postgres() {
         .expect("drop schema");
     }
 }
+
+/// Opens a registry as replica `id` on the PostgreSQL schema `schema`.
+async fn pg_registry(url: &str, schema: &str, id: &str, options: PoolOptions) -> Arc<Registry> {
+    let store = Store::open(
+        url,
+        StoreOptions {
+            replica_id: id.into(),
+            advertise_address: format!("{id}.invalid:1"),
+            pg_schema: Some(schema.into()),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect("store");
+    Registry::new(store, options, Arc::new(Bytes::default()))
+}
+
+/// Calls `get` on `r` until it serves `pool`; the time it took.
+async fn until_served(r: &Registry, pool: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if r.get(pool).await.is_ok() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "never served");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How long a pool of 1M queued tasks is unserved when its replica stops
+/// gracefully (drain: the lease is released at once, so the time is the new
+/// owner's recovery; after a crash the lease TTL comes first, see the
+/// takeover test in `tests/durable_replicas.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run in release"]
+async fn graceful_handoff_at_1m_queued_tasks() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("qs_handoff_{}", std::process::id());
+    // A snapshot every 100 batches, as a busy pool would have one.
+    let options = PoolOptions {
+        snapshot_every_records: 100,
+        ..PoolOptions::default()
+    };
+    let a = pg_registry(&url, &schema, "a", options.clone()).await;
+    a.create("big", t(0)).await.expect("create");
+    let p = a.get("big").await.expect("pool");
+    let filled = Instant::now();
+    fill(&p, 1_000_000).await;
+    for i in (0..10_000).step_by(500) {
+        p.assign(bots(i, 500, 2), None).await.expect("assign");
+    }
+    println!(
+        "filled: {} queued, {} running in {:?}",
+        p.read().scheduler().queued_len(),
+        p.read().scheduler().running_len(),
+        filled.elapsed()
+    );
+    drop(p);
+    let b = pg_registry(&url, &schema, "b", options.clone()).await;
+
+    // Graceful: a drains, b serves on the first call after the release.
+    let start = Instant::now();
+    let drain = a.drain().await;
+    let drained = start.elapsed();
+    let served = until_served(&b, "big").await;
+    println!(
+        "graceful hand-off of 1M queued tasks: a released {drain} pool(s) in {drained:?}; \
+         b served the pool {:?} after the drain began",
+        drained + served
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    let db = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&db)
+    .await
+    .expect("drop schema");
+}

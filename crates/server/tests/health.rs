@@ -167,7 +167,8 @@ async fn serve_during_recovery_then_ready() {
         }
         assert_eq!(code, 503, "{body}");
         assert!(body.contains("recovering"), "{body}");
-        assert!(probes < 600, "never became ready: {body}");
+        // Two minutes: a hang fails the test, a slow machine does not.
+        assert!(probes < 2400, "never became ready: {body}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(health.phase(), Phase::Serving);

@@ -240,9 +240,18 @@ async fn protocol_errors_of_the_real_server() {
     expect_error(&r, 405, 12, "pRPC calls use POST");
     assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
 
-    // Under the limit the same call works, compressed or not, and without
-    // a content type (binary is the default).
+    // Under the limit the same call works, compressed or not. Without a
+    // content type it is refused: a web page could send it unasked.
     let r = http_raw(addr, "POST", NOTIFY, &[], &notify_body("p", "untyped")).await;
+    expect_error(&r, 415, 3, "bad Content-Type header: missing");
+    let r = http_raw(
+        addr,
+        "POST",
+        NOTIFY,
+        &[("Content-Type", BINARY)],
+        &notify_body("p", "typed"),
+    )
+    .await;
     prpc_result::<pb::NotifyTasksResponse>(&r, Transport::PrpcBinary).unwrap();
     let small = notify_body("p", "small");
     let r = http_raw(
@@ -285,7 +294,7 @@ async fn protocol_errors_of_the_real_server() {
     }
 
     // None of the refused calls changed the pool.
-    assert_eq!(rpc.waiting("p").await, ["small", "untyped"]);
+    assert_eq!(rpc.waiting("p").await, ["small", "typed"]);
     server.stop().await;
 }
 

@@ -293,7 +293,9 @@ async fn scenario(rpc: &Rpc, pool: &str) -> Transcript {
     assert_eq!(inspect.running_tasks.len(), 1);
     out.inspections.push(inspect);
 
-    // Wipe: tasks, bots and balances go, the configuration stays.
+    // Wipe: tasks, bots and balances go, the configuration stays; the
+    // balances come back at the pool's next clock update (reference, admin
+    // Wipe).
     rpc.wipe(adm::WipeRequest {
         pool_id: pool.into(),
     })
@@ -309,7 +311,7 @@ async fn scenario(rpc: &Rpc, pool: &str) -> Transcript {
         (0, 0, 0),
         "{t:?}"
     );
-    assert_eq!(inspect.account_balances["hi"].value, [0.0; 5]);
+    assert!(inspect.account_balances.is_empty(), "{t:?}");
     assert_eq!(
         inspect.account_configs.keys().collect::<Vec<_>>(),
         ["hi", "lo"]

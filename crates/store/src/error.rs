@@ -12,38 +12,61 @@ use crate::Owner;
 pub enum Error {
     /// The pool does not exist (`NOT_FOUND`).
     #[error("pool {pool:?} not found")]
-    NotFound { pool: String },
+    NotFound {
+        /// The pool.
+        pool: String,
+    },
 
     /// `create_pool` on a pool that exists (`ALREADY_EXISTS`).
     #[error("pool {pool:?} already exists")]
-    AlreadyExists { pool: String },
+    AlreadyExists {
+        /// The pool.
+        pool: String,
+    },
 
     /// Another live replica holds the pool's lease. `owner` says where to forward requests
     /// (`None` if the lease is held but the holder is unknown, which should not happen).
     #[error("pool {pool:?} is owned by another replica{}", owner_suffix(.owner))]
-    NotOwner { pool: String, owner: Option<Owner> },
+    NotOwner {
+        /// The pool.
+        pool: String,
+        /// The lease holder, if known.
+        owner: Option<Owner>,
+    },
 
     /// The pool is already open in this process; a pool has at most one handle at a time.
     #[error("pool {pool:?} is already open in this process")]
-    AlreadyOpen { pool: String },
+    AlreadyOpen {
+        /// The pool.
+        pool: String,
+    },
 
     /// This handle is no longer the pool's writer: another replica took the lease, the lease was
     /// released, or the pool was deleted. Nothing was written; the caller must drop the pool.
     #[error("pool {pool:?}: this handle lost the pool's lease (fenced); nothing was written")]
-    Fenced { pool: String },
+    Fenced {
+        /// The pool.
+        pool: String,
+    },
 
     /// A previous write of this handle failed half-way (for example `fsync` returned an error),
     /// so what is on disk is unknown. The pool must be reopened, which re-runs recovery.
     #[error("pool {pool:?}: an earlier write failed, reopen the pool to recover")]
-    Poisoned { pool: String },
+    Poisoned {
+        /// The pool.
+        pool: String,
+    },
 
     /// Stored data failed its checks. Recovery of this pool stops here; other pools are not
     /// affected. `seq` is the record's sequence number, or the snapshot's for a snapshot; 0 when
     /// the damage is in the file's structure and no record can be named.
     #[error("pool {pool:?}: corrupt data{}: {what}", seq_suffix(*.seq))]
     Corrupt {
+        /// The pool.
         pool: String,
+        /// The damaged record's or snapshot's seq (0 if none can be named).
         seq: u64,
+        /// What failed.
         what: String,
     },
 
@@ -54,12 +77,19 @@ pub enum Error {
 
     /// Another process owns the embedded data directory.
     #[error("data directory {path} is in use by another process (lock file {lock} is held)")]
-    Locked { path: PathBuf, lock: PathBuf },
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
 
     /// A file-system operation failed.
     #[error("{context}: {source}")]
     Io {
+        /// What the store was doing.
         context: String,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -67,7 +97,9 @@ pub enum Error {
     /// A PostgreSQL operation failed (connection, statement, ...).
     #[error("database: {context}: {source}")]
     Db {
+        /// What the store was doing.
         context: String,
+        /// The error.
         #[source]
         source: sqlx::Error,
     },

@@ -96,14 +96,18 @@ impl StoreOptions {
 /// A replica holding a pool's live lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
+    /// The holder's replica id.
     pub replica_id: String,
+    /// Where the holder serves calls (its advertised address).
     pub address: String,
 }
 
 /// A replica in the registry whose heartbeat has not expired.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replica {
+    /// The replica's id.
     pub replica_id: String,
+    /// Where the replica serves calls (its advertised address).
     pub address: String,
 }
 
@@ -138,13 +142,23 @@ pub enum RecoveryNote {
     /// went back to the previous commit of a file written with one-phase commits; it then does
     /// not know `bytes_dropped` and says 0.
     TornTail {
+        /// The last record kept.
         last_good_seq: u64,
+        /// Bytes cut from the end (0 when unknown).
         bytes_dropped: u64,
     },
     /// A snapshot failed its checks and an older one (or the log from the start) was used.
-    SkippedSnapshot { seq: u64, why: String },
+    SkippedSnapshot {
+        /// The skipped snapshot's seq.
+        seq: u64,
+        /// What was wrong with it.
+        why: String,
+    },
     /// The storage engine found damage in the pool's file and repaired it (embedded store).
-    Repaired { what: String },
+    Repaired {
+        /// What the engine reported.
+        what: String,
+    },
 }
 
 /// Cost of one [`PoolHandle::append`], for the "bytes written per batch" and "store append
@@ -165,8 +179,11 @@ pub struct AppendStats {
 /// Cost of one [`PoolHandle::write_snapshot`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotStats {
+    /// The seq the snapshot covers.
     pub seq: u64,
+    /// Bytes written.
     pub bytes: u64,
+    /// Wall time until the snapshot was durable.
     pub elapsed: Duration,
     /// Log records deleted by the compaction that followed.
     pub records_compacted: u64,
@@ -175,6 +192,7 @@ pub struct SnapshotStats {
 /// Whether a handle is still its pool's writer. Watch it with [`PoolHandle::lease`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseState {
+    /// This handle is the pool's writer.
     Held,
     /// The lease is gone (taken over, released, pool deleted). Every later write returns
     /// [`Error::Fenced`]; drop the pool's in-memory state.
@@ -184,7 +202,9 @@ pub enum LeaseState {
 /// A store: either backend, chosen by [`Store::open`]. Cheap to clone.
 #[derive(Clone)]
 pub enum Store {
+    /// One redb file per pool under a data directory.
     Embedded(embedded::EmbeddedStore),
+    /// Tables in a PostgreSQL database, shared by replicas.
     Postgres(postgres::PgStore),
 }
 
@@ -316,7 +336,9 @@ impl Store {
 /// are serialised (each still one commit).
 #[derive(Clone)]
 pub enum PoolHandle {
+    /// A pool of the embedded store.
     Embedded(embedded::EmbeddedPoolHandle),
+    /// A pool of the PostgreSQL store.
     Postgres(postgres::PgPoolHandle),
 }
 

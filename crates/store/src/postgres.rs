@@ -342,6 +342,7 @@ impl PgStore {
         &self.inner.db
     }
 
+    /// See [`crate::Store::create_pool`].
     pub async fn create_pool(&self, pool: &str, first_record: Vec<u8>) -> Result<()> {
         check_pool_id(pool)?;
         check_records(std::slice::from_ref(&first_record))?;
@@ -368,6 +369,7 @@ impl PgStore {
         tx.commit().await.map_err(db_err("create pool: commit"))
     }
 
+    /// See [`crate::Store::delete_pool`].
     pub async fn delete_pool(&self, pool: &str) -> Result<()> {
         check_pool_id(pool)?;
         let deleted = sqlx::query("DELETE FROM qs_pool WHERE pool_id = $1")
@@ -386,6 +388,7 @@ impl PgStore {
         Ok(())
     }
 
+    /// See [`crate::Store::list_pools`].
     pub async fn list_pools(&self) -> Result<Vec<String>> {
         sqlx::query_scalar("SELECT pool_id FROM qs_pool ORDER BY pool_id")
             .fetch_all(&self.inner.db)
@@ -393,6 +396,7 @@ impl PgStore {
             .map_err(db_err("list pools"))
     }
 
+    /// See [`crate::Store::pool_exists`].
     pub async fn pool_exists(&self, pool: &str) -> Result<bool> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM qs_pool WHERE pool_id = $1)")
             .bind(pool)
@@ -401,6 +405,7 @@ impl PgStore {
             .map_err(db_err("pool exists"))
     }
 
+    /// See [`crate::Store::owner_of`].
     pub async fn owner_of(&self, pool: &str) -> Result<Option<Owner>> {
         let row: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT lease_holder, lease_address FROM qs_pool
@@ -416,6 +421,7 @@ impl PgStore {
         }))
     }
 
+    /// See [`crate::Store::unowned_pools`].
     pub async fn unowned_pools(&self) -> Result<Vec<String>> {
         sqlx::query_scalar(
             "SELECT pool_id FROM qs_pool
@@ -427,6 +433,7 @@ impl PgStore {
         .map_err(db_err("unowned pools"))
     }
 
+    /// See [`crate::Store::live_replicas`].
     pub async fn live_replicas(&self) -> Result<Vec<Replica>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT replica_id, address FROM qs_replica WHERE expires_at > now() ORDER BY replica_id",
@@ -484,6 +491,7 @@ impl PgStore {
         Ok(())
     }
 
+    /// See [`crate::Store::open_pool`].
     pub async fn open_pool(&self, pool: &str) -> Result<(PgPoolHandle, Recovered)> {
         check_pool_id(pool)?;
         let inner = &self.inner;
@@ -781,10 +789,12 @@ impl PgShared {
 }
 
 impl PgPoolHandle {
+    /// See [`crate::PoolHandle::pool`].
     pub fn pool(&self) -> &str {
         &self.shared.pool
     }
 
+    /// See [`crate::PoolHandle::last_seq`].
     pub fn last_seq(&self) -> u64 {
         self.shared.last_seq.load(Ordering::Acquire)
     }
@@ -794,10 +804,12 @@ impl PgPoolHandle {
         self.shared.generation
     }
 
+    /// See [`crate::PoolHandle::lease`].
     pub fn lease(&self) -> watch::Receiver<LeaseState> {
         self.shared.lease.subscribe()
     }
 
+    /// See [`crate::PoolHandle::append`].
     pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<AppendStats> {
         let start = Instant::now();
         check_records(&records)?;
@@ -861,6 +873,7 @@ impl PgPoolHandle {
         }
     }
 
+    /// See [`crate::PoolHandle::write_snapshot`].
     pub async fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
         let start = Instant::now();
         let s = &self.shared;

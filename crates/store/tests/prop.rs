@@ -1,5 +1,9 @@
 //! Property test: any sequence of appends, snapshots and reopens gives back exactly the latest
-//! snapshot and the records after it, on both backends.
+//! snapshot and the records after it, on both backends. The PostgreSQL cases share one database
+//! schema (a pool each), as replicas share one database.
+
+// A test that cannot unwrap has failed; the panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -102,7 +106,13 @@ async fn run(store: &Store, pool: &str, ops: Vec<Op>) -> Result<(), TestCaseErro
     Ok(())
 }
 
-fn config(cases: u32) -> Config {
+/// Hundreds of cases by default (a few seconds per backend); `PROPTEST_CASES` asks for more
+/// or fewer.
+fn config(default_cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
     Config {
         cases,
         failure_persistence: None,
@@ -114,7 +124,7 @@ fn config(cases: u32) -> Config {
 fn embedded_log_snapshot_reopen() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let strategy = (prop::collection::vec(op(), 0..40), 1usize..4);
-    TestRunner::new(config(48))
+    TestRunner::new(config(200))
         .run(&strategy, |(ops, keep)| {
             rt.block_on(async {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -141,7 +151,7 @@ fn postgres_log_snapshot_reopen() {
     let result = {
         let store = rt.block_on(common::open_pg(&schema, "prop"));
         let case = std::cell::Cell::new(0u32);
-        let r = TestRunner::new(config(12)).run(&prop::collection::vec(op(), 0..25), |ops| {
+        let r = TestRunner::new(config(256)).run(&prop::collection::vec(op(), 0..25), |ops| {
             case.set(case.get() + 1);
             rt.block_on(run(&store, &format!("pool-{}", case.get()), ops))
         });

@@ -101,30 +101,27 @@ pub struct FileLimit {
 /// limit of many systems (1024, or less) is far below what a server with
 /// thousands of callers needs, while the hard limit is usually generous.
 pub fn raise_open_file_limit() -> io::Result<FileLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // `None` is "unlimited".
+    let lim = getrlimit(Resource::Nofile);
+    let before = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let mut now = before;
+    let below_hard = match (lim.current, lim.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit writes into the struct we pass; no other memory.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    if below_hard {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            now = hard;
         }
     }
-    Ok(FileLimit {
-        before,
-        now: lim.rlim_cur,
-        hard: lim.rlim_max,
-    })
+    Ok(FileLimit { before, now, hard })
 }
 
 /// The connection cap actually used: the configured one, but never more than
@@ -150,15 +147,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     serve_with(listener, router, options, shutdown, |tcp| async move {
-        Ok::<_, io::Error>(tcp)
+        Ok::<_, io::Error>((tcp, http::Extensions::new()))
     })
     .await
 }
 
 /// Like [`serve`], with `accept` turning each accepted TCP stream into the
-/// stream to serve (for example, by completing a TLS handshake). `accept`
-/// runs on the connection's own task, within the header read timeout; an
-/// error closes that connection only.
+/// stream to serve (for example, by completing a TLS handshake) and the
+/// extensions every request of that connection carries (the verified
+/// client certificate's identity, say). `accept` runs on the connection's
+/// own task, within the header read timeout; an error closes that
+/// connection only.
 pub async fn serve_with<A, F, I>(
     listener: TcpListener,
     router: axum::Router,
@@ -168,7 +167,7 @@ pub async fn serve_with<A, F, I>(
 ) -> io::Result<()>
 where
     A: Fn(TcpStream) -> F + Send + Sync + 'static,
-    F: Future<Output = io::Result<I>> + Send + 'static,
+    F: Future<Output = io::Result<(I, http::Extensions)>> + Send + 'static,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let accept = Arc::new(accept);
@@ -222,7 +221,9 @@ where
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(options.header_read_timeout, accept(tcp));
             match handshake.await {
-                Ok(Ok(io)) => serve_connection(io, router, &options, stop).await,
+                Ok(Ok((io, extensions))) => {
+                    serve_connection_with(io, router, extensions, &options, stop).await
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "connection refused at accept"),
                 Err(_) => debug!(%peer, "connection closed: accept took too long"),
             }
@@ -247,6 +248,19 @@ pub async fn serve_connection<I>(
     io: I,
     router: axum::Router,
     options: &ConnectionOptions,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_connection_with(io, router, http::Extensions::new(), options, stop).await
+}
+
+/// [`serve_connection`], adding `extensions` to every request.
+pub async fn serve_connection_with<I>(
+    io: I,
+    router: axum::Router,
+    extensions: http::Extensions,
+    options: &ConnectionOptions,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -268,6 +282,7 @@ pub async fn serve_connection<I>(
     let service = hyper_util::service::TowerToHyperService::new(Tracked {
         inner: router,
         activity: Arc::clone(&activity),
+        extensions: Arc::new(extensions),
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = pin!(conn);
@@ -330,6 +345,8 @@ struct Activity {
 struct Tracked {
     inner: axum::Router,
     activity: Arc<Activity>,
+    /// Added to every request of the connection.
+    extensions: Arc<http::Extensions>,
 }
 
 impl Service<http::Request<hyper::body::Incoming>> for Tracked {
@@ -347,12 +364,15 @@ impl Service<http::Request<hyper::body::Incoming>> for Tracked {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         let http1 = req.version() < http::Version::HTTP_2;
         let done = Arc::new(AtomicBool::new(false));
-        let req = req.map(|body| {
+        let mut req = req.map(|body| {
             axum::body::Body::new(EndTracked {
                 done: Arc::clone(&done),
                 inner: body,
             })
         });
+        if !self.extensions.is_empty() {
+            req.extensions_mut().extend((*self.extensions).clone());
+        }
         let mut router = self.inner.clone();
         Box::pin(async move {
             let guard = InFlight(activity);

@@ -6,6 +6,9 @@
 //! the same entry point for much longer, with the real services behind it;
 //! this keeps the property checked on every test run, in a few seconds.
 
+// A test that cannot unwrap has failed; the panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;

@@ -453,6 +453,7 @@ async fn truncated_body_is_canceled() {
     let req = http::Request::builder()
         .method("POST")
         .uri(common::ASSIGN)
+        .header("content-type", common::BINARY)
         .body(axum::body::Body::new(Broken(false)))
         .unwrap();
     let resp = router.oneshot(req).await.unwrap();
@@ -468,6 +469,7 @@ async fn default_limit_is_64_mib() {
     let req = http::Request::builder()
         .method("POST")
         .uri(common::ASSIGN)
+        .header("content-type", common::BINARY)
         .body(axum::body::Body::from(body))
         .unwrap();
     let resp = router.clone().oneshot(req).await.unwrap();
@@ -478,6 +480,7 @@ async fn default_limit_is_64_mib() {
     let req = http::Request::builder()
         .method("POST")
         .uri(common::ASSIGN)
+        .header("content-type", common::BINARY)
         .header("content-length", (64u64 << 20) + 1)
         .body(axum::body::Body::empty())
         .unwrap();

@@ -39,7 +39,7 @@ impl IdIndex {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
@@ -74,7 +74,7 @@ impl SlotIndex {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }

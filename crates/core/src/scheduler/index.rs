@@ -1,6 +1,7 @@
-//! Interning, eligibility and the queue index (see the parent module's docs).
+//! The queue index: buckets, containers, cells and the settled marker (see
+//! the parent module's docs).
 //!
-//! Everything here maintains derived structures; none of it decides what the
+//! Everything here (and in its sibling files) maintains derived structures; none of it decides what the
 //! scheduler does. The invariants, checked by `check_invariants` in tests:
 //!
 //! * a queued request is a member of exactly one bucket, the one for its
@@ -10,899 +11,18 @@
 //!   of two or more buckets whose `heads` are their heads; a base set's cell
 //!   is derived from its only entry, or stored and holding the head of every
 //!   entry, whatever its placement's level;
-//! * a worker's `eligible` list holds exactly the active non-empty sets its
-//!   labels include;
 //! * a request key is settled (`ex == SETTLED`) iff its examined time equals
 //!   the last pass's time, and explicit keys are strictly earlier.
 
-use std::sync::Arc;
-
-use rustc_hash::FxHashSet;
-
 use super::idmap::hash_ids;
-use super::slab::Slab;
-use super::{
-    Account, Bucket, CONTAINER_TAG, Cell, CellKind, CellRef, Container, Group, LEVELS, LONE,
-    LabelEntry, NO_ANCHOR, NO_CONTAINER, NO_GROUP, Place, QKey, Request, SETTLED, Scheduler,
-    SetEntry, TaskRun, Virt, Worker, has_group,
-};
-use crate::account::{AccountConfig, Balance};
-use crate::event::Labels;
+use super::*;
 use crate::time::Time;
 use smallvec::SmallVec;
 
-/// The sorted, distinct union of two sorted, distinct label-id slices.
-fn union_ids<'a>(a: &'a [u32], b: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
-    let (mut a, mut b) = (a.iter().copied().peekable(), b.iter().copied().peekable());
-    std::iter::from_fn(move || match (a.peek().copied(), b.peek().copied()) {
-        (Some(x), Some(y)) if x == y => {
-            a.next();
-            b.next()
-        }
-        (Some(x), Some(y)) if x < y => a.next(),
-        (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-        (Some(_), None) => a.next(),
-        (None, None) => None,
-    })
-}
-
-/// Whether two (base, provisionable) set pairs have the same label union.
-fn same_union(sets: &Slab<SetEntry>, x: (u32, u32), y: (u32, u32)) -> bool {
-    union_ids(&sets[x.0].labels, &sets[x.1].labels)
-        .eq(union_ids(&sets[y.0].labels, &sets[y.1].labels))
-}
-
-/// The hash of a fanout group's key: its account and label union.
-fn group_hash(sets: &Slab<SetEntry>, a: u32, base: u32, prov: u32) -> u64 {
-    hash_ids(std::iter::once(a).chain(union_ids(&sets[base].labels, &sets[prov].labels)))
-}
-
-/// Marks a lone request's slot in `group_ids`.
-const LONE_TAG: u32 = 1 << 31;
-
-fn lone_slot(r: u32) -> u32 {
-    assert!(r < LONE_TAG, "request index out of range");
-    r | LONE_TAG
-}
-
-/// The (account, base, provisionable) sets that key an entry of the group
-/// index: a group, or a lone request (tagged).
-fn group_key_of(groups: &Slab<Group>, requests: &Slab<Request>, x: u32) -> (u32, u32, u32) {
-    if x & LONE_TAG != 0 {
-        let req = &requests[x & !LONE_TAG];
-        (req.account, req.base, req.prov)
-    } else {
-        let g = &groups[x];
-        (g.account, g.base, g.prov)
-    }
-}
-
-/// The hash of an entry of the group index: a group or a lone request.
-fn group_slot_hash(
-    sets: &Slab<SetEntry>,
-    groups: &Slab<Group>,
-    requests: &Slab<Request>,
-    x: u32,
-) -> u64 {
-    let (a, base, prov) = group_key_of(groups, requests, x);
-    group_hash(sets, a, base, prov)
-}
-
-/// `small ⊆ big` for sorted, duplicate-free slices.
-pub(crate) fn is_subset(small: &[u32], big: &[u32]) -> bool {
-    if small.len() > big.len() {
-        return false;
-    }
-    let mut rest = big;
-    for x in small {
-        match rest.binary_search(x) {
-            Ok(i) => rest = &rest[i + 1..],
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
 impl Scheduler {
-    // ---------------------------------------------------------------- labels
-
-    pub(crate) fn intern_label(&mut self, name: &str) -> u32 {
-        if let Some(&l) = self.label_ids.get(name) {
-            self.labels[l].refs += 1;
-            return l;
-        }
-        let name: Arc<str> = Arc::from(name);
-        let l = self.labels.insert(LabelEntry {
-            name: name.clone(),
-            refs: 1,
-            workers: Vec::new(),
-            anchored: Vec::new(),
-            active_sets: 0,
-        });
-        self.label_ids.insert(name, l);
-        l
-    }
-
-    pub(crate) fn release_label(&mut self, l: u32) {
-        let e = &mut self.labels[l];
-        e.refs -= 1;
-        if e.refs == 0 {
-            let name = e.name.clone();
-            self.label_ids.remove(&name);
-            self.labels.remove(l);
-        }
-    }
-
-    /// Interns each label (one reference each), sorted and without
-    /// duplicates.
-    fn intern_labels(&mut self, names: &[String]) -> Vec<u32> {
-        let mut ids: Vec<u32> = names.iter().map(|n| self.intern_label(n)).collect();
-        ids.sort_unstable();
-        let mut out: Vec<u32> = Vec::with_capacity(ids.len());
-        for l in ids {
-            if out.last() == Some(&l) {
-                self.release_label(l);
-            } else {
-                out.push(l);
-            }
-        }
-        out
-    }
-
-    /// Label ids sorted by name.
-    fn name_order(&self, ids: &[u32]) -> Box<[u32]> {
-        let mut v = ids.to_vec();
-        v.sort_unstable_by(|&a, &b| self.labels[a].name.cmp(&self.labels[b].name));
-        v.into_boxed_slice()
-    }
-
-    /// A worker's label names, sorted.
-    pub(crate) fn worker_names(&self, w: u32) -> Labels {
-        self.workers[w]
-            .by_name
-            .iter()
-            .map(|&l| self.labels[l].name.clone())
-            .collect()
-    }
-
-    pub(crate) fn sorted_names(&self, ids: &[u32]) -> Labels {
-        let mut names: Vec<Arc<str>> = ids.iter().map(|&l| self.labels[l].name.clone()).collect();
-        names.sort_unstable();
-        names.into()
-    }
-
-    // ------------------------------------------------------------------ sets
-
-    /// A set's label names, sorted. Built on demand (for events and views)
-    /// rather than kept: with many distinct label sets, a names list per set
-    /// cost more memory than the rest of the set.
-    pub(crate) fn set_names(&self, s: u32) -> Labels {
-        self.sorted_names(&self.sets[s].labels)
-    }
-
-    /// Interns a set given as sorted, distinct label ids whose references
-    /// the caller hands over. Returns the set with one new reference.
-    pub(crate) fn intern_set_ids(&mut self, ids: Vec<u32>) -> u32 {
-        let hash = hash_ids(ids.iter().copied());
-        let sets = &self.sets;
-        if let Some(s) = self.set_ids.get(hash, |s| *sets[s].labels == *ids) {
-            for l in ids {
-                self.release_label(l);
-            }
-            self.sets[s].refs += 1;
-            return s;
-        }
-        let labels: Box<[u32]> = ids.into_boxed_slice();
-        let s = self.sets.insert(SetEntry {
-            labels,
-            refs: 1,
-            queued_base: 0,
-            queued_prov: 0,
-            req_refs: 0,
-            anchor: NO_ANCHOR,
-            cell: CellRef::NONE,
-        });
-        let sets = &self.sets;
-        self.set_ids
-            .insert(hash, s, |x| hash_ids(sets[x].labels.iter().copied()));
-        s
-    }
-
-    pub(crate) fn intern_set(&mut self, names: &[String]) -> u32 {
-        let ids = self.intern_labels(names);
-        self.intern_set_ids(ids)
-    }
-
-    pub(crate) fn release_set(&mut self, s: u32) {
-        let e = &mut self.sets[s];
-        e.refs -= 1;
-        if e.refs == 0 && s != self.empty_set {
-            debug_assert!(!e.active());
-            self.set_ids.remove(hash_ids(e.labels.iter().copied()), s);
-            let labels = self.sets.remove(s).map(|e| e.labels).unwrap_or_default();
-            for &l in labels.iter() {
-                self.release_label(l);
-            }
-        }
-    }
-
-    // ----------------------------------------------------------- eligibility
-
-    /// Counts a queued request's use of a set as base or provisionable
-    /// labels.
-    fn set_queued(&mut self, s: u32, as_base: bool, add: bool) {
-        let e = &mut self.sets[s];
-        let n = if as_base {
-            &mut e.queued_base
-        } else {
-            &mut e.queued_prov
-        };
-        if add {
-            *n += 1;
-        } else {
-            *n -= 1;
-        }
-    }
-
-    /// Counts a request's use of a set (queued or running), registering
-    /// the set for eligibility while it is used at all.
-    fn set_request_ref(&mut self, s: u32, add: bool) {
-        let e = &mut self.sets[s];
-        let was_active = e.active();
-        if add {
-            e.req_refs += 1;
-        } else {
-            e.req_refs -= 1;
-        }
-        let active = e.active();
-        if s == self.empty_set || active == was_active {
-            return;
-        }
-        if active {
-            self.activate_set(s);
-        } else {
-            self.deactivate_set(s);
-        }
-    }
-
-    fn activate_set(&mut self, s: u32) {
-        let labels = self.sets[s].labels.clone();
-        // The anchor should be the label fewest workers have, so that few
-        // workers ever test this set; before workers exist, the label fewest
-        // other sets use is the best guess.
-        let Some(&anchor) = labels.iter().min_by_key(|&&l| {
-            let e = &self.labels[l];
-            (e.workers.len(), e.active_sets, l)
-        }) else {
-            return;
-        };
-        for &l in labels.iter() {
-            self.labels[l].active_sets += 1;
-        }
-        self.sets[s].anchor = anchor;
-        self.labels[anchor].anchored.push(s);
-        for &w in &self.labels[anchor].workers {
-            let worker = &mut self.workers[w];
-            if is_subset(&labels, &worker.labels) {
-                worker.eligible.push(s);
-            }
-        }
-    }
-
-    fn deactivate_set(&mut self, s: u32) {
-        let anchor = std::mem::replace(&mut self.sets[s].anchor, NO_ANCHOR);
-        if anchor == NO_ANCHOR {
-            return;
-        }
-        let labels = self.sets[s].labels.clone();
-        for &l in labels.iter() {
-            self.labels[l].active_sets -= 1;
-        }
-        let anchored = &mut self.labels[anchor].anchored;
-        if let Some(i) = anchored.iter().position(|&x| x == s) {
-            anchored.swap_remove(i);
-        }
-        for &w in &self.labels[anchor].workers {
-            let worker = &mut self.workers[w];
-            if is_subset(&labels, &worker.labels)
-                && let Some(i) = worker.eligible.iter().position(|&x| x == s)
-            {
-                worker.eligible.swap_remove(i);
-            }
-        }
-    }
-
-    fn compute_eligible(&self, labels: &[u32]) -> Vec<u32> {
-        let mut out = Vec::new();
-        for &l in labels {
-            for &s in &self.labels[l].anchored {
-                if is_subset(&self.sets[s].labels, labels) {
-                    out.push(s);
-                }
-            }
-        }
-        out
-    }
-
-    // --------------------------------------------------------------- workers
-
-    /// Creates an idle worker.
-    pub(crate) fn create_worker(
-        &mut self,
-        id: &str,
-        labels: &[String],
-        confirmed: Time,
-        modified: Time,
-    ) -> u32 {
-        let ids = self.intern_labels(labels);
-        self.create_worker_interned(id, ids, confirmed, modified)
-    }
-
-    /// Creates an idle worker from sorted, distinct label ids whose
-    /// references the caller hands over.
-    pub(crate) fn create_worker_interned(
-        &mut self,
-        id: &str,
-        ids: Vec<u32>,
-        confirmed: Time,
-        modified: Time,
-    ) -> u32 {
-        let by_name = self.name_order(&ids);
-        let id: Arc<str> = Arc::from(id);
-        let w = self.workers.insert(Worker {
-            id: id.clone(),
-            labels: ids.into_boxed_slice(),
-            by_name,
-            confirmed,
-            modified,
-            running: None,
-            eligible: Vec::new(),
-        });
-        let workers = &self.workers;
-        self.worker_ids.insert(&id, w, |x| &workers[x].id);
-        self.attach_worker_labels(w);
-        self.make_idle(w);
-        w
-    }
-
-    fn attach_worker_labels(&mut self, w: u32) {
-        let labels = self.workers[w].labels.clone();
-        for &l in labels.iter() {
-            let workers = &mut self.labels[l].workers;
-            if let Err(i) = workers.binary_search(&w) {
-                workers.insert(i, w);
-            }
-        }
-        self.workers[w].eligible = self.compute_eligible(&labels);
-    }
-
-    fn detach_worker_labels(&mut self, w: u32) {
-        let labels = std::mem::take(&mut self.workers[w].labels);
-        for &l in labels.iter() {
-            let workers = &mut self.labels[l].workers;
-            if let Ok(i) = workers.binary_search(&w) {
-                workers.remove(i);
-                if workers.capacity() > 4 * workers.len() {
-                    workers.shrink_to(2 * workers.len());
-                }
-            }
-            self.release_label(l);
-        }
-        self.workers[w].eligible = Vec::new();
-    }
-
-    /// Replaces a worker's labels; returns true if the set changed.
-    pub(crate) fn set_worker_labels(&mut self, w: u32, labels: &[String]) -> bool {
-        let ids = self.intern_labels(labels);
-        if *ids == *self.workers[w].labels {
-            for l in ids {
-                self.release_label(l);
-            }
-            return false;
-        }
-        self.detach_worker_labels(w);
-        self.workers[w].by_name = self.name_order(&ids);
-        self.workers[w].labels = ids.into_boxed_slice();
-        self.attach_worker_labels(w);
-        true
-    }
-
-    pub(crate) fn make_idle(&mut self, w: u32) {
-        let worker = &self.workers[w];
-        self.idle.insert(worker.id.clone(), w);
-        self.idle_expiry.insert((worker.confirmed, w));
-    }
-
-    fn unmake_idle(&mut self, w: u32) {
-        let worker = &self.workers[w];
-        self.idle.remove(&worker.id);
-        self.idle_expiry.remove(&(worker.confirmed, w));
-    }
-
-    /// `confirm(W, t)`: moves the confirmed time forward.
-    pub(crate) fn confirm_worker(&mut self, w: u32, t: Time) {
-        let worker = &self.workers[w];
-        if t <= worker.confirmed {
-            return;
-        }
-        let idle = worker.running.is_none();
-        if idle {
-            self.idle_expiry.remove(&(worker.confirmed, w));
-            self.idle_expiry.insert((t, w));
-        }
-        self.workers[w].confirmed = t;
-    }
-
-    /// Forgets a worker and the request it runs (no events).
-    pub(crate) fn delete_worker(&mut self, w: u32) {
-        if self.workers[w].running.is_some() {
-            let r = self.stop_task(w);
-            self.free_request(r);
-        } else {
-            self.unmake_idle(w);
-        }
-        self.detach_worker_labels(w);
-        let id = self.workers[w].id.clone();
-        let workers = &self.workers;
-        self.worker_ids.remove(&id, |x| &workers[x].id);
-        self.workers.remove(w);
-    }
-
-    /// The later of the worker's and its running request's confirmed times.
-    pub(crate) fn latest_confirmed(&self, w: u32) -> Time {
-        let worker = &self.workers[w];
-        match &worker.running {
-            Some(run) => worker.confirmed.max(self.requests[run.req].confirmed),
-            None => worker.confirmed,
-        }
-    }
-
-    // -------------------------------------------------------------- accounts
-
-    pub(crate) fn account_get_or_create(&mut self, id: &str) -> u32 {
-        if let Some(&a) = self.account_ids.get(id) {
-            return a;
-        }
-        let id: Arc<str> = Arc::from(id);
-        let a = self.accounts.insert(Account {
-            id: id.clone(),
-            config: None,
-            balance: Balance::ZERO,
-            requests: 0,
-            running_by_prio: [0; LEVELS],
-            running: FxHashSet::default(),
-            virt: [
-                Virt {
-                    level: crate::account::FREE_PRIORITY,
-                    ..Virt::default()
-                },
-                Virt {
-                    level: crate::account::FREE_PRIORITY,
-                    ..Virt::default()
-                },
-            ],
-        });
-        self.account_ids.insert(id, a);
-        a
-    }
-
-    pub(crate) fn account_maybe_free(&mut self, a: u32) {
-        let acc = &self.accounts[a];
-        if acc.requests == 0 && acc.config.is_none() {
-            debug_assert!(acc.virt.iter().all(|v| v.entries.is_empty()));
-            let id = acc.id.clone();
-            self.account_ids.remove(&id);
-            self.accounts.remove(a);
-        }
-    }
-
-    pub(crate) fn set_account_config(&mut self, a: u32, config: Option<AccountConfig>) {
-        let fanout = |c: &Option<AccountConfig>| c.as_ref().map_or(0, |c| c.max_fanout);
-        let acc = &mut self.accounts[a];
-        let fanout_changed = fanout(&acc.config) != fanout(&config);
-        match &config {
-            Some(_) => {
-                self.configured.insert(acc.id.clone(), a);
-            }
-            None => {
-                self.configured.remove(&acc.id);
-            }
-        }
-        let (old, new) = (fanout(&acc.config), fanout(&config));
-        acc.config = config;
-        if !fanout_changed {
-            return;
-        }
-        if old <= 0 && new > 0 {
-            self.build_groups(a);
-        } else if old > 0 && new <= 0 {
-            self.drop_groups(a);
-            return;
-        }
-        // Only the groups marked here: `dirty_groups` may also list
-        // groups freed since they were marked.
-        let stale: Vec<u32> = self
-            .groups
-            .iter()
-            .filter(|(_, group)| group.account == a && !group.dirty)
-            .map(|(g, _)| g)
-            .collect();
-        for g in stale {
-            self.groups[g].dirty = true;
-            self.dirty_groups.push(g);
-        }
-    }
-
-    /// An account starts using fanout: puts each of its requests in its
-    /// group.
-    fn build_groups(&mut self, a: u32) {
-        let reqs: Vec<u32> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.account == a)
-            .map(|(r, _)| r)
-            .collect();
-        for r in reqs {
-            let place = self.requests[r].place;
-            let g = self.group_ref(r);
-            self.requests[r].group = g;
-            match place {
-                Place::Running(_) if has_group(g) => self.groups[g].running += 1,
-                Place::Queued(b) => {
-                    if self.buckets[b].group == NO_GROUP {
-                        self.buckets[b].group = g;
-                        if has_group(g) {
-                            self.groups[g].buckets.push(b);
-                        }
-                    }
-                }
-                Place::Running(_) | Place::Detached => {}
-            }
-        }
-    }
-
-    /// An account stops using fanout: throttling ends and its groups go.
-    fn drop_groups(&mut self, a: u32) {
-        let groups: Vec<u32> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.account == a)
-            .map(|(g, _)| g)
-            .collect();
-        for &g in &groups {
-            self.set_group_throttled(g, false);
-            for b in std::mem::take(&mut self.groups[g].buckets) {
-                self.buckets[b].group = NO_GROUP;
-            }
-            self.groups[g].running = 0;
-        }
-        let reqs: Vec<u32> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.account == a && r.group != NO_GROUP)
-            .map(|(r, _)| r)
-            .collect();
-        for r in reqs {
-            if self.requests[r].group == LONE {
-                self.lone_forget(r);
-                if let Place::Queued(b) = self.requests[r].place {
-                    self.buckets[b].group = NO_GROUP;
-                }
-            } else {
-                self.group_unref(self.requests[r].group);
-            }
-            self.requests[r].group = NO_GROUP;
-        }
-    }
-
-    pub(crate) fn max_fanout(&self, a: u32) -> i32 {
-        self.accounts[a].config.as_ref().map_or(0, |c| c.max_fanout)
-    }
-
-    // -------------------------------------------------------------- requests
-
-    /// Creates a detached request (not queued, not running).
-    // One argument per stored field reads better at the call sites (new
-    // requests and snapshot loading) than a one-off struct.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn create_request(
-        &mut self,
-        id: &str,
-        account: &str,
-        base_labels: &[String],
-        provisionable_labels: &[String],
-        enqueue: Time,
-        confirmed: Time,
-        examined: Time,
-    ) -> u32 {
-        let a = self.account_get_or_create(account);
-        let base = self.intern_set(base_labels);
-        let prov = self.intern_set(provisionable_labels);
-        self.create_request_interned(id, a, base, prov, enqueue, confirmed, examined)
-    }
-
-    /// Creates a detached request from interned parts; takes over one
-    /// reference to each of `base` and `prov`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn create_request_interned(
-        &mut self,
-        id: &str,
-        a: u32,
-        base: u32,
-        prov: u32,
-        enqueue: Time,
-        confirmed: Time,
-        examined: Time,
-    ) -> u32 {
-        self.accounts[a].requests += 1;
-        self.set_request_ref(base, true);
-        self.set_request_ref(prov, true);
-        let id: Arc<str> = Arc::from(id);
-        let r = self.requests.insert(Request {
-            id: id.clone(),
-            account: a,
-            base,
-            prov,
-            group: NO_GROUP,
-            enqueue,
-            confirmed,
-            examined,
-            place: Place::Detached,
-        });
-        let requests = &self.requests;
-        self.request_ids.insert(&id, r, |x| &requests[x].id);
-        if self.max_fanout(a) > 0 {
-            self.requests[r].group = self.group_ref(r);
-        }
-        r
-    }
-
-    /// Forgets a detached request.
-    pub(crate) fn free_request(&mut self, r: u32) {
-        let Some(id) = self.requests.get(r).map(|req| req.id.clone()) else {
-            return;
-        };
-        match self.requests[r].group {
-            NO_GROUP => {}
-            // Before its sets go: they make its key.
-            LONE => self.lone_forget(r),
-            g => self.group_unref(g),
-        }
-        let requests = &self.requests;
-        self.request_ids.remove(&id, |x| &requests[x].id);
-        let Some(req) = self.requests.remove(r) else {
-            return;
-        };
-        debug_assert_eq!(req.place, Place::Detached);
-        self.set_request_ref(req.base, false);
-        self.set_request_ref(req.prov, false);
-        self.release_set(req.base);
-        self.release_set(req.prov);
-        self.accounts[req.account].requests -= 1;
-        self.account_maybe_free(req.account);
-    }
-
-    /// The request's examined time, resolving the settled marker.
-    pub(crate) fn examined(&self, r: u32) -> Time {
-        let req = &self.requests[r];
-        match req.place {
-            Place::Queued(b) if req.settled() => self.virt(self.buckets[b].virt).stamp,
-            _ => req.examined,
-        }
-    }
-
-    fn qkey(&self, r: u32) -> QKey {
-        let req = &self.requests[r];
-        QKey {
-            ex: if req.settled() {
-                SETTLED
-            } else {
-                req.examined.as_nanos()
-            },
-            enq: req.enqueue.as_nanos(),
-            id: req.id.clone(),
-            req: r,
-            v: 0,
-        }
-    }
-
-    /// The effective examined time encoded in a key.
-    pub(crate) fn key_examined(&self, k: &QKey) -> i64 {
-        if k.ex == SETTLED {
-            self.last_pass.as_nanos()
-        } else {
-            k.ex
-        }
-    }
-
-    // ---------------------------------------------------------------- groups
-
-    /// The fanout group of request `r` (of an account with fanout): groups
-    /// are keyed by account and the union of base and provisionable labels
-    /// (reference §6.14), compared exactly. A group holds a reference to the
-    /// sets of the request that created it and recomputes the union from
-    /// them when needed, rather than interning the union as a set of its own.
-    ///
-    /// The first request with a key gets [`LONE`] and is indexed itself; the
-    /// second builds the group for both.
-    fn group_ref(&mut self, r: u32) -> u32 {
-        let (a, base, prov) = {
-            let req = &self.requests[r];
-            (req.account, req.base, req.prov)
-        };
-        let hash = group_hash(&self.sets, a, base, prov);
-        let (sets, groups, requests) = (&self.sets, &self.groups, &self.requests);
-        let found = self.group_ids.get(hash, |x| {
-            let (xa, xbase, xprov) = group_key_of(groups, requests, x);
-            xa == a && same_union(sets, (xbase, xprov), (base, prov))
-        });
-        let Some(x) = found else {
-            let (sets, groups, requests) = (&self.sets, &self.groups, &self.requests);
-            self.group_ids.insert(hash, lone_slot(r), |x| {
-                group_slot_hash(sets, groups, requests, x)
-            });
-            return LONE;
-        };
-        if x & LONE_TAG == 0 {
-            self.groups[x].requests += 1;
-            return x;
-        }
-        // A second request with the key of a lone one: build their group.
-        let r0 = x & !LONE_TAG;
-        self.group_ids.remove(hash, x);
-        let (base0, prov0, place0) = {
-            let req = &self.requests[r0];
-            (req.base, req.prov, req.place)
-        };
-        self.sets[base0].refs += 1;
-        self.sets[prov0].refs += 1;
-        let g = self.groups.insert(Group {
-            account: a,
-            base: base0,
-            prov: prov0,
-            requests: 2,
-            running: u32::from(matches!(place0, Place::Running(_))),
-            buckets: SmallVec::new(),
-            throttled: false,
-            dirty: false,
-            pass_stamp: 0,
-            pass_base: 0,
-            pass_assigned: 0,
-        });
-        self.requests[r0].group = g;
-        if let Place::Queued(b0) = place0 {
-            self.buckets[b0].group = g;
-            self.groups[g].buckets.push(b0);
-        }
-        // Throttling follows the running count from the next pass on, as
-        // for any group whose running count changed.
-        self.mark_group_dirty(g);
-        let (sets, groups, requests) = (&self.sets, &self.groups, &self.requests);
-        self.group_ids
-            .insert(hash, g, |x| group_slot_hash(sets, groups, requests, x));
-        g
-    }
-
-    /// Takes lone request `r` out of the group index.
-    fn lone_forget(&mut self, r: u32) {
-        let hash = group_slot_hash(&self.sets, &self.groups, &self.requests, lone_slot(r));
-        self.group_ids.remove(hash, lone_slot(r));
-    }
-
-    fn group_unref(&mut self, g: u32) {
-        let group = &mut self.groups[g];
-        group.requests -= 1;
-        if group.requests == 0 {
-            debug_assert!(group.buckets.is_empty() && group.running == 0);
-            let (a, base, prov) = (group.account, group.base, group.prov);
-            self.group_ids
-                .remove(group_hash(&self.sets, a, base, prov), g);
-            self.groups.remove(g);
-            self.release_set(base);
-            self.release_set(prov);
-        }
-    }
-
-    fn mark_group_dirty(&mut self, g: u32) {
-        if !has_group(g) {
-            return;
-        }
-        let group = &self.groups[g];
-        if !group.dirty && self.max_fanout_of(group.account) > 0 {
-            self.groups[g].dirty = true;
-            self.dirty_groups.push(g);
-        }
-    }
-
-    fn max_fanout_of(&self, a: u32) -> i32 {
-        self.accounts
-            .get(a)
-            .and_then(|acc| acc.config.as_ref())
-            .map_or(0, |c| c.max_fanout)
-    }
-
-    /// Moves a group's buckets to its account's normal or throttled
-    /// placement.
-    pub(crate) fn set_group_throttled(&mut self, g: u32, throttled: bool) {
-        if self.groups[g].throttled == throttled {
-            return;
-        }
-        self.groups[g].throttled = throttled;
-        let v = self.groups[g].account * 2 + u32::from(throttled);
-        for b in self.groups[g].buckets.clone() {
-            self.move_bucket(b, v);
-        }
-    }
-
-    // --------------------------------------------------------- running tasks
-
-    /// Puts request `r` (queued or detached) on idle worker `w`.
-    pub(crate) fn start_task(&mut self, r: u32, w: u32, priority: u8, cost: Balance) {
-        if let Place::Queued(_) = self.requests[r].place {
-            self.dequeue(r);
-        }
-        if self.workers[w].running.is_none() {
-            self.unmake_idle(w);
-        }
-        self.requests[r].place = Place::Running(w);
-        self.workers[w].running = Some(TaskRun {
-            req: r,
-            priority,
-            cost,
-        });
-        self.running[priority as usize].insert(w);
-        let a = self.requests[r].account;
-        let acc = &mut self.accounts[a];
-        acc.running_by_prio[priority as usize] += 1;
-        acc.running.insert(w);
-        let g = self.requests[r].group;
-        if has_group(g) {
-            self.groups[g].running += 1;
-            self.mark_group_dirty(g);
-        }
-    }
-
-    /// Takes the running request off worker `w`, leaving the request
-    /// detached and the worker without a task (and not idle).
-    pub(crate) fn stop_task(&mut self, w: u32) -> u32 {
-        let run = self.workers[w]
-            .running
-            .take()
-            .expect("stop_task on a worker without a task");
-        self.running[run.priority as usize].remove(&w);
-        let r = run.req;
-        let a = self.requests[r].account;
-        let acc = &mut self.accounts[a];
-        acc.running_by_prio[run.priority as usize] -= 1;
-        acc.running.remove(&w);
-        let g = self.requests[r].group;
-        if has_group(g) {
-            self.groups[g].running -= 1;
-            self.mark_group_dirty(g);
-        }
-        self.requests[r].place = Place::Detached;
-        r
-    }
-
-    /// Moves a running task to another level.
-    pub(crate) fn set_task_priority(&mut self, w: u32, priority: u8) {
-        let Some(run) = self.workers[w].running.as_mut() else {
-            return;
-        };
-        let old = run.priority;
-        run.priority = priority;
-        let r = run.req;
-        self.running[old as usize].remove(&w);
-        self.running[priority as usize].insert(w);
-        let a = self.requests[r].account;
-        let acc = &mut self.accounts[a];
-        acc.running_by_prio[old as usize] -= 1;
-        acc.running_by_prio[priority as usize] += 1;
-    }
-
     // ----------------------------------------------------------- queue index
 
-    fn virt_mut(&mut self, v: u32) -> &mut Virt {
+    pub(super) fn virt_mut(&mut self, v: u32) -> &mut Virt {
         &mut self.accounts[v >> 1].virt[(v & 1) as usize]
     }
 
@@ -986,7 +106,7 @@ impl Scheduler {
         self.queued -= 1;
     }
 
-    fn mark_bucket_dirty(&mut self, b: u32) {
+    pub(super) fn mark_bucket_dirty(&mut self, b: u32) {
         let bucket = &mut self.buckets[b];
         if !bucket.dirty {
             bucket.dirty = true;
@@ -995,7 +115,7 @@ impl Scheduler {
         }
     }
 
-    fn bucket_for(&mut self, a: u32, base: u32, prov: u32, g: u32) -> u32 {
+    pub(super) fn bucket_for(&mut self, a: u32, base: u32, prov: u32, g: u32) -> u32 {
         let hash = hash_ids([a, base, prov]);
         let buckets = &self.buckets;
         let key_of = |b: &Bucket| (b.account, b.base, b.prov);
@@ -1084,7 +204,7 @@ impl Scheduler {
     }
 
     /// Counts a new entry in base set `base`'s cell.
-    fn cell_add_entry(&mut self, base: u32, e: u32) {
+    pub(super) fn cell_add_entry(&mut self, base: u32, e: u32) {
         match self.sets[base].cell.kind() {
             CellKind::None => self.sets[base].cell = CellRef::single(e),
             CellKind::Single(e0) => {
@@ -1098,7 +218,7 @@ impl Scheduler {
     }
 
     /// Forgets entry `e` of base set `base`'s cell (its head is out).
-    fn cell_remove_entry(&mut self, base: u32, e: u32) {
+    pub(super) fn cell_remove_entry(&mut self, base: u32, e: u32) {
         match self.sets[base].cell.kind() {
             CellKind::None => debug_assert!(false, "entry without a cell"),
             CellKind::Single(e0) => {
@@ -1120,7 +240,7 @@ impl Scheduler {
     /// Entry `old` of base set `base` becomes `new` (a lone bucket gains a
     /// container or a container goes back to its last bucket). The head,
     /// and so the cell's stored keys, stay the same.
-    fn cell_rename_entry(&mut self, base: u32, old: u32, new: u32) {
+    pub(super) fn cell_rename_entry(&mut self, base: u32, old: u32, new: u32) {
         if self.sets[base].cell.kind() == CellKind::Single(old) {
             self.sets[base].cell = CellRef::single(new);
         }
@@ -1128,7 +248,7 @@ impl Scheduler {
 
     /// The cell of a base set whose only entry is `e`, as it would be
     /// stored.
-    fn derived_cell(&self, e: u32) -> Cell {
+    pub(super) fn derived_cell(&self, e: u32) -> Cell {
         let v = self.entry_virt(e);
         let mut cell = Cell {
             entries: 1,
@@ -1151,7 +271,7 @@ impl Scheduler {
     /// Puts bucket `b` into placement `v`: it becomes the entry for its
     /// base set there, or joins (or creates) that entry's container; its
     /// head goes into the cells.
-    fn attach_bucket(&mut self, b: u32, v: u32) {
+    pub(super) fn attach_bucket(&mut self, b: u32, v: u32) {
         let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
@@ -1206,7 +326,7 @@ impl Scheduler {
 
     /// Takes bucket `b` out of its placement (and its head out of the
     /// cells), undoing what `attach_bucket` did.
-    fn detach_bucket(&mut self, b: u32) {
+    pub(super) fn detach_bucket(&mut self, b: u32) {
         let e = self.entry_of(b);
         if let Some(head) = self.buckets[b].members.first().cloned() {
             self.bucket_head_entry(b, Some(&head), None);
@@ -1236,7 +356,7 @@ impl Scheduler {
         }
     }
 
-    fn free_bucket(&mut self, b: u32) {
+    pub(super) fn free_bucket(&mut self, b: u32) {
         self.detach_bucket(b);
         let Some(bucket) = self.buckets.remove(b) else {
             return;
@@ -1253,7 +373,7 @@ impl Scheduler {
 
     /// Moves a bucket to another placement of its account (fanout throttling
     /// on or off), keeping every member's examined time.
-    fn move_bucket(&mut self, b: u32, v_new: u32) {
+    pub(super) fn move_bucket(&mut self, b: u32, v_new: u32) {
         let v_old = self.buckets[b].virt;
         if v_old == v_new {
             return;
@@ -1317,7 +437,7 @@ impl Scheduler {
     /// Makes `t` the stamp of placement `v` (`t` later than its stamp).
     /// Settled members must keep their examined time, so they are first
     /// restated explicitly; a placement without any costs nothing.
-    fn raise_stamp(&mut self, v: u32, t: Time) {
+    pub(super) fn raise_stamp(&mut self, v: u32, t: Time) {
         if self.virt(v).settled > 0 {
             let at = self.virt(v).stamp;
             self.unsettle_virt(v, at);
@@ -1326,7 +446,7 @@ impl Scheduler {
     }
 
     /// Propagates a change of bucket `b`'s head (previously `old_head`).
-    fn bucket_members_changed(&mut self, b: u32, old_head: Option<QKey>) {
+    pub(super) fn bucket_members_changed(&mut self, b: u32, old_head: Option<QKey>) {
         let new_head = self.buckets[b].members.first().cloned();
         if old_head == new_head {
             return;
@@ -1336,7 +456,7 @@ impl Scheduler {
     }
 
     /// Replaces bucket `b`'s head in its cell's provisionable sub-cell.
-    fn bucket_head_entry(&mut self, b: u32, old: Option<&QKey>, new: Option<&QKey>) {
+    pub(super) fn bucket_head_entry(&mut self, b: u32, old: Option<&QKey>, new: Option<&QKey>) {
         let (v, base, prov) = {
             let bucket = &self.buckets[b];
             (bucket.virt, bucket.base, bucket.prov)
@@ -1372,7 +492,7 @@ impl Scheduler {
 
     /// One of entry `e`'s buckets changed its head from `old` to `new`:
     /// keeps the container's order, if any, and the entry's key in the cell.
-    fn entry_head_changed(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
+    pub(super) fn entry_head_changed(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
         if e & CONTAINER_TAG == 0 {
             // A lone bucket's head is the entry's.
             self.cell_replace(e, old, new);
@@ -1394,7 +514,7 @@ impl Scheduler {
 
     /// Replaces entry `e`'s head (placement-relative keys) in its base set's
     /// cell.
-    fn cell_replace(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
+    pub(super) fn cell_replace(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
         let v = self.entry_virt(e);
         let base = if e & CONTAINER_TAG != 0 {
             self.containers[e & !CONTAINER_TAG].base
@@ -1425,7 +545,7 @@ impl Scheduler {
 
     /// Adjusts how many entries of `base`'s cell sit at `level`, keeping the
     /// per-level count of non-empty cells.
-    fn count_cell_level(&mut self, base: u32, level: usize, delta: i32) {
+    pub(super) fn count_cell_level(&mut self, base: u32, level: usize, delta: i32) {
         let (was, now) = match self.sets[base].cell.kind() {
             CellKind::None => return,
             // One container: its head is the only entry.
@@ -1448,7 +568,7 @@ impl Scheduler {
 
     /// Placement `v`'s entries as (base set, entry), for walking them
     /// while changing the index.
-    fn virt_entries(&self, v: u32) -> Vec<(u32, u32)> {
+    pub(super) fn virt_entries(&self, v: u32) -> Vec<(u32, u32)> {
         self.virt(v).entries.iter().map(|(&s, &e)| (s, e)).collect()
     }
 
@@ -1650,302 +770,5 @@ impl Scheduler {
             }
         }
         self.virt_mut(v).settled = 0;
-    }
-}
-
-#[cfg(test)]
-impl Scheduler {
-    /// Recomputes every derived structure from scratch and compares.
-    pub(crate) fn check_invariants(&self) {
-        use std::collections::BTreeMap;
-        // Requests: each queued one in its bucket, with the right key.
-        let mut queued = 0;
-        for (r, req) in self.requests.iter() {
-            assert_eq!(self.request_idx(&req.id), Some(r));
-            match req.place {
-                Place::Queued(b) => {
-                    queued += 1;
-                    let bucket = &self.buckets[b];
-                    assert_eq!(
-                        (bucket.account, bucket.base, bucket.prov, bucket.group),
-                        (req.account, req.base, req.prov, req.group)
-                    );
-                    assert!(bucket.members.to_vec().iter().any(|k| k.req == r));
-                    assert_eq!(
-                        bucket.virt,
-                        req.account * 2
-                            + u32::from(has_group(req.group) && self.groups[req.group].throttled)
-                    );
-                    let stamp = self.virt(bucket.virt).stamp;
-                    assert!(
-                        stamp <= self.last_pass,
-                        "a placement stamp after the last pass"
-                    );
-                    if !req.settled() {
-                        assert!(
-                            req.examined < stamp,
-                            "explicit examined time not earlier than its placement's stamp"
-                        );
-                    }
-                }
-                Place::Running(w) => {
-                    assert_eq!(self.workers[w].running.as_ref().map(|t| t.req), Some(r));
-                }
-                Place::Detached => panic!("detached request {} between operations", req.id),
-            }
-        }
-        assert_eq!(queued, self.queued);
-        assert_eq!(self.request_ids.len(), self.requests.len());
-        assert_eq!(self.worker_ids.len(), self.workers.len());
-        // Entries: lone buckets and containers, reached through their
-        // placements.
-        let mut expect_cells: BTreeMap<u32, Vec<(QKey, u32, u8)>> = BTreeMap::new();
-        let mut expect_provs: BTreeMap<(u32, u32), Vec<QKey>> = BTreeMap::new();
-        let mut entries_of: BTreeMap<u32, u32> = BTreeMap::new();
-        let (mut buckets_seen, mut containers_seen) = (0, 0);
-        for (a, acc) in self.accounts.iter() {
-            for (half, virt) in acc.virt.iter().enumerate() {
-                let v = a * 2 + half as u32;
-                for (&base, &e) in &virt.entries {
-                    *entries_of.entry(base).or_default() += 1;
-                    assert_eq!(self.entry_virt(e), v);
-                    if e & CONTAINER_TAG != 0 {
-                        containers_seen += 1;
-                        let c = e & !CONTAINER_TAG;
-                        let cont = &self.containers[c];
-                        assert_eq!(cont.base, base);
-                        assert!(
-                            cont.buckets.len() >= 2,
-                            "container {c} of fewer than two buckets"
-                        );
-                        assert!(cont.buckets.windows(2).all(|w| w[0].0 < w[1].0));
-                    }
-                    let mut heads = Vec::new();
-                    for (prov, b) in self.entry_buckets(e) {
-                        buckets_seen += 1;
-                        let bucket = &self.buckets[b];
-                        assert_eq!(self.entry_of(b), e);
-                        assert_eq!((bucket.base, bucket.prov, bucket.virt), (base, prov, v));
-                        assert!(!bucket.members.is_empty());
-                        let explicit = bucket
-                            .members
-                            .to_vec()
-                            .iter()
-                            .filter(|k| k.ex != SETTLED)
-                            .count();
-                        assert_eq!(explicit as u32, bucket.explicit);
-                        if explicit > 0 {
-                            assert!(bucket.dirty);
-                            assert!(self.virt(bucket.virt).dirty.contains(&b));
-                        }
-                        let head = bucket.members.first().cloned().unwrap();
-                        let t = self.translate(v, &head);
-                        expect_provs.entry((base, prov)).or_default().push(t);
-                        heads.push(head);
-                    }
-                    heads.sort();
-                    if e & CONTAINER_TAG != 0 {
-                        assert_eq!(heads, self.containers[e & !CONTAINER_TAG].heads.to_vec());
-                    }
-                    let t = self.translate(v, self.entry_head(e).unwrap());
-                    expect_cells
-                        .entry(base)
-                        .or_default()
-                        .push((t, e, virt.level));
-                }
-            }
-        }
-        assert_eq!(
-            buckets_seen,
-            self.buckets.len(),
-            "buckets outside their placement"
-        );
-        assert_eq!(
-            containers_seen,
-            self.containers.len(),
-            "containers outside their placement"
-        );
-        let mut nonempty = [0usize; LEVELS];
-        let mut stored_cells = 0;
-        for (s, set) in self.sets.iter() {
-            let n_entries = entries_of.get(&s).copied().unwrap_or(0);
-            match set.cell.kind() {
-                CellKind::None => {
-                    assert_eq!(n_entries, 0, "entries of set {s} without a cell")
-                }
-                CellKind::Single(e) => {
-                    assert_eq!(n_entries, 1, "derived cell of set {s}");
-                    let want = expect_cells.remove(&s).unwrap_or_default();
-                    assert_eq!(want.len(), 1);
-                    assert_eq!(want[0].1, e);
-                    if (want[0].2 as usize) < LEVELS {
-                        nonempty[want[0].2 as usize] += 1;
-                    }
-                    for (prov, _) in self.entry_buckets(e) {
-                        assert!(expect_provs.remove(&(s, prov)).is_some());
-                    }
-                }
-                CellKind::Many(ci) => {
-                    stored_cells += 1;
-                    let cell = &self.cells[ci];
-                    assert_eq!(cell.entries, n_entries, "entries of cell {s}");
-                    self.check_stored_cell(
-                        s,
-                        cell,
-                        &mut expect_cells,
-                        &mut expect_provs,
-                        &mut nonempty,
-                    );
-                }
-            }
-            let uses = self
-                .requests
-                .iter()
-                .map(|(_, r)| u32::from(r.base == s) + u32::from(r.prov == s))
-                .sum::<u32>();
-            assert_eq!(uses, set.req_refs, "request references of set {s}");
-        }
-        assert_eq!(stored_cells, self.cells.len(), "stored cells without a set");
-        assert!(expect_cells.is_empty());
-        assert!(expect_provs.is_empty(), "missing provisionable sub-cells");
-        assert_eq!(nonempty, self.nonempty_cells);
-        self.check_workers_and_groups();
-    }
-
-    /// Compares a stored cell with what its entries say it should hold.
-    #[allow(clippy::type_complexity)]
-    fn check_stored_cell(
-        &self,
-        s: u32,
-        cell: &Cell,
-        expect_cells: &mut std::collections::BTreeMap<u32, Vec<(QKey, u32, u8)>>,
-        expect_provs: &mut std::collections::BTreeMap<(u32, u32), Vec<QKey>>,
-        nonempty: &mut [usize; LEVELS],
-    ) {
-        let mut want = expect_cells.remove(&s).unwrap_or_default();
-        want.sort_by(|a, b| a.0.cmp(&b.0));
-        let have = cell.heads.to_vec();
-        assert_eq!(have.len(), want.len(), "cell of set {s}");
-        let mut per_level = [0u32; LEVELS + 1];
-        for (h, (k, _, level)) in have.iter().zip(&want) {
-            assert_eq!(h, k, "cell of set {s}");
-            assert_eq!(h.v, k.v, "cell entry names its placement");
-            per_level[*level as usize] += 1;
-        }
-        assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
-        for (prov, sub) in &cell.by_prov {
-            let mut want = expect_provs.remove(&(s, *prov)).unwrap_or_default();
-            want.sort();
-            let have = sub.to_vec();
-            assert_eq!(have, want, "provisionable sub-cell ({s}, {prov})");
-            for (h, k) in have.iter().zip(&want) {
-                assert_eq!(h.v, k.v, "sub-cell entry names its placement");
-            }
-        }
-        for level in 0..LEVELS {
-            if per_level[level] > 0 {
-                nonempty[level] += 1;
-            }
-        }
-    }
-
-    fn check_workers_and_groups(&self) {
-        // Fanout groups: requests with one key share one group, or the only
-        // one is lone; both are findable in the group index.
-        let mut by_key: std::collections::BTreeMap<(u32, Vec<u32>), Vec<u32>> = Default::default();
-        for (r, req) in self.requests.iter() {
-            let fanout = self.max_fanout_of(req.account) > 0;
-            assert_eq!(req.group != NO_GROUP, fanout, "group of request {}", req.id);
-            if fanout {
-                let union = union_ids(&self.sets[req.base].labels, &self.sets[req.prov].labels);
-                by_key
-                    .entry((req.account, union.collect()))
-                    .or_default()
-                    .push(r);
-            }
-        }
-        let mut indexed = 0;
-        for reqs in by_key.values() {
-            let g = self.requests[reqs[0]].group;
-            assert!(
-                reqs.iter().all(|&r| self.requests[r].group == g),
-                "one key, one group"
-            );
-            indexed += 1;
-            if g == LONE {
-                assert_eq!(reqs.len(), 1, "a lone request is alone with its key");
-                let r = reqs[0];
-                let hash = group_slot_hash(&self.sets, &self.groups, &self.requests, lone_slot(r));
-                assert_eq!(
-                    self.group_ids.get(hash, |x| x == lone_slot(r)),
-                    Some(lone_slot(r))
-                );
-            } else {
-                assert_eq!(
-                    self.groups[g].requests as usize,
-                    reqs.len(),
-                    "requests of group {g}"
-                );
-            }
-        }
-        assert_eq!(indexed, self.group_ids.len(), "group index entries");
-        assert_eq!(
-            self.groups.len(),
-            by_key
-                .values()
-                .filter(|r| self.requests[r[0]].group != LONE)
-                .count()
-        );
-        // Eligibility.
-        for (w, worker) in self.workers.iter() {
-            let mut want: Vec<u32> = self
-                .sets
-                .iter()
-                .filter(|(s, e)| {
-                    *s != self.empty_set && e.active() && is_subset(&e.labels, &worker.labels)
-                })
-                .map(|(s, _)| s)
-                .collect();
-            let mut have = worker.eligible.clone();
-            want.sort();
-            have.sort();
-            assert_eq!(have, want, "eligible sets of worker {}", worker.id);
-            assert_eq!(self.idle.contains_key(&worker.id), worker.running.is_none());
-            assert_eq!(
-                self.idle_expiry.contains(&(worker.confirmed, w)),
-                worker.running.is_none()
-            );
-        }
-        // Running counts.
-        for (a, acc) in self.accounts.iter() {
-            let mut by_prio = [0u32; LEVELS];
-            for (_, worker) in self.workers.iter() {
-                if let Some(run) = &worker.running
-                    && self.requests[run.req].account == a
-                {
-                    by_prio[run.priority as usize] += 1;
-                }
-            }
-            assert_eq!(by_prio, acc.running_by_prio);
-        }
-        for (gi, g) in self.groups.iter() {
-            let running = self
-                .workers
-                .iter()
-                .filter(|(_, w)| {
-                    w.running.as_ref().is_some_and(|run| {
-                        let req = &self.requests[run.req];
-                        req.group == gi
-                    })
-                })
-                .count();
-            let hash = group_hash(&self.sets, g.account, g.base, g.prov);
-            assert_eq!(
-                self.group_ids.get(hash, |x| x == gi),
-                Some(gi),
-                "group not findable by its key"
-            );
-            assert_eq!(running as u32, g.running);
-        }
     }
 }

@@ -19,9 +19,13 @@
 //!   worker's best candidate at a level is found by looking only at the
 //!   cells of the base label sets it can run (usually a few dozen), not at
 //!   the queue.
-//! * Each worker keeps the list of active label sets it is a superset of
-//!   ("eligible sets"), maintained when sets appear or disappear and when
-//!   workers change labels, through per-label posting lists.
+//! * Each idle worker keeps the list of active label sets it is a superset
+//!   of ("eligible sets"). The list is built by the first pass that finds
+//!   the worker idle, by looking up the pairs of its labels under which
+//!   sets are registered, and then maintained as sets appear or disappear;
+//!   it is dropped when the worker starts a task. So adding a worker or a
+//!   request, or decoding a snapshot, never compares every worker with
+//!   every set (see `eligibility.rs`).
 //! * When an account changes level, only counters change: cells are ordered
 //!   by key, whatever the level.
 //! * After a pass every listed request's examined time becomes the pass
@@ -61,14 +65,21 @@
 //! suite checks this implementation against a direct, slow transcription of
 //! the same rules on random operation sequences.
 
+mod eligibility;
+mod groups;
 mod idmap;
 mod index;
+#[cfg(any(test, debug_assertions))]
+mod invariants;
+mod labels;
 mod notify;
 pub(crate) mod ordset;
 mod pass;
 mod probe;
+mod requests;
 pub(crate) mod slab;
 mod view;
+mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -176,13 +187,21 @@ pub(crate) struct LabelEntry {
     pub(crate) name: Arc<str>,
     /// Workers and label sets holding this label.
     pub(crate) refs: u32,
-    /// Workers that have this label, sorted. A sorted vector costs half
-    /// what a hash set does per entry, and every label of every worker has
-    /// one; the price, a shift on insert and removal, is paid only when a
-    /// worker comes, goes or changes labels.
+    /// Workers that have this label and keep an eligible list (see
+    /// `eligibility`), sorted. A sorted vector costs half what a hash set
+    /// does per entry; the price, a shift on insert and removal, is paid
+    /// only when such a worker comes or goes.
     pub(crate) workers: Vec<u32>,
-    /// Active label sets whose anchor is this label.
-    pub(crate) anchored: Vec<u32>,
+    /// Workers that have this label, whether or not they keep an eligible
+    /// list (to pick good anchors).
+    pub(crate) worker_count: u32,
+    /// Active label sets anchored at this label, as (second anchor label,
+    /// set, a third label of the set or the second again), sorted: see
+    /// `eligibility`. A sorted vector rather than a tree
+    /// because listing a worker reads these tables end to end, which a
+    /// vector does at memory speed; anchors are spread over the rarest
+    /// labels, which keeps each table short.
+    pub(crate) anchored: Vec<(u32, u32, u32)>,
     /// Active label sets containing this label (to pick good anchors).
     pub(crate) active_sets: u32,
 }
@@ -202,8 +221,9 @@ pub(crate) struct SetEntry {
     /// eligibility. Counting running requests too keeps sets from flapping
     /// in and out as their last queued request comes and goes.
     pub(crate) req_refs: u32,
-    /// While active: the label under which the set is registered for
-    /// eligibility; [`NO_ANCHOR`] otherwise.
+    /// While active: the positions in `labels` of the two labels under
+    /// which the set is registered for eligibility (see `eligibility`),
+    /// packed; [`NO_ANCHOR`] otherwise.
     pub(crate) anchor: u32,
     /// While some placement has an entry with this base set: its cell.
     pub(crate) cell: CellRef,
@@ -220,12 +240,12 @@ pub(crate) const NO_ANCHOR: u32 = u32::MAX;
 
 /// How a base set's cell is stored.
 ///
-/// Most base sets with queued work have one container (one account uses
+/// Most base sets with queued work have one entry (one placement uses
 /// them): every task with labels of its own brings one. Such a cell is
-/// [`CellKind::Single`]: nothing is stored, its one entry is read from the
-/// container when a pass looks. A second container makes it a stored
-/// [`Cell`], which stays until the set's last container goes. Packed in a
-/// `u32` because every label set carries one.
+/// [`CellKind::Single`]: nothing is stored, its one entry (a lone bucket or
+/// a container) is read when a pass looks. A second entry makes it a stored
+/// [`Cell`], which stays until the set's last entry goes. Packed in a `u32`
+/// because every label set carries one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CellRef(u32);
 
@@ -344,14 +364,19 @@ pub(crate) struct Worker {
     /// Sorted label ids.
     pub(crate) labels: Box<[u32]>,
     /// The same label ids in name order, for lookups by name prefix and
-    /// for building the sorted names on demand (a names list per worker
-    /// cost four times as much).
+    /// for building the sorted names on demand (a list of names per worker
+    /// would hold a pointer per label instead of an id).
     pub(crate) by_name: Box<[u32]>,
     pub(crate) confirmed: Time,
     pub(crate) modified: Time,
     pub(crate) running: Option<TaskRun>,
-    /// Active non-empty label sets this worker's labels include.
+    /// While `listed`: the active non-empty label sets this worker's labels
+    /// include (empty otherwise).
     pub(crate) eligible: Vec<u32>,
+    /// Whether `eligible` is kept: from the first pass that looks for work
+    /// for the worker (idle, or as a preemption candidate) until it leaves
+    /// or changes labels, or runs a task while preemption is disabled.
+    pub(crate) listed: bool,
 }
 
 /// An account as the queue index sees it: one for the account's normal
@@ -376,8 +401,13 @@ pub(crate) struct Virt {
 pub(crate) struct Account {
     pub(crate) id: Arc<str>,
     pub(crate) config: Option<AccountConfig>,
-    /// Meaningful only when configured.
+    /// Meaningful only when configured; zero while `balance_listed` is
+    /// false.
     pub(crate) balance: Balance,
+    /// Whether the pool holds a balance for this configured account. After
+    /// a wipe it holds none until the next clock update creates them
+    /// (reference §6.4 step 4); passes read a missing balance as zero.
+    pub(crate) balance_listed: bool,
     /// Requests (queued or running) of this account.
     pub(crate) requests: u32,
     pub(crate) running_by_prio: [u32; LEVELS],
@@ -552,7 +582,15 @@ impl Scheduler {
 
     /// Replaces the pool-wide settings.
     pub fn set_settings(&mut self, settings: PoolSettings) {
+        let stop_preempting = settings.disable_preemption && !self.settings.disable_preemption;
         self.settings = settings;
+        if stop_preempting {
+            // Without preemption only idle workers need eligible lists.
+            let running: Vec<u32> = self.running.iter().flatten().copied().collect();
+            for w in running {
+                self.unlist_worker(w);
+            }
+        }
     }
 
     /// Events produced since the last call, in order.
@@ -592,6 +630,28 @@ impl Scheduler {
         let a = self.account_get_or_create(id);
         self.set_account_config(a, Some(config));
         self.accounts[a].balance = initial_balance.unwrap_or(Balance::ZERO);
+        self.accounts[a].balance_listed = true;
+    }
+
+    /// Forgets every balance, keeping the configurations: until the next
+    /// clock update, configured accounts have no balance (as after the
+    /// original's Wipe) and passes read them as zero.
+    pub fn forget_balances(&mut self) {
+        for &a in self.configured.values() {
+            let acc = &mut self.accounts[a];
+            acc.balance = Balance::ZERO;
+            acc.balance_listed = false;
+        }
+    }
+
+    /// Forgets one configured account's balance (see
+    /// [`Scheduler::forget_balances`]).
+    pub fn forget_balance(&mut self, id: &str) {
+        if let Some(&a) = self.configured.get(id) {
+            let acc = &mut self.accounts[a];
+            acc.balance = Balance::ZERO;
+            acc.balance_listed = false;
+        }
     }
 
     /// Changes an existing account's configuration, keeping its balance.
@@ -622,6 +682,7 @@ impl Scheduler {
             && self.accounts[a].config.is_some()
         {
             self.accounts[a].balance = Balance::ZERO;
+            self.accounts[a].balance_listed = true;
         }
     }
 
@@ -631,7 +692,8 @@ impl Scheduler {
         self.accounts[a].config.as_ref()
     }
 
-    /// Configured accounts in id order, with their balances.
+    /// Configured accounts in id order, with their balances (zero where
+    /// the pool holds none; see [`Scheduler::balance`]).
     pub fn accounts(&self) -> impl Iterator<Item = (&str, &AccountConfig, &Balance)> {
         self.configured.iter().filter_map(|(id, &a)| {
             let acc = &self.accounts[a];
@@ -639,11 +701,16 @@ impl Scheduler {
         })
     }
 
-    /// The balance of a configured account.
+    /// The balance of a configured account, if the pool holds one (after
+    /// [`Scheduler::forget_balances`] it holds none until the next clock
+    /// update).
     pub fn balance(&self, id: &str) -> Option<Balance> {
         let &a = self.account_ids.get(id)?;
         let acc = &self.accounts[a];
-        acc.config.as_ref().map(|_| acc.balance)
+        acc.config
+            .as_ref()
+            .filter(|_| acc.balance_listed)
+            .map(|_| acc.balance)
     }
 
     /// Advances the clock to `t` (reference §6.4): charges running tasks,
@@ -666,6 +733,7 @@ impl Scheduler {
                 let mut running = [0u32; NUM_PRIORITIES];
                 running.copy_from_slice(&acc.running_by_prio[..NUM_PRIORITIES]);
                 cfg.recharge(&mut acc.balance, elapsed, &running);
+                acc.balance_listed = true;
             }
         }
         self.now = t;

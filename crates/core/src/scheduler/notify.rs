@@ -77,8 +77,9 @@ impl Scheduler {
                 Some(w),
                 Some(run.cost),
             );
-            let r = self.stop_task(w);
-            self.free_request(r);
+            if let Some(r) = self.stop_task(w) {
+                self.free_request(r);
+            }
             self.make_idle(w);
         }
     }
@@ -197,7 +198,9 @@ impl Scheduler {
         }
         let cost = self.workers[w].running.as_ref().map(|run| run.cost);
         self.emit(EventKind::Unassigned, r, t, Some(w), cost);
-        let r = self.stop_task(w);
+        let Some(r) = self.stop_task(w) else {
+            return Err(not_assigned());
+        };
         self.delete_worker(w);
         let now = self.now.max(t);
         if now.nanos_since(self.requests[r].enqueue) > MAX_QUEUEING_AGE_NANOS {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::index::is_subset;
+use super::labels::is_subset;
 use super::{Cell, CellKind, LEVELS, OMITTED, QKey, Scheduler, has_group};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
@@ -45,9 +45,13 @@ impl Scheduler {
     pub fn run_once(&mut self) -> Vec<Assignment> {
         self.pass_no += 1;
         self.refresh_placement();
+        let idle: Vec<u32> = self.idle.values().copied().collect();
+        for &w in &idle {
+            self.list_worker(w);
+        }
         let mut cx = PassCtx {
             out: Vec::new(),
-            idle: self.idle.values().copied().collect(),
+            idle,
             limits: Limits::default(),
             provs: Vec::new(),
         };
@@ -527,6 +531,7 @@ impl Scheduler {
                 .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
         });
         for w in candidates {
+            self.list_worker(w);
             if let Some(r) = self.best_preempt_match(cx, w, p, &banned) {
                 self.preempt_worker(cx, w, r, p);
             }
@@ -597,8 +602,9 @@ impl Scheduler {
             self.accounts[new_acc].balance.sub(&old.cost);
         }
         self.fanout_snapshot(self.requests[old.req].group);
-        let old_r = self.stop_task(w);
-        self.free_request(old_r);
+        if let Some(old_r) = self.stop_task(w) {
+            self.free_request(old_r);
+        }
         self.count_fanout(r, p);
         self.count_label_assignment(&mut cx.limits, new_acc, w);
         self.start_task(r, w, p, old.cost);

@@ -13,7 +13,11 @@ use qscheduler_server::pool::{CommitInfo, Observer};
 
 /// Longest a writer is held, so that a failing test cannot hang the
 /// runtime's shutdown.
-const MAX_HOLD: Duration = Duration::from_secs(20);
+const MAX_HOLD: Duration = Duration::from_secs(120);
+
+/// Longest a wait for an event lasts: generous, so that only a hang fails a
+/// test, never a slow machine.
+const HUNG: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Gate {
@@ -90,7 +94,7 @@ impl Recorder {
     /// Waits (observers run just after a batch's calls are answered) until
     /// `pool` has an event matching `pred`, and returns it.
     pub async fn wait_event(&self, pool: &str, pred: impl Fn(&PoolEvent) -> bool) -> PoolEvent {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + HUNG;
         loop {
             if let Some(e) = self.events(pool).into_iter().find(&pred) {
                 return e;
@@ -126,7 +130,7 @@ impl Recorder {
 
     /// Waits until a writer is being held.
     pub async fn wait_holding(&self) {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + HUNG;
         while !self.gate.lock().unwrap().holding {
             assert!(Instant::now() < until, "the writer was never held");
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -154,6 +154,8 @@ pub struct Rpc {
     addr: SocketAddr,
     channel: Option<Channel>,
     timeout: Option<Duration>,
+    /// Sent as `Authorization: Bearer <token>`.
+    token: Option<String>,
 }
 
 impl Rpc {
@@ -173,7 +175,14 @@ impl Rpc {
             addr,
             channel,
             timeout: None,
+            token: None,
         }
+    }
+
+    /// Sends `token` as the bearer token of every call.
+    pub fn with_token(mut self, token: &str) -> Rpc {
+        self.token = Some(token.to_owned());
+        self
     }
 
     /// Sends this timeout with every call (`grpc-timeout` or
@@ -191,6 +200,10 @@ impl Rpc {
         let mut r = tonic::Request::new(msg);
         if let Some(t) = self.timeout {
             r.set_timeout(t);
+        }
+        if let Some(t) = &self.token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         r
     }
@@ -228,6 +241,10 @@ impl Rpc {
         let mut headers = vec![("Content-Type", media), ("Accept", media)];
         if let Some(t) = &timeout {
             headers.push(("X-Prpc-Grpc-Timeout", t.as_str()));
+        }
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b.as_str()));
         }
         let r = http_raw(
             self.addr,
@@ -292,6 +309,8 @@ methods! {
         adm::AccountReportRequest => adm::AccountReportResponse;
     pool_overview: QSchedulerInsightClient "qscheduler.QSchedulerInsight" "PoolOverview"
         adm::PoolOverviewRequest => adm::PoolOverviewResponse;
+    list_pools: QSchedulerViewClient "qscheduler.QSchedulerView" "ListPools"
+        adm::ListPoolsRequest => adm::ListPoolsResponse;
 }
 
 // ------------------------------------------------------------- messages

@@ -290,11 +290,39 @@ fn panic_point(pool: &str, site: &str) {
 #[inline(always)]
 fn panic_point(_pool: &str, _site: &str) {}
 
+/// Test-only pause: the first time `site` is reached for a pool registered in
+/// [`test_hooks::PAUSE_AT`], says so and waits to be let go, so that a test can act while
+/// the work is certainly in progress.
+#[cfg(test)]
+fn pause_point(pool: &str, site: &str) {
+    let gate = test_hooks::PAUSE_AT.lock().ok().and_then(|mut v| {
+        let i = v.iter().position(|g| g.pool == pool && g.site == site)?;
+        Some(v.remove(i))
+    });
+    if let Some(g) = gate {
+        let _ = g.reached.send(());
+        let _ = g.go.recv_timeout(std::time::Duration::from_secs(120));
+    }
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn pause_point(_pool: &str, _site: &str) {}
+
 #[cfg(test)]
 pub(crate) mod test_hooks {
     use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender};
     /// (pool, site) pairs where redb work panics on purpose.
     pub(crate) static PANIC_AT: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    /// Where work pauses once: `reached` is told, then `go` is awaited.
+    pub(crate) struct Pause {
+        pub(crate) pool: String,
+        pub(crate) site: String,
+        pub(crate) reached: Sender<()>,
+        pub(crate) go: Receiver<()>,
+    }
+    pub(crate) static PAUSE_AT: Mutex<Vec<Pause>> = Mutex::new(Vec::new());
 }
 
 fn builder(repair: Option<Arc<RepairSeen>>) -> Builder {
@@ -431,6 +459,7 @@ impl EmbeddedStore {
         }
     }
 
+    /// See [`crate::Store::create_pool`].
     pub async fn create_pool(&self, pool: &str, first_record: Vec<u8>) -> Result<()> {
         check_pool_id(pool)?;
         check_records(std::slice::from_ref(&first_record))?;
@@ -439,6 +468,7 @@ impl EmbeddedStore {
         blocking(move || inner.create_pool(&pool, &first_record)).await
     }
 
+    /// See [`crate::Store::delete_pool`].
     pub async fn delete_pool(&self, pool: &str) -> Result<()> {
         check_pool_id(pool)?;
         let inner = self.inner.clone();
@@ -446,11 +476,13 @@ impl EmbeddedStore {
         blocking(move || inner.delete_pool(&pool)).await
     }
 
+    /// See [`crate::Store::list_pools`].
     pub async fn list_pools(&self) -> Result<Vec<String>> {
         let inner = self.inner.clone();
         blocking(move || inner.list_pools()).await
     }
 
+    /// See [`crate::Store::pool_exists`].
     pub async fn pool_exists(&self, pool: &str) -> Result<bool> {
         check_pool_id(pool)?;
         let inner = self.inner.clone();
@@ -458,6 +490,7 @@ impl EmbeddedStore {
         blocking(move || Ok(inner.pool_dir(&pool)?.is_some())).await
     }
 
+    /// See [`crate::Store::open_pool`].
     pub async fn open_pool(&self, pool: &str) -> Result<(EmbeddedPoolHandle, Recovered)> {
         check_pool_id(pool)?;
         let inner = self.inner.clone();
@@ -465,6 +498,7 @@ impl EmbeddedStore {
         blocking(move || Inner::open_pool(&inner, &pool)).await
     }
 
+    /// See [`crate::Store::owner_of`].
     pub async fn owner_of(&self, pool: &str) -> Result<Option<Owner>> {
         let open = lock(&self.inner.catalogue)?.is_open(pool);
         Ok(open.then(|| {
@@ -476,6 +510,7 @@ impl EmbeddedStore {
         }))
     }
 
+    /// See [`crate::Store::unowned_pools`].
     pub async fn unowned_pools(&self) -> Result<Vec<String>> {
         let pools = self.list_pools().await?;
         let cat = lock(&self.inner.catalogue)?;
@@ -898,6 +933,7 @@ impl PoolShared {
                 };
                 write().map_err(|e| redb_error(&self.pool, &what, e))
             })?;
+            pause_point(&self.pool, "between snapshot chunks");
         }
 
         // Publication and retention, durably, in one transaction: keep the newest
@@ -1012,28 +1048,34 @@ impl PoolShared {
 }
 
 impl EmbeddedPoolHandle {
+    /// See [`crate::PoolHandle::pool`].
     pub fn pool(&self) -> &str {
         &self.shared.pool
     }
 
+    /// See [`crate::PoolHandle::last_seq`].
     pub fn last_seq(&self) -> u64 {
         self.shared.last_seq.load(Ordering::Acquire)
     }
 
+    /// See [`crate::PoolHandle::append`].
     pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<AppendStats> {
         let shared = self.shared.clone();
         blocking(move || shared.append(records)).await
     }
 
+    /// See [`crate::PoolHandle::write_snapshot`].
     pub async fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
         let shared = self.shared.clone();
         blocking(move || shared.write_snapshot(seq, bytes)).await
     }
 
+    /// See [`crate::PoolHandle::lease`].
     pub fn lease(&self) -> watch::Receiver<LeaseState> {
         self.shared.lease.subscribe()
     }
 
+    /// See [`crate::PoolHandle::release`].
     pub async fn release(self) -> Result<()> {
         let shared = self.shared.clone();
         blocking(move || {

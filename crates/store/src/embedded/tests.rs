@@ -398,3 +398,51 @@ fn metadata_rows_count_chunks() {
     let tx = db.begin_read().expect("read");
     assert_eq!(tx.open_table(SNAPSHOTS).expect("t").len().expect("len"), 1);
 }
+
+/// A snapshot is written in chunks, each its own short transaction, so that
+/// appends go on while it is written: here the writing is paused after its
+/// first chunk, and appends succeed until it is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_write_does_not_block_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path(), 2).await;
+    let h = pool_with(&s, "s", 1).await;
+    let (reached, reached_rx) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    test_hooks::PAUSE_AT
+        .lock()
+        .expect("hooks")
+        .push(test_hooks::Pause {
+            pool: "s".into(),
+            site: "between snapshot chunks".into(),
+            reached,
+            go: go_rx,
+        });
+    let big = vec![7u8; 3 * SNAPSHOT_CHUNK_BYTES];
+    let snap = {
+        let h = h.clone();
+        tokio::spawn(async move { h.write_snapshot(1, big).await })
+    };
+    tokio::task::spawn_blocking(move || {
+        reached_rx.recv_timeout(std::time::Duration::from_secs(120))
+    })
+    .await
+    .expect("join")
+    .expect("the snapshot reached its pause");
+    let appended = 5;
+    for seq in 2..2 + appended {
+        h.append(vec![rec(seq)])
+            .await
+            .expect("append while the snapshot is being written");
+    }
+    assert!(!snap.is_finished(), "the snapshot did not pause");
+    go.send(()).expect("let the snapshot go");
+    snap.await.expect("join").expect("snapshot");
+    drop(h);
+    let (_, r) = s.open_pool("s").await.expect("reopen");
+    assert_eq!(
+        r.snapshot.map(|(s, b)| (s, b.len())),
+        Some((1, 3 * SNAPSHOT_CHUNK_BYTES))
+    );
+    assert_eq!(r.records.len() as u64, appended);
+}

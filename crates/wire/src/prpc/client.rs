@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -44,6 +45,67 @@ pub enum ClientError {
     /// A header name or value is not valid HTTP.
     #[error("bad header {0:?}")]
     BadHeader(String),
+    /// The TLS settings could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The cryptography of every TLS connection: rustls's ring provider. It is
+/// marked deprecated because ring has no post-quantum key exchange; the
+/// alternative, aws-lc-rs, needs cmake and a C toolchain to build, which
+/// the project's builds avoid.
+#[allow(deprecated)]
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls client configuration: the system's root certificates plus the
+/// PEM CA certificates `ca_pem`, and a client certificate (PEM chain and
+/// key) to present when the server asks for one.
+pub fn client_tls_config(
+    ca_pem: Option<&[u8]>,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        // A system certificate rustls cannot use is not ours to report.
+        let _ = roots.add(c);
+    }
+    if let Some(pem) = ca_pem {
+        let mut any = false;
+        for c in CertificateDer::pem_slice_iter(pem) {
+            roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+            any = true;
+        }
+        if !any {
+            return Err(ClientError::Tls("no PEM certificate in the CA file".into()));
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots);
+    match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls(&e))?;
+            if chain.is_empty() {
+                return Err(ClientError::Tls(
+                    "no PEM certificate in the client certificate file".into(),
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| tls(&e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls(&e))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// A pRPC client for one server.
@@ -62,7 +124,7 @@ pub enum ClientError {
 /// ```
 #[derive(Clone, Debug)]
 pub struct PrpcClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     prefix: String,
@@ -76,6 +138,16 @@ impl PrpcClient {
     /// A client for the server at `base_url` (`http://host:port`), binary
     /// encoding, no timeout.
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        Self::with_tls(base_url, None)
+    }
+
+    /// A client for `http://` or `https://` URLs; `tls` checks the server's
+    /// certificate (default: against the system's roots) and may present a
+    /// client certificate (see [`client_tls_config`]).
+    pub fn with_tls(
+        base_url: &str,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
         let bad = |reason: &str| ClientError::BadUrl {
             url: base_url.to_string(),
             reason: reason.to_string(),
@@ -84,12 +156,29 @@ impl PrpcClient {
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
-        if scheme != http::uri::Scheme::HTTP {
-            return Err(bad("only http:// is supported"));
+        let https = scheme == http::uri::Scheme::HTTPS;
+        if scheme != http::uri::Scheme::HTTP && !https {
+            return Err(bad("expected http:// or https://"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = match tls {
+            Some(t) => t,
+            // Plain HTTP never uses it: skip reading the system's roots.
+            None if !https => rustls::ClientConfig::builder_with_provider(crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            None => client_tls_config(None, None)?,
+        };
+        let http = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let mut default_headers = HeaderMap::new();
         default_headers.insert(USER_AGENT, HeaderValue::from_static("pRPC Client 1.5"));
         Ok(PrpcClient {

@@ -208,17 +208,22 @@ fn format_of(mt: &MediaType) -> Result<Format, HeaderError> {
     }
 }
 
-/// Parses a request `Content-Type`. Absent or empty means binary. An error
-/// is answered with HTTP 415.
+/// Parses a request `Content-Type`, which must be given: a request
+/// without one is what a web page can send to any server without asking
+/// (a "simple" cross-origin POST), so taking it as binary would let pages
+/// call the server. An error is answered with HTTP 415.
 pub fn parse_content_type(value: Option<&str>) -> Result<Format, HeaderError> {
     match value {
-        None => Ok(Format::Binary),
-        Some(v) if v.trim().is_empty() => Ok(Format::Binary),
+        None => Err(HeaderError::new(MISSING_CONTENT_TYPE.to_owned())),
+        Some(v) if v.trim().is_empty() => Err(HeaderError::new(MISSING_CONTENT_TYPE.to_owned())),
         Some(v) => parse_media_type(v)
             .and_then(|mt| format_of(&mt))
             .map_err(|e| HeaderError::new(format!("bad Content-Type header: {e}"))),
     }
 }
+
+const MISSING_CONTENT_TYPE: &str = "bad Content-Type header: missing; pRPC requests must \
+     give one of application/prpc; encoding=binary|json|text or application/json";
 
 /// Quality factors closer than this are equal.
 const Q_EPSILON: f64 = 1e-9;
@@ -354,9 +359,9 @@ mod tests {
 
     #[test]
     fn content_type_table() {
+        assert!(parse_content_type(None).is_err());
+        assert!(parse_content_type(Some(" ")).is_err());
         let ok = [
-            (None, Format::Binary),
-            (Some(""), Format::Binary),
             (Some("application/prpc; encoding=binary"), Format::Binary),
             (Some("application/prpc"), Format::Binary),
             (Some("application/prpc; encoding="), Format::Binary),

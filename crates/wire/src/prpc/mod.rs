@@ -27,7 +27,7 @@ pub mod codes;
 pub mod headers;
 mod server;
 
-pub use client::{ClientError, PrpcClient};
+pub use client::{ClientError, PrpcClient, client_tls_config, crypto_provider};
 pub use codec::XSSI_PREFIX;
 pub use headers::Format;
 pub use server::{

@@ -452,7 +452,26 @@ pub async fn raw(
     }
 }
 
+/// A POST; a request without a `Content-Type` among `headers` is sent as
+/// binary pRPC (the server refuses requests without one).
 pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> RawResponse {
+    let mut all = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        all.push(("content-type", BINARY));
+    }
+    raw(addr, "POST", path, &all, body).await
+}
+
+/// A POST with exactly `headers`.
+pub async fn post_exact(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],

@@ -1,0 +1,292 @@
+//! OIDC / JWT bearer tokens against the real server, with ES256 keys made
+//! by rcgen and a JWKS file: a good token (by subject and by verified
+//! email, over gRPC and pRPC), and absent, malformed, expired, not yet
+//! valid, wrong-audience, wrong-issuer, wrong-key and unknown-subject ones;
+//! the clock-skew allowance; and a key rotation in the JWKS file taking
+//! effect without a restart.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use common::TestServer;
+use common::rpc::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use qscheduler_server::ServerOptions;
+use qscheduler_server::config::Config;
+use qscheduler_wire::qscheduler as adm;
+use qscheduler_wire::swarming::v1 as pb;
+use rcgen::KeyPair;
+use serde_json::json;
+use tonic::{Code, Status};
+
+const ISSUER: &str = "https://kubernetes.default.svc";
+const AUDIENCE: &str = "qscheduler";
+const SUBJECT: &str = "system:serviceaccount:swarming:server";
+
+struct Key {
+    kid: String,
+    pair: KeyPair,
+}
+
+impl Key {
+    fn new(kid: &str) -> Key {
+        Key {
+            kid: kid.into(),
+            pair: KeyPair::generate().unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let raw = self.pair.public_key_raw();
+        assert_eq!(raw.len(), 65, "an uncompressed P-256 point");
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        })
+    }
+
+    fn sign(&self, claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_der(&self.pair.serialize_der()),
+        )
+        .unwrap()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(sub: &str, exp_in: i64) -> serde_json::Value {
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now(), "exp": now() + exp_in})
+}
+
+fn write_jwks(path: &Path, keys: &[&Key]) {
+    let doc = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+    std::fs::write(path, doc.to_string()).unwrap();
+}
+
+fn notify() -> pb::NotifyTasksRequest {
+    pb::NotifyTasksRequest {
+        scheduler_id: "p".into(),
+        notifications: vec![],
+        is_callback: false,
+    }
+}
+
+fn refused(r: Result<impl std::fmt::Debug, Status>, code: Code, why: &str, token: &str) {
+    let e = r.expect_err("refused");
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(e.message().contains(why), "{why:?} not in {e:?}");
+    assert!(
+        token.is_empty() || !e.message().contains(token),
+        "the token was echoed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_tokens_from_a_jwks_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let k1 = Key::new("k1");
+    write_jwks(&jwks, &[&k1]);
+    let config = format!(
+        r#"
+[auth]
+[auth.oidc]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = {:?}
+clock_skew = "60s"
+
+[[auth.oidc.grants]]
+subject = "{SUBJECT}"
+roles = ["swarming"]
+
+[[auth.oidc.grants]]
+email = "ops@example.com"
+roles = ["admin"]
+"#,
+        jwks.to_str().unwrap()
+    );
+    let policy = Config::parse(&config, Path::new("oidc.toml"))
+        .expect("parses")
+        .auth_policy()
+        .expect("policy")
+        .expect("[auth]");
+    let server = TestServer::start(ServerOptions {
+        store: dir.path().join("store").to_str().unwrap().to_owned(),
+        auth: Some(policy),
+        ..ServerOptions::default()
+    })
+    .await;
+    let ops = k1.sign(json!({
+        "iss": ISSUER, "aud": [AUDIENCE, "other"], "sub": "1234", "email": "ops@example.com",
+        "email_verified": true, "exp": now() + 600,
+    }));
+    Rpc::connect(server.addr, Transport::Grpc)
+        .await
+        .with_token(&ops)
+        .create_pool("p")
+        .await;
+
+    let good = k1.sign(claims(SUBJECT, 600));
+    for t in [Transport::Grpc, Transport::PrpcBinary] {
+        let anon = Rpc::connect(server.addr, t).await;
+        let c = |token: &str| anon.clone().with_token(token);
+        c(&good).notify_tasks(notify()).await.expect("good token");
+        // Cached: the same token again.
+        c(&good).notify_tasks(notify()).await.expect("good token");
+        refused(
+            c(&good)
+                .wipe(adm::WipeRequest {
+                    pool_id: "p".into(),
+                })
+                .await,
+            Code::PermissionDenied,
+            SUBJECT,
+            &good,
+        );
+        refused(
+            anon.notify_tasks(notify()).await,
+            Code::Unauthenticated,
+            "credentials",
+            "",
+        );
+        let garbage = "eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+        refused(
+            c(garbage).notify_tasks(notify()).await,
+            Code::Unauthenticated,
+            "not valid",
+            garbage,
+        );
+        let cases = [
+            (k1.sign(claims(SUBJECT, -3600)), "expired"),
+            (
+                k1.sign(json!({"iss": ISSUER, "aud": AUDIENCE, "sub": SUBJECT,
+                               "nbf": now() + 3600, "exp": now() + 7200})),
+                "not valid yet",
+            ),
+            (
+                k1.sign(json!({"iss": ISSUER, "aud": "someone-else", "sub": SUBJECT,
+                               "exp": now() + 600})),
+                "another audience",
+            ),
+            (
+                k1.sign(
+                    json!({"iss": "https://evil.example", "aud": AUDIENCE, "sub": SUBJECT,
+                               "exp": now() + 600}),
+                ),
+                "another issuer",
+            ),
+            (
+                Key::new("k1").sign(claims(SUBJECT, 600)),
+                "signed by no key",
+            ),
+            (
+                k1.sign(json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "nobody",
+                               "email": "ops@example.com", "email_verified": false,
+                               "exp": now() + 600})),
+                "\"nobody\"",
+            ),
+        ];
+        for (token, why) in &cases {
+            refused(
+                c(token).notify_tasks(notify()).await,
+                Code::Unauthenticated,
+                why,
+                token,
+            );
+        }
+        // Expired, but within the clock-skew allowance.
+        c(&k1.sign(claims(SUBJECT, -10)))
+            .notify_tasks(notify())
+            .await
+            .expect("within the skew");
+    }
+
+    // The issuer rotates its key: the file changes, the new key's tokens
+    // are accepted and the old key's refused, without a restart.
+    let k2 = Key::new("k2");
+    write_jwks(&jwks, &[&k2]);
+    let rpc = Rpc::connect(server.addr, Transport::Grpc).await;
+    let fresh = k2.sign(claims(SUBJECT, 600));
+    let until = Instant::now() + Duration::from_secs(30);
+    while rpc
+        .clone()
+        .with_token(&fresh)
+        .notify_tasks(notify())
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < until, "the new key is not used");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    refused(
+        rpc.clone().with_token(&good).notify_tasks(notify()).await,
+        Code::Unauthenticated,
+        "signed by no key",
+        &good,
+    );
+    server.stop().await;
+}
+
+/// The cost of verifying a JWT (ES256) and of a cache hit; prints the
+/// figures, asserts nothing about time. Run with `--ignored --nocapture`,
+/// ideally with `--release`.
+#[test]
+#[ignore]
+fn jwt_validation_cost() {
+    use qscheduler_server::auth::oidc::{OidcGrant, OidcOptions, OidcVerifier};
+    use qscheduler_server::auth::{Grant, Kind, Pools, Principal, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let k1 = Key::new("k1");
+    write_jwks(&jwks, &[&k1]);
+    let verifier = OidcVerifier::new(OidcOptions {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_file: jwks,
+        grants: vec![OidcGrant {
+            subject: Some(SUBJECT.into()),
+            email: None,
+            principal: std::sync::Arc::new(Principal {
+                name: SUBJECT.into(),
+                kind: Kind::Oidc,
+                grants: vec![Grant {
+                    roles: vec![Role::Swarming],
+                    pools: Pools::All,
+                }],
+            }),
+        }],
+        leeway: Duration::from_secs(60),
+    })
+    .unwrap();
+    let n = 500;
+    // Distinct tokens (different exp), so none is a cache hit.
+    let tokens: Vec<String> = (0..n).map(|i| k1.sign(claims(SUBJECT, 600 + i))).collect();
+    let start = Instant::now();
+    for t in &tokens {
+        verifier.verify(t).unwrap();
+    }
+    let full = start.elapsed() / n as u32;
+    let start = Instant::now();
+    for _ in 0..10 {
+        for t in &tokens {
+            verifier.verify(t).unwrap();
+        }
+    }
+    let cached = start.elapsed() / (10 * n) as u32;
+    println!("ES256 JWT: {full:?} per verification, {cached:?} per cache hit");
+}
