@@ -6,8 +6,9 @@
 //! or one step per queued request, never a sort of the queue, so that an
 //! explanation stays cheap on a pool of a million queued tasks.
 
+use super::labels::is_subset;
 use super::ordset::OrdSet;
-use super::{Place, QKey, QueuedView, SETTLED, Scheduler, has_group, index::is_subset};
+use super::{Place, QKey, QueuedView, SETTLED, Scheduler, has_group};
 use crate::account::{Balance, FREE_PRIORITY};
 
 /// One task as an explanation needs it.
