@@ -52,6 +52,11 @@ impl Insight {
         }
     }
 
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The figures kept for the pools.
     pub fn reports(&self) -> &Arc<Reports> {
         &self.reports

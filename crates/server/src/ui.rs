@@ -116,11 +116,8 @@ fn error_page(status: StatusCode, msg: &str) -> Response {
 
 /// The pool if it is served here, else the page to show instead.
 async fn local_pool(ui: &Ui, id: &str) -> Result<PoolRef, Response> {
-    if id.is_empty() || id.len() > 1024 {
-        return Err(error_page(
-            StatusCode::BAD_REQUEST,
-            "pool id: 1 to 1024 bytes",
-        ));
+    if let Err(s) = crate::translate::pool_id(id, "pool id", ui.insight.limits()) {
+        return Err(error_page(StatusCode::BAD_REQUEST, s.message()));
     }
     match ui.registry.locate(id, 0).await {
         Ok(Location::Local(p)) => Ok(p),
@@ -424,8 +421,8 @@ fn report_table(pool: &str, r: &Report) -> Markup {
 }
 
 async fn task_page(State(ui): State<Ui>, Query(q): Query<ItemQuery>) -> Response {
-    if q.id.is_empty() || q.id.len() > 1024 {
-        return error_page(StatusCode::BAD_REQUEST, "task id: 1 to 1024 bytes");
+    if let Err(s) = crate::limits::check_id(&q.id, "task id", ui.insight.limits()) {
+        return error_page(StatusCode::BAD_REQUEST, s.message());
     }
     let pool = match local_pool(&ui, &q.pool).await {
         Ok(p) => p,

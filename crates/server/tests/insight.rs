@@ -423,5 +423,10 @@ async fn dashboard_pages_render_in_chromium() {
     assert_eq!(status, 400);
     let (status, _) = get(server.addr, "/ui/pool?id=missing").await;
     assert_eq!(status, 404);
+    let (status, body) = get(server.addr, "/ui/pool?id=a%00b").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get(server.addr, &format!("/ui/task?pool={enc}&id=")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("task id"), "{body}");
     server.stop().await;
 }

@@ -318,7 +318,8 @@ fn prpc_dispatch_covers_every_method() {
     let router = PrpcRouter::new()
         .external_scheduler(Arc::clone(&d))
         .admin(Arc::clone(&d))
-        .view(d);
+        .view(Arc::clone(&d))
+        .insight(d);
     let registered = router.methods();
     let mut expected: Vec<(String, Vec<String>)> = descriptor_pool()
         .services()

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use qscheduler_wire::context::rpc_method;
 use qscheduler_wire::qscheduler::q_scheduler_admin_server::QSchedulerAdmin;
+use qscheduler_wire::qscheduler::q_scheduler_insight_server::QSchedulerInsight;
 use qscheduler_wire::qscheduler::q_scheduler_view_server::QSchedulerView;
 use qscheduler_wire::qscheduler::*;
 use qscheduler_wire::serve::{Services, serve};
@@ -301,13 +302,46 @@ impl QSchedulerView for Dummy {
     }
 }
 
-/// All three services on the dummy.
+#[tonic::async_trait]
+impl QSchedulerInsight for Dummy {
+    async fn explain_task(
+        &self,
+        r: Request<ExplainTaskRequest>,
+    ) -> Result<Response<ExplainTaskResponse>, Status> {
+        Ok(Response::new(ExplainTaskResponse {
+            task_id: r.into_inner().task_id,
+            state: "unknown".into(),
+            ..Default::default()
+        }))
+    }
+    async fn account_report(
+        &self,
+        r: Request<AccountReportRequest>,
+    ) -> Result<Response<AccountReportResponse>, Status> {
+        Ok(Response::new(AccountReportResponse {
+            pool_id: r.into_inner().pool_id,
+            ..Default::default()
+        }))
+    }
+    async fn pool_overview(
+        &self,
+        r: Request<PoolOverviewRequest>,
+    ) -> Result<Response<PoolOverviewResponse>, Status> {
+        Ok(Response::new(PoolOverviewResponse {
+            pool_id: r.into_inner().pool_id,
+            ..Default::default()
+        }))
+    }
+}
+
+/// Every service on the dummy.
 pub fn dummy_services() -> Services {
     let d = Arc::new(Dummy);
     Services::new()
         .external_scheduler(Arc::clone(&d))
         .admin(Arc::clone(&d))
-        .view(d)
+        .view(Arc::clone(&d))
+        .insight(d)
 }
 
 pub struct TestServer {
