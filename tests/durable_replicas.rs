@@ -254,35 +254,76 @@ async fn forwarding_between_replicas_lands_in_one_log() {
     println!("forwarding test took {:?}", started.elapsed());
 }
 
+/// Two replicas on a database of their own, six pools spread over them
+/// (each already held by its home), and one pool, the victim, whose home
+/// is replica a.
+struct TwoReplicas {
+    db: TestDb,
+    a: ServerProc,
+    b: ServerProc,
+    pg: sqlx::PgPool,
+    ca: Clients,
+    cb: Clients,
+    pools: Vec<String>,
+    victim: String,
+    /// Each pool's home.
+    expected: BTreeMap<String, String>,
+}
+
+impl TwoReplicas {
+    async fn start(tag: &str, prefix: &str) -> TwoReplicas {
+        let db = TestDb::create(tag).await;
+        let a = ServerProc::start(&["--store", &db.url, "--replica-id", "a"]);
+        let b = ServerProc::start(&["--store", &db.url, "--replica-id", "b"]);
+        let pg = db.connect().await;
+        let ca = a.clients().await;
+        let cb = b.clients().await;
+        let live = replicas(&[("a", &a), ("b", &b)]);
+        let pools: Vec<String> = (0..6).map(|i| format!("{prefix}-{i}")).collect();
+        let victim = pools
+            .iter()
+            .find(|p| home(p, &live).is_some_and(|h| h.replica_id == "a"))
+            .expect("a pool homed on a")
+            .clone();
+        let mut c = cb.clone();
+        for p in &pools {
+            c.create_pool(p).await.expect("create");
+        }
+        let expected: BTreeMap<String, String> = pools
+            .iter()
+            .map(|p| (p.clone(), home(p, &live).expect("home").replica_id.clone()))
+            .collect();
+        wait_for_owners(&pg, &expected, HUNG).await;
+        assert_eq!(lease_holder(&pg, &victim).await.as_deref(), Some("a"));
+        TwoReplicas {
+            db,
+            a,
+            b,
+            pg,
+            ca,
+            cb,
+            pools,
+            victim,
+            expected,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_after_kill_without_loss_or_double_assignment() {
     let seed = seed("takeover");
     let mut rng = Rng::new(seed);
-    let db = TestDb::create("takeover").await;
-    let a = ServerProc::start(&["--store", &db.url, "--replica-id", "a"]);
-    let b = ServerProc::start(&["--store", &db.url, "--replica-id", "b"]);
-    let pg = db.connect().await;
-    let ca = a.clients().await;
-    let cb = b.clients().await;
-
-    // A pool whose home is a, plus a few more spread over both replicas.
-    let live = replicas(&[("a", &a), ("b", &b)]);
-    let pools: Vec<String> = (0..6).map(|i| format!("busy-{i}")).collect();
-    let victim = pools
-        .iter()
-        .find(|p| home(p, &live).is_some_and(|h| h.replica_id == "a"))
-        .expect("a pool homed on a")
-        .clone();
-    let mut c = cb.clone();
-    for p in &pools {
-        c.create_pool(p).await.expect("create");
-    }
-    let expected: BTreeMap<String, String> = pools
-        .iter()
-        .map(|p| (p.clone(), home(p, &live).expect("home").replica_id.clone()))
-        .collect();
-    wait_for_owners(&pg, &expected, HUNG).await;
-    assert_eq!(lease_holder(&pg, &victim).await.as_deref(), Some("a"));
+    let TwoReplicas {
+        db,
+        a,
+        b,
+        pg,
+        ca,
+        cb,
+        pools,
+        victim,
+        expected,
+    } = TwoReplicas::start("takeover", "busy").await;
 
     // Traffic through both replicas, then kill the owner.
     let w = Workload::new(&victim, 8, vec![ca.clone(), cb.clone()]);
@@ -376,30 +417,17 @@ async fn takeover_after_kill_without_loss_or_double_assignment() {
 async fn sigterm_hands_pools_over_without_loss() {
     let seed = seed("handoff");
     let mut rng = Rng::new(seed);
-    let db = TestDb::create("handoff").await;
-    let mut a = ServerProc::start(&["--store", &db.url, "--replica-id", "a"]);
-    let b = ServerProc::start(&["--store", &db.url, "--replica-id", "b"]);
-    let pg = db.connect().await;
-    let ca = a.clients().await;
-    let cb = b.clients().await;
-
-    let live = replicas(&[("a", &a), ("b", &b)]);
-    let pools: Vec<String> = (0..6).map(|i| format!("drain-{i}")).collect();
-    let victim = pools
-        .iter()
-        .find(|p| home(p, &live).is_some_and(|h| h.replica_id == "a"))
-        .expect("a pool homed on a")
-        .clone();
-    let mut c = cb.clone();
-    for p in &pools {
-        c.create_pool(p).await.expect("create");
-    }
-    let expected: BTreeMap<String, String> = pools
-        .iter()
-        .map(|p| (p.clone(), home(p, &live).expect("home").replica_id.clone()))
-        .collect();
-    wait_for_owners(&pg, &expected, HUNG).await;
-    assert_eq!(lease_holder(&pg, &victim).await.as_deref(), Some("a"));
+    let TwoReplicas {
+        db: _db,
+        mut a,
+        b,
+        pg,
+        ca,
+        cb,
+        pools,
+        victim,
+        expected: _,
+    } = TwoReplicas::start("handoff", "drain").await;
 
     // Traffic through both replicas, then SIGTERM to the owner.
     let w = Workload::new(&victim, 8, vec![ca.clone(), cb.clone()]);
