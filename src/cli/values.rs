@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 
 use qscheduler_core::NUM_PRIORITIES;
 use qscheduler_core::account::{MAX_CHARGE_RATE, MAX_CHARGE_SECONDS};
-
-/// Longest pool id the server stores.
-pub const MAX_POOL_ID_BYTES: usize = qscheduler_store::MAX_POOL_ID_BYTES;
+use qscheduler_core::id_rule::{self as ids, IdBounds};
 
 /// Checks one charge rate (bot-seconds per second).
 pub fn check_rate(value: f64) -> Result<f32, String> {
@@ -160,28 +158,14 @@ pub fn join_label_limits(pairs: &[(String, i32)]) -> Result<BTreeMap<String, i32
     Ok(out)
 }
 
-/// Checks a pool id the way the server will.
+/// Checks a pool id the way the server will (with its default bounds).
 pub fn check_pool_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("the pool id must not be empty".into());
-    }
-    if id.len() > MAX_POOL_ID_BYTES {
-        return Err(format!(
-            "pool id {id:?} is longer than {MAX_POOL_ID_BYTES} bytes"
-        ));
-    }
-    if id.contains('\0') {
-        return Err(format!("pool id {id:?} contains a NUL byte"));
-    }
-    Ok(())
+    ids::check_pool_id(id, IdBounds::default()).map_err(|e| format!("pool id {id:?} {e}"))
 }
 
-/// Checks an account id the way the server will.
+/// Checks an account id the way the server will (with its default bounds).
 pub fn check_account_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("the account id must not be empty".into());
-    }
-    Ok(())
+    ids::check_id(id, IdBounds::default()).map_err(|e| format!("account id {id:?} {e}"))
 }
 
 /// clap value parser for pool ids.
@@ -248,7 +232,7 @@ mod tests {
     #[test]
     fn ids() {
         assert!(check_pool_id("").is_err());
-        assert!(check_pool_id(&"x".repeat(MAX_POOL_ID_BYTES + 1)).is_err());
+        assert!(check_pool_id(&"x".repeat(ids::MAX_POOL_ID_BYTES + 1)).is_err());
         assert!(check_pool_id("pool-1").is_ok());
         assert!(check_pool_id("a\0b").is_err());
         assert!(check_account_id("").is_err());

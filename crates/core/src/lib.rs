@@ -110,6 +110,7 @@ mod codec;
 pub mod command;
 pub mod event;
 pub mod explain;
+pub mod id_rule;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod pool;

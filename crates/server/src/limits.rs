@@ -24,6 +24,7 @@
 use std::time::Duration;
 
 use qscheduler_core::Time;
+use qscheduler_core::id_rule::{self as ids, IdBounds, IdError};
 use qscheduler_wire::shape::ShapeLimits;
 use tonic::Status;
 
@@ -63,6 +64,16 @@ pub struct Limits {
     pub total_queue_bytes: usize,
 }
 
+impl Limits {
+    /// The bounds on ids these limits set.
+    pub fn id_bounds(&self) -> IdBounds {
+        IdBounds {
+            max_bytes: self.max_id_bytes,
+            max_chars: self.max_id_chars,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -74,8 +85,8 @@ impl Default for Limits {
             max_tags_per_task: 256,
             max_items_per_call: 100_000,
             max_label_bytes: 1024,
-            max_id_bytes: 1024,
-            max_id_chars: 256,
+            max_id_bytes: ids::DEFAULT_MAX_ID_BYTES,
+            max_id_chars: ids::DEFAULT_MAX_ID_CHARS,
             max_clock_skew: Duration::from_secs(3600),
             max_bot_expiration: Duration::from_secs(7 * 24 * 3600),
             max_pools: 10_000,
@@ -92,37 +103,38 @@ fn over(field: &str, what: &str, limit: usize, setting: &str) -> Status {
     ))
 }
 
-/// Checks an id: present, not too long, printable. The rule for every kind
-/// of id (pool, account, task, bot): a control character in an id could
-/// forge a line of a text log or hide part of the id from an operator.
+/// Checks an id (pool, account, task or bot) with the one rule of
+/// [`qscheduler_core::id_rule`] and the configured bounds; the error names the
+/// field and the setting.
 pub fn check_id(id: &str, field: &str, limits: &Limits) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is required")));
-    }
-    if id.len() > limits.max_id_bytes {
-        return Err(over(
-            field,
-            &format!("length {} bytes", id.len()),
-            limits.max_id_bytes,
-            "max_id_bytes",
-        ));
-    }
-    let chars = id.chars().count();
-    if chars > limits.max_id_chars {
-        return Err(over(
+    ids::check_id(id, limits.id_bounds()).map_err(|e| id_status(field, e, limits))
+}
+
+/// Checks a pool id: [`check_id`], within the store's bound on pool ids.
+pub fn check_pool_id(id: &str, field: &str, limits: &Limits) -> Result<(), Status> {
+    ids::check_pool_id(id, limits.id_bounds()).map_err(|e| id_status(field, e, limits))
+}
+
+/// `INVALID_ARGUMENT` for an id refused by the rule.
+fn id_status(field: &str, e: IdError, limits: &Limits) -> Status {
+    match e {
+        IdError::Empty => Status::invalid_argument(format!("{field} is required")),
+        IdError::TooManyBytes { len, limit } if limit < limits.max_id_bytes => {
+            Status::invalid_argument(format!(
+                "{field}: length {len} bytes exceeds the limit of {limit} (the store's bound on pool ids)"
+            ))
+        }
+        IdError::TooManyBytes { len, limit } => {
+            over(field, &format!("length {len} bytes"), limit, "max_id_bytes")
+        }
+        IdError::TooManyChars { chars, limit } => over(
             field,
             &format!("length {chars} characters"),
-            limits.max_id_chars,
+            limit,
             "max_id_chars",
-        ));
+        ),
+        IdError::Control { .. } => Status::invalid_argument(format!("{field}: {e}")),
     }
-    if let Some((i, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(Status::invalid_argument(format!(
-            "{field}: control character U+{:04X} at byte {i}; ids must be printable",
-            u32::from(c)
-        )));
-    }
-    Ok(())
 }
 
 /// Checks the labels (dimensions or tags) of `field`: their number and each

@@ -37,25 +37,15 @@ pub fn timestamp(t: Time) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-/// Checks a pool id from a request: the rule of every id
-/// ([`crate::limits::check_id`]), then the store's own bound.
+/// Checks a pool id from a request (see [`crate::limits::check_pool_id`]).
 pub fn pool_id(id: &str, field: &str, limits: &Limits) -> Result<(), Status> {
-    check_id(id, field, limits)?;
-    if id.len() > qscheduler_store::MAX_POOL_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{field} is longer than {} bytes",
-            qscheduler_store::MAX_POOL_ID_BYTES
-        )));
-    }
-    // The store refuses it too, but its refusal surfaces as a storage
-    // failure (UNAVAILABLE), which tells clients to retry.
-    if id.contains('\0') {
-        return Err(Status::invalid_argument(format!(
-            "{field} contains a NUL byte"
-        )));
-    }
-    Ok(())
+    crate::limits::check_pool_id(id, field, limits)
 }
+
+// The store refuses longer pool ids as a storage failure (UNAVAILABLE,
+// which tells clients to retry); the id rule must refuse them first.
+const _: () =
+    assert!(qscheduler_store::MAX_POOL_ID_BYTES == qscheduler_core::id_rule::MAX_POOL_ID_BYTES);
 
 /// A NotifyTasks request as a core call, given the server's clock `now`.
 /// Refuses malformed requests and requests over the [`Limits`]; turns
