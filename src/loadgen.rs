@@ -623,8 +623,10 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         let r = admin
             .inspect_pool(
                 &format!("inspecting {pool}"),
+                // The counts are in every page: the smallest will do.
                 adm::InspectPoolRequest {
                     pool_id: pool.clone(),
+                    page_size: 1,
                     ..Default::default()
                 },
             )

@@ -79,6 +79,21 @@ fn broken_files_are_rejected_with_line_and_reason() {
             "bad.toml:2:13:",
             "must be at least 1",
         ),
+        (
+            "[limits]\nmax_dimensions_per_bot = 0\n",
+            "bad.toml:2:26:",
+            "must be at least 1",
+        ),
+        (
+            "[connections]\nhttp2_max_concurrent_streams = -4\n",
+            "bad.toml:2:32:",
+            "must be at least 1",
+        ),
+        (
+            "[limits]\npool_queue_bytes = \"1MiB\"\n",
+            "",
+            "limits.pool_queue_bytes",
+        ),
     ];
     for (text, position, reason) in cases {
         let (code, err) = check(text);

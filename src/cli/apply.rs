@@ -629,8 +629,11 @@ async fn read_current(client: &Client, want: &Desired) -> anyhow::Result<Current
         let resp = client
             .inspect_pool(
                 &format!("reading the settings of pool {:?}", want.id),
+                // Only the pool's settings are needed, which every page
+                // carries: the smallest page.
                 adm::InspectPoolRequest {
                     pool_id: want.id.clone(),
+                    page_size: 1,
                     ..Default::default()
                 },
             )

@@ -1,8 +1,15 @@
 //! `qscheduler inspect POOL`: a summary, or the original tool's views of
 //! accounts, idle bots and tasks, or the whole `InspectPool` response as
 //! JSON.
+//!
+//! The pool is read page by page (`InspectPool`'s `page_size` and
+//! `page_token`) and the pages are joined into the one response an unpaged
+//! call gives, so every view prints the same as before; a large pool no
+//! longer needs one response (and one server allocation) holding all of
+//! it. A server without paging ignores the fields and answers everything
+//! in the first page.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use clap::Args;
 use qscheduler_core::NUM_PRIORITIES;
@@ -37,9 +44,20 @@ pub struct InspectArgs {
     /// Running and waiting tasks.
     #[arg(long)]
     tasks: bool,
+    /// Tasks and bots asked for per call; the pool is read in as many calls
+    /// as it takes. Each call walks the whole pool on the server, so larger
+    /// pages cost the server less in all; 0 asks for everything in one
+    /// call.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PAGE_SIZE,
+          value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64))]
+    page_size: u32,
     #[command(flatten)]
     output: OutputArg,
 }
+
+/// Entries per InspectPool call by default: a page of idle bots with a few
+/// dozen dimensions each stays within a few MiB.
+const DEFAULT_PAGE_SIZE: u32 = 5000;
 
 /// Runs `qscheduler inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -51,15 +69,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     }
     block_on(async move {
         let client = args.conn.client()?;
-        let resp = client
-            .inspect_pool(
-                &format!("inspecting pool {:?}", args.pool),
-                adm::InspectPoolRequest {
-                    pool_id: args.pool.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let resp = inspect_all(&client, &args.pool, args.page_size).await?;
         let text = if args.output.is_document() {
             args.output.document(&resp)?
         } else {
@@ -81,6 +91,65 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         print!("{text}");
         anyhow::Ok(())
     })?
+}
+
+/// Every page of the pool, joined into the response of an unpaged call.
+///
+/// Counts, balances, account configs and the preemption setting are in
+/// every page; those of the last page (the freshest) are kept. The lists
+/// are concatenated: each page continues where the previous one ended, in
+/// the same order an unpaged call lists them. An entry whose position
+/// changed while the pages were read (Swarming confirmed it again) may come
+/// twice; it is kept once, where it came first.
+async fn inspect_all(
+    client: &super::Client,
+    pool: &str,
+    page_size: u32,
+) -> anyhow::Result<adm::InspectPoolResponse> {
+    let what = format!("inspecting pool {pool:?}");
+    let page_size = i32::try_from(page_size).unwrap_or(i32::MAX);
+    let mut token = String::new();
+    let mut all: Option<adm::InspectPoolResponse> = None;
+    let mut seen: [HashSet<String>; 3] = Default::default();
+    loop {
+        let mut page = client
+            .inspect_pool(
+                &what,
+                adm::InspectPoolRequest {
+                    pool_id: pool.to_owned(),
+                    page_size,
+                    page_token: token.clone(),
+                },
+            )
+            .await?;
+        let next = std::mem::take(&mut page.next_page_token);
+        let [waiting, running, idle] = &mut seen;
+        page.waiting_tasks.retain(|t| waiting.insert(t.id.clone()));
+        page.running_tasks.retain(|t| running.insert(t.id.clone()));
+        page.idle_bots.retain(|b| idle.insert(b.id.clone()));
+        all = Some(match all {
+            None => page,
+            Some(mut all) => {
+                all.waiting_tasks.append(&mut page.waiting_tasks);
+                all.running_tasks.append(&mut page.running_tasks);
+                all.idle_bots.append(&mut page.idle_bots);
+                adm::InspectPoolResponse {
+                    waiting_tasks: all.waiting_tasks,
+                    running_tasks: all.running_tasks,
+                    idle_bots: all.idle_bots,
+                    ..page
+                }
+            }
+        });
+        if next.is_empty() {
+            break;
+        }
+        if next == token {
+            anyhow::bail!("{what}: the server gave the same page token twice");
+        }
+        token = next;
+    }
+    Ok(all.unwrap_or_default())
 }
 
 fn balance_cells(values: Option<&Vec<f32>>) -> Vec<String> {

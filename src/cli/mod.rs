@@ -32,7 +32,8 @@
 //!   protobuf text format; `--output json` gives the whole response. The
 //!   view flags may be combined. The `--accounts` tables keep the original
 //!   layout, except that charge rates are printed exactly (a rate of 0.05
-//!   showed as 0.1 with the original's `%.1f`).
+//!   showed as 0.1 with the original's `%.1f`). It reads the pool in pages
+//!   (`--page-size`), so a large pool is never one response.
 //! * No authentication flags yet.
 
 mod account;

@@ -1541,6 +1541,99 @@ mod tests {
         Config::parse(&uncommented, Path::new("example.toml")).unwrap();
     }
 
+    /// The keys of the table at `path` (`""`: the top level) as the parser
+    /// knows them: it refuses an unknown key with the list of the known
+    /// ones. `None` when `path` is not a table of keys (a plain setting).
+    fn known_keys(path: &str) -> Option<Vec<String>> {
+        let text = if path.is_empty() {
+            "qscheduler_probe = 1\n".to_owned()
+        } else {
+            format!("[{path}]\nqscheduler_probe = 1\n")
+        };
+        match Config::parse(&text, Path::new("probe.toml")) {
+            Err(ConfigError::Invalid { message, .. })
+                if message.contains("unknown field `qscheduler_probe`") =>
+            {
+                let (_, expected) = message.split_once("expected")?;
+                Some(
+                    expected
+                        .split('`')
+                        .skip(1)
+                        .step_by(2)
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Every setting of the file, as (table, key), found by walking the
+    /// tables from the top.
+    fn every_setting(table: &str, out: &mut Vec<(String, String)>) {
+        for key in known_keys(table).unwrap_or_default() {
+            let path = if table.is_empty() {
+                key.clone()
+            } else {
+                format!("{table}.{key}")
+            };
+            if known_keys(&path).is_some() {
+                every_setting(&path, out);
+            } else {
+                out.push((table.to_owned(), key));
+            }
+        }
+    }
+
+    /// Every setting (limits, budgets and connection settings among them)
+    /// is in the example file, in its table, set or commented out; the
+    /// test above checks that the values shown are the defaults. Only
+    /// `[auth]` and `[tls]`, whose presence is the setting, are described
+    /// rather than listed.
+    #[test]
+    fn the_example_file_lists_every_setting() {
+        let text = include_str!("../../../docs/qscheduler.example.toml");
+        let mut listed = std::collections::BTreeSet::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name.to_owned();
+            } else if let Some((key, _)) = line.trim_start_matches("# ").split_once(" = ") {
+                listed.insert((table.clone(), key.to_owned()));
+            }
+        }
+        let mut settings = Vec::new();
+        every_setting("", &mut settings);
+        let tables: std::collections::BTreeSet<&str> =
+            settings.iter().map(|(t, _)| t.as_str()).collect();
+        for t in ["limits", "connections", "batching", "event_log.files"] {
+            assert!(tables.contains(t), "the walk missed [{t}]: {tables:?}");
+        }
+        let mut missing = Vec::new();
+        for (table, key) in &settings {
+            if table == "auth" || table.starts_with("auth.") || table == "tls" {
+                continue;
+            }
+            if !listed.contains(&(table.clone(), key.clone())) {
+                missing.push(format!("[{table}] {key}"));
+            }
+        }
+        assert!(missing.is_empty(), "not in the example file: {missing:?}");
+        for section in ["[auth]", "[tls]"] {
+            assert!(text.contains(section), "{section} is not described");
+        }
+
+        // And `config check` (the same parser) refuses a nonsensical value
+        // of each of them at its line.
+        for (table, key) in &settings {
+            if table == "auth" || table.starts_with("auth.") || table == "tls" {
+                continue;
+            }
+            let (line, msg) = err(&format!("[{table}]\n\n{key} = -1\n"));
+            assert_eq!(line, 3, "[{table}] {key}: {msg}");
+        }
+    }
+
     #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));

@@ -1,15 +1,17 @@
 //! Staying up: a panicking pool writer fails its pool alone, reads come
 //! from the follower copy and still see every acknowledged write,
-//! InspectPool pages, and the byte budgets and pool cap refuse calls with
-//! `RESOURCE_EXHAUSTED`. Real server, real sockets.
+//! InspectPool pages, the byte budgets and pool cap refuse calls with
+//! `RESOURCE_EXHAUSTED`, and a call from the future leaves the pool's
+//! clock alone. Real server, real sockets.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::TestServer;
-use common::rpc::{Rpc, Transport, item, pending};
+use common::rpc::{Rpc, Transport, bot, item, pending};
 use qscheduler_server::ServerOptions;
 use qscheduler_server::metrics::MetricsOptions;
 use qscheduler_server::pool::{CommitInfo, Observer, PoolOptions};
@@ -204,5 +206,80 @@ async fn budgets_and_the_pool_cap_refuse_with_resource_exhausted() {
     assert!(e.message().contains("limits.pool_queue_bytes"), "{e:?}");
     // Nothing of it was applied; a small call still goes through.
     assert!(rpc.waiting("p1").await.is_empty());
+    server.stop().await;
+}
+
+/// A call dated further ahead of the server's clock than `max_clock_skew`
+/// is refused, AssignTasks and NotifyTasks alike, and leaves the pool's
+/// clock where it was: a clock moved into the future never comes back
+/// (time only moves forward), and charging and bot expiry would stop until
+/// real time caught up. A call within the skew moves it as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_from_the_future_leaves_the_pool_clock_alone() {
+    let (mut options, _dir) = options();
+    options.event_log.files = None;
+    // Not the default, which the test server widens for its scenarios
+    // dated 2030.
+    options.limits.max_clock_skew = Duration::from_secs(2 * 3600);
+    let server = TestServer::start(options).await;
+    let rpc = Rpc::connect(server.addr, Transport::Grpc).await;
+    rpc.create_pool("clock").await;
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    let at = |seconds: i64| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let assign = |time: i64, id: &str| pb::AssignTasksRequest {
+        scheduler_id: "clock".into(),
+        idle_bots: vec![bot(id, &["os:linux"])],
+        time: at(time),
+    };
+    rpc.assign_tasks(assign(wall, "present"))
+        .await
+        .expect("a call of the present");
+    let pool = server.registry.get("clock").await.expect("the pool");
+    let before = pool.read().scheduler().now();
+
+    // In 2262, and three hours ahead.
+    for future in [9_214_646_400, wall + 3 * 3600] {
+        let e = rpc
+            .assign_tasks(assign(future, "from-the-future"))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("limits.max_clock_skew"), "{e:?}");
+        let e = rpc
+            .notify_tasks(pb::NotifyTasksRequest {
+                scheduler_id: "clock".into(),
+                notifications: vec![pb::NotifyTasksItem {
+                    time: at(future),
+                    task: Some(pb::TaskSpec {
+                        id: "from-the-future".into(),
+                        state: pb::task_spec::State::Pending as i32,
+                        slices: vec![pb::SliceSpec {
+                            dimensions: vec!["os:linux".into()],
+                        }],
+                        enqueued_time: at(wall),
+                        ..Default::default()
+                    }),
+                }],
+                is_callback: false,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("limits.max_clock_skew"), "{e:?}");
+        let state = pool.read();
+        let s = state.scheduler();
+        assert_eq!(s.now(), before, "the clock moved to {future}");
+        assert_eq!((s.idle_len(), s.queued_len()), (1, 0), "applied anyway");
+    }
+
+    // An hour ahead is within the skew.
+    rpc.assign_tasks(assign(wall + 3600, "present"))
+        .await
+        .expect("within the skew");
+    let expected = qscheduler_core::time::Time::from_unix(wall + 3600, 0).expect("a time");
+    assert_eq!(pool.read().scheduler().now(), expected);
     server.stop().await;
 }
