@@ -17,7 +17,7 @@
 //! (with their running tasks), pending assignments, task errors. Versions 1
 //! and 2 still load.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::account::{AccountConfig, Balance, FREE_PRIORITY, PoolSettings};
@@ -25,7 +25,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::command::{read_config, write_config};
 use crate::pool::Pool;
 use crate::reconciler::{PendingAssignment, Reconciler};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::scheduler::{Place, Scheduler};
 use crate::time::Time;
@@ -377,8 +377,11 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     rec.task_errors = errors;
     r.finish()?;
 
-    // Cross-checks before building anything.
-    let mut ids: BTreeSet<&str> = BTreeSet::new();
+    // Cross-checks before building anything. Only membership is asked, so
+    // a hash set's order cannot leak into the result.
+    let running = workers.iter().filter(|w| w.running.is_some()).count();
+    let mut ids: FxHashSet<&str> =
+        FxHashSet::with_capacity_and_hasher(queued.len() + running, Default::default());
     for q in queued.iter().chain(
         workers
             .iter()
@@ -388,15 +391,36 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
             return Err(bad("request id appears twice"));
         }
     }
-    let mut worker_ids: BTreeSet<&str> = BTreeSet::new();
+    let mut worker_ids: FxHashSet<&str> =
+        FxHashSet::with_capacity_and_hasher(workers.len(), Default::default());
     for w in &workers {
         if !worker_ids.insert(&w.id) {
             return Err(bad("worker id appears twice"));
         }
     }
 
+    drop(ids);
+    drop(worker_ids);
+
     let mut s = Scheduler::new(now);
     s.set_settings(settings);
+    // Distinct (account, base, provisionable) triples bound the fanout
+    // keys from above without over-reserving a pool of few shapes.
+    let group_keys = {
+        let mut keys: Vec<(usize, usize, usize)> = queued
+            .iter()
+            .chain(
+                workers
+                    .iter()
+                    .filter_map(|w| w.running.as_ref().map(|r| &r.0)),
+            )
+            .map(|q| (q.account, q.base, q.prov))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    };
+    s.reserve_for_load(queued.len() + running, group_keys, sets.len());
     for (id, cfg, bal) in configured {
         let listed = bal.is_some();
         s.add_account(&id, cfg, bal);
@@ -461,7 +485,11 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
             q.examined,
         )
     };
+    // No worker exists yet, so the anchor tables of the sets that become
+    // active can be sorted once at the end rather than kept sorted.
+    s.start_bulk_anchoring();
     let created: Vec<u32> = queued.iter().map(|q| create(&mut s, q)).collect();
+    s.finish_bulk_anchoring();
     s.enqueue_many(&created);
     for w in &workers {
         let ids = interned(&mut s, &w.labels);

@@ -140,7 +140,10 @@ impl Scheduler {
         self.sets[s].anchor = pack_anchor(i, j);
         let anchored = &mut self.labels[labels[i]].anchored;
         let key = (labels[j], s);
-        if let Err(k) = anchored.binary_search_by_key(&key, |&(b, x, _)| (b, x)) {
+        if let Some(touched) = &mut self.deferred_anchoring {
+            anchored.push((labels[j], s, third));
+            touched.push(labels[i]);
+        } else if let Err(k) = anchored.binary_search_by_key(&key, |&(b, x, _)| (b, x)) {
             anchored.insert(k, (labels[j], s, third));
         }
         for w in self.listed_candidates(&labels) {
@@ -175,8 +178,30 @@ impl Scheduler {
         }
     }
 
+    /// Starts a bulk load: until [`Scheduler::finish_bulk_anchoring`],
+    /// newly active sets are appended to their anchor tables unsorted.
+    /// Only for a pool without listed workers, and nothing may read or
+    /// remove anchors until the load is finished.
+    pub(crate) fn start_bulk_anchoring(&mut self) {
+        debug_assert!(self.workers.len() == 0, "bulk anchoring with workers");
+        self.deferred_anchoring = Some(Vec::new());
+    }
+
+    /// Ends a bulk load: sorts the anchor tables it appended to.
+    pub(crate) fn finish_bulk_anchoring(&mut self) {
+        let Some(mut touched) = self.deferred_anchoring.take() else {
+            return;
+        };
+        touched.sort_unstable();
+        touched.dedup();
+        for l in touched {
+            self.labels[l].anchored.sort_unstable();
+        }
+    }
+
     /// A set stops being active: the reverse of [`Scheduler::activate_set`].
     pub(crate) fn deactivate_set(&mut self, s: u32) {
+        debug_assert!(self.deferred_anchoring.is_none(), "a bulk load removes");
         let anchor = std::mem::replace(&mut self.sets[s].anchor, NO_ANCHOR);
         if anchor == NO_ANCHOR {
             return;

@@ -75,6 +75,23 @@ pub(super) fn group_slot_hash(
 }
 
 impl Scheduler {
+    /// Makes room for a bulk load (a snapshot decode) of `requests` more
+    /// requests over at most `group_keys` distinct fanout keys and `sets`
+    /// more label sets, so that the id tables do not rehash every entry
+    /// each time they grow.
+    pub(crate) fn reserve_for_load(&mut self, requests: usize, group_keys: usize, sets: usize) {
+        let requests_slab = &self.requests;
+        self.request_ids.reserve(requests, |r| &requests_slab[r].id);
+        let (sets_slab, groups, requests_slab) = (&self.sets, &self.groups, &self.requests);
+        self.group_ids.reserve(group_keys, |x| {
+            group_slot_hash(sets_slab, groups, requests_slab, x)
+        });
+        let sets_slab = &self.sets;
+        self.set_ids.reserve(sets, |x| {
+            super::idmap::hash_ids(sets_slab[x].labels.iter().copied())
+        });
+    }
+
     // -------------------------------------------------------------- accounts
 
     pub(crate) fn account_get_or_create(&mut self, id: &str) -> u32 {

@@ -32,6 +32,12 @@ impl IdIndex {
             .insert_unique(hash(id), slot, |&i| hash(id_of(i)));
     }
 
+    /// Makes room for `additional` more ids, so that a bulk load (a
+    /// snapshot decode) does not rehash the table as it grows.
+    pub(crate) fn reserve<'a>(&mut self, additional: usize, id_of: impl Fn(u32) -> &'a str) {
+        self.table.reserve(additional, |&i| hash(id_of(i)));
+    }
+
     /// Forgets `id`.
     pub(crate) fn remove<'a>(&mut self, id: &str, id_of: impl Fn(u32) -> &'a str) {
         if let Ok(e) = self.table.find_entry(hash(id), |&i| id_of(i) == id) {
@@ -65,6 +71,11 @@ impl SlotIndex {
     /// when the table grows.
     pub(crate) fn insert(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
         self.table.insert_unique(hash, slot, |&i| hash_of(i));
+    }
+
+    /// Makes room for `additional` more slots (see [`IdIndex::reserve`]).
+    pub(crate) fn reserve(&mut self, additional: usize, hash_of: impl Fn(u32) -> u64) {
+        self.table.reserve(additional, |&i| hash_of(i));
     }
 
     /// Forgets `slot`, recorded under `hash`.

@@ -519,6 +519,11 @@ pub struct Scheduler {
     pub(crate) nonempty_cells: [usize; LEVELS],
 
     pub(crate) events: Vec<Event>,
+    /// During a bulk load (a snapshot decode, before any worker exists):
+    /// the labels whose `anchored` tables took entries unsorted, to be
+    /// sorted once by [`Scheduler::finish_bulk_anchoring`] instead of one
+    /// sorted insertion per set. `None` at all other times.
+    pub(crate) deferred_anchoring: Option<Vec<u32>>,
 }
 
 impl Scheduler {
@@ -564,6 +569,7 @@ impl Scheduler {
             dirty_groups: Vec::new(),
             nonempty_cells: [0; LEVELS],
             events: Vec::new(),
+            deferred_anchoring: None,
         };
         // The empty set lives forever: it is everybody's subset.
         s.empty_set = s.intern_set_ids(Vec::new());

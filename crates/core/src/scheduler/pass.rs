@@ -1,7 +1,5 @@
 //! The scheduling pass (reference §6.5–§6.9, with the crate's rules).
 
-use std::sync::Arc;
-
 use rustc_hash::FxHashMap;
 
 use super::labels::is_subset;
@@ -9,9 +7,11 @@ use super::{Cell, CellKind, LEVELS, OMITTED, QKey, Scheduler, has_group};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
 
-/// Per-pass counts for per-label task limits: (account, worker label) →
-/// running tasks of the account on workers with that label.
-type LabelCounts = FxHashMap<(u32, Arc<str>), u32>;
+/// Per-pass counts for per-label task limits: (account, worker label id)
+/// → running tasks of the account on workers with that label. Label ids
+/// name labels one to one while they are interned, which a pass does not
+/// change, so counting by id counts by name without hashing strings.
+type LabelCounts = FxHashMap<(u32, u32), u32>;
 
 /// State that lives for one pass.
 struct PassCtx {
@@ -122,17 +122,6 @@ impl Scheduler {
                 }
             }
         }
-    }
-
-    /// The worker's smallest label starting with `key`.
-    fn label_for_key(&self, w: u32, key: &str) -> Option<Arc<str>> {
-        let by_name = &self.workers[w].by_name;
-        let i = by_name.partition_point(|&l| &*self.labels[l].name < key);
-        by_name
-            .get(i)
-            .map(|&l| &self.labels[l].name)
-            .filter(|n| n.starts_with(key))
-            .cloned()
     }
 
     /// True if account `a` has reached a per-label limit on worker `w`.

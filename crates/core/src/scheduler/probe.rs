@@ -274,12 +274,7 @@ impl Scheduler {
 
     /// Worker `w`'s smallest label starting with `key`.
     fn key_label(&self, w: u32, key: &str) -> Option<&str> {
-        let by_name = &self.workers[w].by_name;
-        let i = by_name.partition_point(|&l| &*self.labels[l].name < key);
-        by_name
-            .get(i)
-            .map(|&l| &*self.labels[l].name)
-            .filter(|n| n.starts_with(key))
+        self.label_for_key(w, key).map(|l| &*self.labels[l].name)
     }
 
     /// Where queued task `id` stands among the queued tasks competing for

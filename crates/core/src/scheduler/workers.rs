@@ -10,6 +10,17 @@ use crate::time::Time;
 use std::sync::Arc;
 
 impl Scheduler {
+    /// The id of worker `w`'s smallest label starting with `key`: the
+    /// label a per-label task limit with that key counts the worker under.
+    pub(super) fn label_for_key(&self, w: u32, key: &str) -> Option<u32> {
+        let by_name = &self.workers[w].by_name;
+        let i = by_name.partition_point(|&l| &*self.labels[l].name < key);
+        by_name
+            .get(i)
+            .copied()
+            .filter(|&l| self.labels[l].name.starts_with(key))
+    }
+
     // --------------------------------------------------------------- workers
 
     /// Creates an idle worker.
