@@ -498,7 +498,7 @@ impl Default for TracingSection {
 }
 
 /// `[auth]`: principals and what they may do (see [`crate::auth`]).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// Browser origins (`https://host[:port]`) allowed to call pRPC; none
@@ -516,6 +516,32 @@ pub struct AuthSection {
     pub peer_secret_file: Option<PathBuf>,
     /// `[auth.oidc]`: JWT bearer tokens checked against a JWKS file.
     pub oidc: Option<OidcSection>,
+    /// How long a dashboard sign-in lasts (at most 30 days).
+    #[serde(deserialize_with = "session_ttl")]
+    pub dashboard_session_ttl: Duration,
+    /// Dashboard sessions kept at most; the oldest makes room.
+    #[serde(deserialize_with = "positive_usize")]
+    pub dashboard_max_sessions: usize,
+    /// A header an authenticating proxy in front of the server sets to the
+    /// principal's name; believed on `/ui/` requests when set. Only for a
+    /// server no client can reach except through that proxy.
+    #[serde(deserialize_with = "proxy_header_opt")]
+    pub proxy_user_header: Option<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            allowed_origins: Vec::new(),
+            tokens: Vec::new(),
+            metrics_token_sha256: None,
+            peer_secret_file: None,
+            oidc: None,
+            dashboard_session_ttl: crate::auth::session::DEFAULT_TTL,
+            dashboard_max_sessions: crate::auth::session::DEFAULT_MAX_SESSIONS,
+            proxy_user_header: None,
+        }
+    }
 }
 
 /// One `[[auth.tokens]]` entry.
@@ -890,6 +916,14 @@ impl Config {
             metrics_token: auth.metrics_token_sha256,
             certificates,
             oidc,
+            dashboard: crate::auth::DashboardAuth {
+                session_ttl: auth.dashboard_session_ttl,
+                max_sessions: auth.dashboard_max_sessions,
+                proxy_user_header: auth
+                    .proxy_user_header
+                    .as_deref()
+                    .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            },
         }))
     }
 
@@ -1274,6 +1308,31 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
         return Err(de::Error::custom("must be greater than zero"));
     }
     Ok(v)
+}
+
+fn session_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = duration(d)?;
+    if v < Duration::from_secs(60) || v > Duration::from_secs(30 * 86_400) {
+        return Err(de::Error::custom(
+            "a dashboard session lasts from one minute to 30 days",
+        ));
+    }
+    Ok(v)
+}
+
+fn proxy_header_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(s.as_bytes()).is_err() {
+        return Err(de::Error::custom(format!("{s:?} is not a header name")));
+    }
+    // Headers that carry credentials or routing of their own.
+    let reserved = ["authorization", "cookie", "host", "origin", "content-type"];
+    if reserved.contains(&s.as_str()) || s.starts_with("x-qscheduler-") {
+        return Err(de::Error::custom(format!(
+            "{s:?} cannot name the dashboard's user: choose the header the proxy sets, such as \"x-forwarded-user\""
+        )));
+    }
+    Ok(Some(s))
 }
 
 fn positive_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -1776,6 +1835,35 @@ mod tests {
         let (line, msg) = err("[auth]\nallowed_origins = [\"https://a.example/path\"]\n");
         assert_eq!(line, 2, "{msg}");
         assert!(msg.contains("invalid origin"), "{msg}");
+
+        // The dashboard's sign-in settings.
+        let c = Config::parse(
+            "[auth]\ndashboard_session_ttl = \"2h\"\ndashboard_max_sessions = 7\nproxy_user_header = \"X-Forwarded-User\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let d = c.auth_policy().unwrap().unwrap().dashboard;
+        assert_eq!(d.session_ttl, Duration::from_secs(7200));
+        assert_eq!(d.max_sessions, 7);
+        assert_eq!(d.proxy_user_header.unwrap().as_str(), "x-forwarded-user");
+        let d = Config::parse("[auth]\n", Path::new("t.toml"))
+            .unwrap()
+            .auth_policy()
+            .unwrap()
+            .unwrap()
+            .dashboard;
+        assert_eq!(d.session_ttl, crate::auth::session::DEFAULT_TTL);
+        assert_eq!(d.max_sessions, crate::auth::session::DEFAULT_MAX_SESSIONS);
+        assert!(d.proxy_user_header.is_none());
+        let (line, msg) = err("[auth]\n\ndashboard_session_ttl = \"1s\"\n");
+        assert_eq!(line, 3, "{msg}");
+        assert!(msg.contains("one minute to 30 days"), "{msg}");
+        let (line, _) = err("[auth]\ndashboard_max_sessions = 0\n");
+        assert_eq!(line, 2);
+        let (line, msg) = err("[auth]\nproxy_user_header = \"Authorization\"\n");
+        assert_eq!(line, 2, "{msg}");
+        let (line, msg) = err("[auth]\nproxy_user_header = \"bad header\"\n");
+        assert_eq!(line, 2, "{msg}");
 
         let (line, msg) = err("[tls]\ncert = \"/nonexistent/tls.crt\"\nkey = \"/nonexistent/k\"\n");
         assert_eq!(line, 2, "{msg}");

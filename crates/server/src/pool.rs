@@ -227,6 +227,38 @@ pub trait Observer: Send + Sync + 'static {
     fn writer_panicked(&self, pool: &str) {
         let _ = pool;
     }
+
+    /// An image of derived state to store with the snapshot the writer is
+    /// starting, as of the batch just committed (the snapshot's seq). Runs
+    /// on the writer, so it must only take what it needs (say, clone a few
+    /// `Arc`s); the returned closure encodes it on the snapshot's thread.
+    /// One observer of a server provides it.
+    fn snapshot_extra(&self, pool: &str) -> Option<ExtraImage> {
+        let _ = pool;
+        None
+    }
+
+    /// Pool `pool` is being opened from a snapshot that carried `extra`
+    /// (what [`Observer::snapshot_extra`] gave, `None` if nothing or no
+    /// snapshot): returns what to feed with the events of every log record
+    /// replayed after it. Its [`Recovering::finish`] runs only if the pool
+    /// recovered, before its writer starts.
+    fn recovering(&self, pool: &str, extra: Option<&[u8]>) -> Option<Box<dyn Recovering>> {
+        let _ = (pool, extra);
+        None
+    }
+}
+
+/// Encodes an image for [`Observer::snapshot_extra`], off the writer.
+pub type ExtraImage = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
+/// Derived state being rebuilt while a pool recovers (see
+/// [`Observer::recovering`]).
+pub trait Recovering: Send {
+    /// One replayed log record's events, and the pool after it.
+    fn replayed(&mut self, events: &[PoolEvent], pool: &Pool);
+    /// The pool recovered: the state is complete.
+    fn finish(self: Box<Self>);
 }
 
 /// Facts about one snapshot.
@@ -692,8 +724,9 @@ enum FollowerMsg {
     /// The commands of a committed batch, in order, and the seq of the
     /// last one.
     Apply(Vec<Command>, u64),
-    /// Take a snapshot: every batch up to this seq has been sent.
-    Snapshot(u64),
+    /// Take a snapshot: every batch up to this seq has been sent. With
+    /// the observers' image of the same seq.
+    Snapshot(u64, Option<ExtraImage>),
 }
 
 /// How many committed batches the follower may lag behind before the
@@ -1051,9 +1084,14 @@ impl Writer {
         self.since_snapshot_records = 0;
         self.since_snapshot_bytes = 0;
         self.since_snapshot_apply = Duration::ZERO;
+        let extra = self.observer.snapshot_extra(&self.shared.id);
         if let Some(f) = &self.follower {
             f.busy.store(true, std::sync::atomic::Ordering::Release);
-            if f.tx.send(FollowerMsg::Snapshot(last_seq)).await.is_err() {
+            if f.tx
+                .send(FollowerMsg::Snapshot(last_seq, extra))
+                .await
+                .is_err()
+            {
                 warn!(pool = %self.shared.id, "the pool's follower stopped; snapshots are taken from copies again");
                 self.drop_follower();
             }
@@ -1075,11 +1113,11 @@ impl Writer {
                 copy_ms = stall.as_millis() as u64,
                 "the pool is large: keeping a follower copy for snapshots and reads"
             );
-            self.start_follower(snapshotter, copy, last_seq, Some(stall));
+            self.start_follower(snapshotter, copy, last_seq, Some((stall, extra)));
             return;
         }
         self.snapshot_in_flight = Some(tokio::task::spawn_blocking(move || {
-            snapshotter.snapshot(&copy, last_seq, stall);
+            snapshotter.snapshot(&copy, last_seq, stall, extra);
             // Free the copy here, off the async threads.
             drop(copy);
         }));
@@ -1105,7 +1143,7 @@ impl Writer {
         snapshotter: Snapshotter,
         copy: Pool,
         seq: u64,
-        snapshot_stall: Option<Duration>,
+        snapshot_stall: Option<(Duration, Option<ExtraImage>)>,
     ) {
         let (tx, rx) = mpsc::channel(FOLLOWER_LAG);
         let busy = Arc::new(std::sync::atomic::AtomicBool::new(snapshot_stall.is_some()));
@@ -1176,9 +1214,10 @@ struct Snapshotter {
 impl Snapshotter {
     /// Encodes `state` (which includes every record up to `seq`) and writes
     /// it. `stall` is what the writer spent on it.
-    fn snapshot(&self, state: &Pool, seq: u64, stall: Duration) {
+    fn snapshot(&self, state: &Pool, seq: u64, stall: Duration, extra: Option<ExtraImage>) {
         let started = Instant::now();
         let bytes = qscheduler_core::snapshot::encode(state);
+        let extra = extra.map(|f| f());
         let encode = started.elapsed();
         *self
             .report
@@ -1190,7 +1229,7 @@ impl Snapshotter {
         let size = bytes.len() as u64;
         let res = self
             .runtime
-            .block_on(self.handle.write_snapshot(seq, bytes));
+            .block_on(self.handle.write_snapshot_with_extra(seq, bytes, extra));
         self.observer.snapshot(
             &self.pool,
             &SnapshotInfo {
@@ -1224,13 +1263,13 @@ impl Snapshotter {
         &self,
         state: &RwLock<Pool>,
         seq: u64,
-        snapshot_stall: Option<Duration>,
+        snapshot_stall: Option<(Duration, Option<ExtraImage>)>,
         mut rx: mpsc::Receiver<FollowerMsg>,
         busy: &std::sync::atomic::AtomicBool,
         applied: &watch::Sender<u64>,
     ) {
-        if let Some(stall) = snapshot_stall {
-            self.snapshot(&read_lock(state), seq, stall);
+        if let Some((stall, extra)) = snapshot_stall {
+            self.snapshot(&read_lock(state), seq, stall, extra);
             busy.store(false, std::sync::atomic::Ordering::Release);
         }
         while let Some(msg) = rx.blocking_recv() {
@@ -1250,8 +1289,8 @@ impl Snapshotter {
                     drop(state);
                     applied.send_replace(seq);
                 }
-                FollowerMsg::Snapshot(seq) => {
-                    self.snapshot(&read_lock(state), seq, Duration::ZERO);
+                FollowerMsg::Snapshot(seq, extra) => {
+                    self.snapshot(&read_lock(state), seq, Duration::ZERO, extra);
                     busy.store(false, std::sync::atomic::Ordering::Release);
                 }
             }
@@ -1262,6 +1301,16 @@ impl Snapshotter {
 /// Rebuilds a pool from what the store recovered: the snapshot, then every
 /// logged command after it, through the deterministic core.
 pub fn recover(pool_id: &str, rec: &store::Recovered) -> Result<Pool, RecoverError> {
+    recover_observed(pool_id, rec, &mut |_: &[PoolEvent], _: &Pool| {})
+}
+
+/// [`recover`], showing `replayed` the events of every log record replayed
+/// after the snapshot and the pool after it.
+pub fn recover_observed(
+    pool_id: &str,
+    rec: &store::Recovered,
+    replayed: &mut dyn FnMut(&[PoolEvent], &Pool),
+) -> Result<Pool, RecoverError> {
     let mut pool = match &rec.snapshot {
         Some((seq, bytes)) => {
             qscheduler_core::snapshot::decode(bytes).map_err(|e| RecoverError {
@@ -1278,11 +1327,12 @@ pub fn recover(pool_id: &str, rec: &store::Recovered) -> Result<Pool, RecoverErr
             seq: *seq,
             what: format!("log record does not decode: {e}"),
         })?;
-        pool.apply(&cmd).map_err(|e| RecoverError {
+        let out = pool.apply(&cmd).map_err(|e| RecoverError {
             pool: pool_id.to_owned(),
             seq: *seq,
             what: format!("log record does not apply: {e}"),
         })?;
+        replayed(&out.events, &pool);
     }
     Ok(pool)
 }

@@ -52,11 +52,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qscheduler_core::{Command, Time};
+use qscheduler_core::{Command, Pool, PoolEvent, Time};
 use qscheduler_store::{self as store, Owner, Replica, Store};
 use tracing::{error, info, warn};
 
-use crate::pool::{Observer, PoolOptions, PoolRef, RecoverError, recover};
+use crate::pool::{Observer, PoolOptions, PoolRef, RecoverError, recover_observed};
 
 /// Most times a call is forwarded between replicas (see
 /// [`Registry::locate`]).
@@ -699,17 +699,25 @@ impl Registry {
         let snapshot_seq = rec.snapshot.as_ref().map(|(s, _)| *s);
         let snapshot_bytes = rec.snapshot.as_ref().map_or(0, |(_, b)| b.len());
         let replay_started = Instant::now();
+        // Derived state kept with the snapshot (the reports) is brought up
+        // to the log's end by the same replay.
+        let mut derived = self.observer.recovering(id, rec.snapshot_extra.as_deref());
         // A panic while replaying is a bug (a logged command the core
         // cannot apply); it fails this pool alone, like damaged data.
-        let recovered =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recover(id, &rec)))
-                .unwrap_or_else(|_| {
-                    Err(RecoverError {
-                        pool: id.to_owned(),
-                        seq: rec.snapshot.as_ref().map_or(0, |(s, _)| *s),
-                        what: "replaying the pool's log panicked (a bug); see the log".to_owned(),
-                    })
-                });
+        let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            recover_observed(id, &rec, &mut |events: &[PoolEvent], pool: &Pool| {
+                if let Some(d) = derived.as_mut() {
+                    d.replayed(events, pool);
+                }
+            })
+        }))
+        .unwrap_or_else(|_| {
+            Err(RecoverError {
+                pool: id.to_owned(),
+                seq: rec.snapshot.as_ref().map_or(0, |(s, _)| *s),
+                what: "replaying the pool's log panicked (a bug); see the log".to_owned(),
+            })
+        });
         let pool = match recovered {
             Ok(p) => p,
             Err(e) => {
@@ -720,6 +728,9 @@ impl Registry {
             }
         };
         drop(rec);
+        if let Some(d) = derived {
+            d.finish();
+        }
         info!(
             pool = %id,
             elapsed_ms = started.elapsed().as_millis() as u64,

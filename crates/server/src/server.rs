@@ -35,7 +35,9 @@ use crate::health::{Health, Phase};
 use crate::insight::Insight;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, MetricsOptions};
-use crate::pool::{ByteBudget, CommitInfo, NoObserver, Observer, PoolOptions, SnapshotInfo};
+use crate::pool::{
+    ByteBudget, CommitInfo, ExtraImage, NoObserver, Observer, PoolOptions, Recovering, SnapshotInfo,
+};
 use crate::registry::Registry;
 use crate::report::Reports;
 use crate::rpc_layer::RpcLayer;
@@ -235,6 +237,15 @@ impl Observer for Observers {
             o.writer_panicked(pool);
         }
     }
+
+    /// The first observer's image: one of them keeps derived state.
+    fn snapshot_extra(&self, pool: &str) -> Option<ExtraImage> {
+        self.0.iter().find_map(|o| o.snapshot_extra(pool))
+    }
+
+    fn recovering(&self, pool: &str, extra: Option<&[u8]>) -> Option<Box<dyn Recovering>> {
+        self.0.iter().find_map(|o| o.recovering(pool, extra))
+    }
 }
 
 /// Everything the server answers on its port, over `registry`: the three
@@ -303,6 +314,7 @@ fn router_with(
             .as_deref()
             .map(|s| crate::auth::Sha256Hash::of(s.as_bytes())),
         metrics_path: metrics.map(|_| options.metrics.path.clone()),
+        sessions: crate::auth::session::Sessions::new(),
     };
     let origins = options
         .auth
@@ -311,7 +323,12 @@ fn router_with(
         .unwrap_or_default();
     let mut extra = extra
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(crate::ui::router(insight.clone(), registry.clone()));
+        .merge(crate::ui::router(
+            insight.clone(),
+            registry.clone(),
+            auth.policy.clone(),
+            auth.sessions.clone(),
+        ));
     if let Some(m) = metrics {
         extra = extra.merge(m.router(&options.metrics.path));
     }

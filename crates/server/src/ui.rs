@@ -10,20 +10,31 @@
 //!
 //! Pages: `/ui/` (pools), `/ui/pool?id=P` (accounts, levels, charts, idle
 //! bots), `/ui/task?pool=P&id=T` (the explanation), `/ui/account?pool=P&id=A`
-//! (the report).
+//! (the report), and with `[auth]` `/ui/signin` (a form that takes a token
+//! and starts a session, [`crate::auth::session`]) and `/ui/signout`.
+//!
+//! With `[auth]` the auth layer admits a page only for a principal with
+//! `view` on some pool and leaves its [`Access`]; each page then checks the
+//! pool it shows, and the pools page lists only the pools the principal may
+//! view, exactly as the RPCs do. The token typed into the sign-in form is
+//! checked and forgotten: it is never logged, stored or shown again.
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, routing::post};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use qscheduler_core::explain::{Eta, Explanation, TaskState};
 use qscheduler_core::{FREE_PRIORITY, NUM_PRIORITIES, Time};
 
+use crate::auth::layer::{PolicyCell, SIGN_IN, SIGN_OUT};
+use crate::auth::session::{self, Sessions, SignInError};
+use crate::auth::{Access, check_pool};
 use crate::insight::{DEFAULT_REPORT_WINDOW_SECS, Insight, report_window};
 use crate::pool::PoolRef;
 use crate::registry::{Location, PoolStatus, Registry};
@@ -33,10 +44,22 @@ use crate::report::{MINUTE_NANOS, Report};
 struct Ui {
     insight: Arc<Insight>,
     registry: Arc<Registry>,
+    /// `[auth]`, when the server has it.
+    policy: Option<Arc<PolicyCell>>,
+    sessions: Arc<Sessions>,
 }
 
-/// The dashboard's routes.
-pub fn router(insight: Arc<Insight>, registry: Arc<Registry>) -> axum::Router {
+/// Bytes a sign-in form may take (a token is at most 16 KiB).
+const SIGN_IN_BODY_LIMIT: usize = 64 * 1024;
+
+/// The dashboard's routes: the pages, and the sign-in and sign-out that
+/// start and end `sessions` under `policy` (`None`: no `[auth]`).
+pub fn router(
+    insight: Arc<Insight>,
+    registry: Arc<Registry>,
+    policy: Option<Arc<PolicyCell>>,
+    sessions: Arc<Sessions>,
+) -> axum::Router {
     axum::Router::new()
         .route(
             "/ui",
@@ -46,7 +69,29 @@ pub fn router(insight: Arc<Insight>, registry: Arc<Registry>) -> axum::Router {
         .route("/ui/pool", get(pool_page))
         .route("/ui/task", get(task_page))
         .route("/ui/account", get(account_page))
-        .with_state(Ui { insight, registry })
+        .route(
+            SIGN_IN,
+            get(sign_in_page)
+                .post(sign_in)
+                .layer(DefaultBodyLimit::max(SIGN_IN_BODY_LIMIT)),
+        )
+        .route(
+            SIGN_OUT,
+            post(sign_out).layer(DefaultBodyLimit::max(SIGN_IN_BODY_LIMIT)),
+        )
+        .with_state(Ui {
+            insight,
+            registry,
+            policy,
+            sessions,
+        })
+}
+
+/// The caller of a page, as the auth layer found it.
+type Caller = Option<Extension<Access>>;
+
+fn caller_name(c: &Caller) -> Option<&str> {
+    c.as_ref().map(|Extension(a)| a.principal.name.as_str())
 }
 
 #[derive(Deserialize)]
@@ -62,7 +107,7 @@ struct ItemQuery {
 }
 
 /// Percent-encodes a query value.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -80,9 +125,15 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}h1 a{color:inherit;text-decorati
 .reason{background:#fff6e0;border-left:4px solid #e0a000;padding:.4em .8em;margin:.3em 0}\
 .code{font-family:monospace;color:#555}.neg{color:#b00020}.pos{color:#006a00}\
 .bar{display:inline-block;height:.8em;background:#4a7bd0;vertical-align:middle}\
-figure{display:inline-block;margin:0 1em 1em 0}figcaption{font-size:.9em;color:#555}";
+figure{display:inline-block;margin:0 1em 1em 0}figcaption{font-size:.9em;color:#555}\
+nav form.signout{display:inline;float:right;font-size:.9em;color:#555}";
 
 fn page(title: &str, refresh: Option<u32>, body: Markup) -> Response {
+    page_as(None, title, refresh, body)
+}
+
+/// A page for a signed-in `user` (who gets a sign-out button).
+fn page_as(user: Option<&str>, title: &str, refresh: Option<u32>, body: Markup) -> Response {
     let doc = html! {
         (DOCTYPE)
         html lang="en" {
@@ -93,7 +144,15 @@ fn page(title: &str, refresh: Option<u32>, body: Markup) -> Response {
                 style { (maud::PreEscaped(STYLE)) }
             }
             body {
-                nav { a href="/ui/" { "qscheduler" } }
+                nav {
+                    a href="/ui/" { "qscheduler" }
+                    @if let Some(u) = user {
+                        form.signout method="post" action=(SIGN_OUT) {
+                            "signed in as " (u) " "
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
                 (body)
             }
         }
@@ -114,10 +173,17 @@ fn error_page(status: StatusCode, msg: &str) -> Response {
     r
 }
 
-/// The pool if it is served here, else the page to show instead.
-async fn local_pool(ui: &Ui, id: &str) -> Result<PoolRef, Response> {
+/// The pool if it is served here and the caller may view it, else the
+/// page to show instead.
+async fn local_pool(ui: &Ui, caller: &Caller, id: &str) -> Result<PoolRef, Response> {
     if let Err(s) = crate::translate::pool_id(id, "pool id", ui.insight.limits()) {
         return Err(error_page(StatusCode::BAD_REQUEST, s.message()));
+    }
+    // Before looking the pool up: who may not view it does not learn
+    // whether it exists.
+    let access = caller.as_ref().map(|Extension(a)| a);
+    if let Err(s) = check_pool(access, ui.policy.is_some(), id) {
+        return Err(error_page(StatusCode::FORBIDDEN, s.message()));
     }
     match ui.registry.locate(id, 0).await {
         Ok(Location::Local(p)) => Ok(p),
@@ -180,12 +246,22 @@ fn level_name(l: i32) -> String {
     }
 }
 
-async fn pools_page(State(ui): State<Ui>) -> Response {
+async fn pools_page(State(ui): State<Ui>, caller: Caller) -> Response {
+    let access = caller.as_ref().map(|Extension(a)| a);
+    if access.is_none() && ui.policy.is_some() {
+        return error_page(StatusCode::UNAUTHORIZED, "sign in first");
+    }
     let pools = match ui.registry.list().await {
         Ok(p) => p,
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
-    page(
+    // Only the pools the caller may view, as ListPools answers.
+    let pools: Vec<_> = pools
+        .into_iter()
+        .filter(|(id, _)| access.is_none_or(|a| a.check_pool(id).is_ok()))
+        .collect();
+    page_as(
+        caller_name(&caller),
         "pools",
         None,
         html! {
@@ -271,8 +347,8 @@ fn line_chart(caption: &str, y_unit: &str, series: &[Series]) -> Markup {
     }
 }
 
-async fn pool_page(State(ui): State<Ui>, Query(q): Query<PoolQuery>) -> Response {
-    let pool = match local_pool(&ui, &q.id).await {
+async fn pool_page(State(ui): State<Ui>, caller: Caller, Query(q): Query<PoolQuery>) -> Response {
+    let pool = match local_pool(&ui, &caller, &q.id).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -323,7 +399,8 @@ async fn pool_page(State(ui): State<Ui>, Query(q): Query<PoolQuery>) -> Response
         flow("preempted", COLORS[1], |m| m.preempted),
     ];
     let id = ov.pool_id.clone();
-    page(
+    page_as(
+        caller_name(&caller),
         &format!("pool {id}"),
         Some(15),
         html! {
@@ -420,16 +497,17 @@ fn report_table(pool: &str, r: &Report) -> Markup {
     }
 }
 
-async fn task_page(State(ui): State<Ui>, Query(q): Query<ItemQuery>) -> Response {
+async fn task_page(State(ui): State<Ui>, caller: Caller, Query(q): Query<ItemQuery>) -> Response {
     if let Err(s) = crate::limits::check_id(&q.id, "task id", ui.insight.limits()) {
         return error_page(StatusCode::BAD_REQUEST, s.message());
     }
-    let pool = match local_pool(&ui, &q.pool).await {
+    let pool = match local_pool(&ui, &caller, &q.pool).await {
         Ok(p) => p,
         Err(r) => return r,
     };
     let e = ui.insight.explain_local(&pool, q.id.clone()).await;
-    page(
+    page_as(
+        caller_name(&caller),
         &format!("task {}", q.id),
         None,
         explanation_html(&q.pool, &e),
@@ -518,7 +596,11 @@ fn explanation_html(pool: &str, e: &Explanation) -> Markup {
     }
 }
 
-async fn account_page(State(ui): State<Ui>, Query(q): Query<ItemQuery>) -> Response {
+async fn account_page(
+    State(ui): State<Ui>,
+    caller: Caller,
+    Query(q): Query<ItemQuery>,
+) -> Response {
     let window = match q.window.as_deref().map(parse_window) {
         None => DEFAULT_REPORT_WINDOW_SECS,
         Some(Some(w)) => match report_window(w) {
@@ -532,7 +614,7 @@ async fn account_page(State(ui): State<Ui>, Query(q): Query<ItemQuery>) -> Respo
             );
         }
     };
-    let pool = match local_pool(&ui, &q.pool).await {
+    let pool = match local_pool(&ui, &caller, &q.pool).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -543,7 +625,8 @@ async fn account_page(State(ui): State<Ui>, Query(q): Query<ItemQuery>) -> Respo
             &format!("no figures for account {} in pool {}", q.id, q.pool),
         );
     };
-    page(
+    page_as(
+        caller_name(&caller),
         &format!("account {}", q.id),
         None,
         html! {
@@ -579,6 +662,114 @@ async fn account_page(State(ui): State<Ui>, Query(q): Query<ItemQuery>) -> Respo
             }
         },
     )
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// Where to go after signing in: a dashboard page of this server, nothing
+/// else (no open redirect).
+fn safe_next(next: &str) -> &str {
+    let ok = (next == "/ui" || next.starts_with("/ui/"))
+        && !next.contains("//")
+        && !next.contains('\\')
+        && next.bytes().all(|b| b.is_ascii_graphic());
+    if ok { next } else { "/ui/" }
+}
+
+fn sign_in_form(status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let mut r = page(
+        "sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            p { "This server requires authorization. Enter a token that holds the "
+                span.code { "view" } " role for the pools you want to see. "
+                "It is checked, not kept: the browser gets a session cookie instead." }
+            @if let Some(e) = error { p.reason { (e) } }
+            form method="post" action=(SIGN_IN) {
+                input type="hidden" name="next" value=(safe_next(next));
+                label { "Token: " input type="password" name="token" autocomplete="off" required; }
+                " " button type="submit" { "Sign in" }
+            }
+        },
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn sign_in_page(State(ui): State<Ui>, Query(q): Query<NextQuery>) -> Response {
+    if ui.policy.is_none() {
+        return page(
+            "sign in",
+            None,
+            html! { h1 { "Sign in" } p { "This server runs without authorization: "
+            a href="/ui/" { "the dashboard" } " is open." } },
+        );
+    }
+    sign_in_form(StatusCode::OK, q.next.as_deref().unwrap_or("/ui/"), None)
+}
+
+/// Checks the token with the same code as every call and starts a session.
+/// The token is never logged nor shown again, not even on failure.
+async fn sign_in(State(ui): State<Ui>, Form(f): Form<SignInForm>) -> Response {
+    let Some(policy) = ui.policy.as_ref().map(|p| p.get()) else {
+        return axum::response::Redirect::to("/ui/").into_response();
+    };
+    let token = f.token.trim();
+    if token.is_empty() {
+        return sign_in_form(StatusCode::UNAUTHORIZED, &f.next, Some("Enter a token."));
+    }
+    match ui.sessions.sign_in(&policy, token) {
+        Ok((id, ttl)) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, safe_next(&f.next).to_owned()),
+                (header::SET_COOKIE, session::set_cookie(&id, ttl)),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+        )
+            .into_response(),
+        Err(SignInError::Random(e)) => {
+            tracing::error!(error = %e, "no randomness for a dashboard session id");
+            sign_in_form(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &f.next,
+                Some("The server cannot start a session now; try again."),
+            )
+        }
+        Err(SignInError::Auth(crate::auth::AuthError::Malformed)) => sign_in_form(
+            StatusCode::UNAUTHORIZED,
+            &f.next,
+            Some("A token is one word of printable characters."),
+        ),
+        Err(e) => sign_in_form(StatusCode::UNAUTHORIZED, &f.next, Some(&e.to_string())),
+    }
+}
+
+/// Ends the session and sends the browser to the sign-in page.
+async fn sign_out(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    if let Some(id) = session::session_cookie(&headers) {
+        ui.sessions.end(id);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, SIGN_IN.to_owned()),
+            (header::SET_COOKIE, session::clear_cookie()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+    )
+        .into_response()
 }
 
 /// `90s`, `30m`, `1h`, `7d` or plain seconds.

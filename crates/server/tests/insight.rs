@@ -218,6 +218,102 @@ async fn explain_report_and_overview_on_every_transport() {
     server.stop().await;
 }
 
+async fn report(rpc: &Rpc, pool: &str) -> adm::AccountReportResponse {
+    rpc.account_report(adm::AccountReportRequest {
+        pool_id: pool.into(),
+        window_seconds: 0,
+    })
+    .await
+    .unwrap()
+}
+
+/// The report's figures outlive the process: the pool's snapshots carry
+/// them and recovery replays the log after the last one. Snapshots are
+/// taken every few records, so the log before the restart is compacted and
+/// the figures cannot come from it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_figures_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.pool.snapshot_every_records = 2;
+    opts.store_options.keep_snapshots = 1;
+    let server = TestServer::start(opts.clone()).await;
+    let rpc = Rpc::connect(server.addr, Transport::Grpc).await;
+    let pool = "restart";
+    populate(&rpc, pool).await;
+    rpc.notify(
+        pool,
+        vec![
+            item(20, running("ci-1", "bot1")),
+            item(20, running("ci-2", "bot2")),
+        ],
+    )
+    .await;
+    // ci-1 ran 90 s at P0; ci-3 takes bot1 after waiting 100 s.
+    rpc.assign(pool, 100, vec![bot("bot1", &["os:linux", "pool:ci"])])
+        .await;
+    let before = report(&rpc, pool).await;
+    let overview_before = rpc
+        .pool_overview(adm::PoolOverviewRequest {
+            pool_id: pool.into(),
+        })
+        .await
+        .unwrap();
+    let ci = before
+        .accounts
+        .iter()
+        .find(|a| a.account_id == "ci")
+        .unwrap();
+    assert_eq!(ci.tasks_completed, 1);
+    assert_eq!(ci.used_bot_seconds, 90.0);
+    assert_eq!(ci.levels[0].assigned, 3);
+    assert_eq!(ci.levels[0].wait.unwrap().count, 3);
+    assert!(before.covered_seconds > 0.0, "{before:?}");
+    server.stop().await;
+
+    // What the store holds: a snapshot with the figures' image, and a log
+    // that no longer starts at record 1.
+    {
+        let store =
+            qscheduler_store::Store::open(&opts.store, qscheduler_store::StoreOptions::default())
+                .await
+                .unwrap();
+        let (h, rec) = store.open_pool(pool).await.unwrap();
+        assert!(rec.snapshot.is_some(), "no snapshot was taken");
+        assert!(rec.snapshot_extra.is_some(), "the snapshot has no figures");
+        assert!(
+            rec.records.first().is_none_or(|(s, _)| *s > 1),
+            "the log was not compacted"
+        );
+        h.release().await.unwrap();
+        store.shutdown().await.unwrap();
+    }
+
+    let server = TestServer::start(opts.clone()).await;
+    let rpc = Rpc::connect(server.addr, Transport::Grpc).await;
+    let after = report(&rpc, pool).await;
+    assert_eq!(after, before);
+    let overview_after = rpc
+        .pool_overview(adm::PoolOverviewRequest {
+            pool_id: pool.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(overview_after.minutes, overview_before.minutes);
+    // New events add to the restored figures: ci-2 finishes.
+    rpc.assign(pool, 200, vec![bot("bot2", &["os:linux", "pool:ci"])])
+        .await;
+    let later = report(&rpc, pool).await;
+    let ci = later
+        .accounts
+        .iter()
+        .find(|a| a.account_id == "ci")
+        .unwrap();
+    assert_eq!(ci.tasks_completed, 2, "{later:?}");
+    assert!(ci.used_bot_seconds > 90.0, "{later:?}");
+    server.stop().await;
+}
+
 fn chromium() -> PathBuf {
     for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
         if Path::new(candidate).exists() {

@@ -8,7 +8,10 @@
 //!   writes grow with the records, never with the pool's state, which is what lets a batch stay
 //!   cheap however large the queue is (the original rewrote the whole state on every batch);
 //! * **snapshots**: opaque state images tagged with the last record they include. Writing one
-//!   lets the store drop the log records it covers (and older snapshots);
+//!   lets the store drop the log records it covers (and older snapshots). A snapshot may carry
+//!   an *extra* image of derived state taken at the same seq (the server's report figures),
+//!   checked and returned with it, and dropped with it; an extra that fails its check is
+//!   skipped with a note and never fails the pool;
 //! * **recovery**: [`Store::open_pool`] returns the latest good snapshot and every record after it,
 //!   in order. The server replays them through the core.
 //!
@@ -116,6 +119,8 @@ pub struct Replica {
 pub struct Recovered {
     /// The latest good snapshot: (seq of the last record it includes, bytes).
     pub snapshot: Option<(u64, Vec<u8>)>,
+    /// The extra image stored with that snapshot, if any passed its check.
+    pub snapshot_extra: Option<Vec<u8>>,
     /// Every record after the snapshot, in order, with its seq.
     pub records: Vec<(u64, Vec<u8>)>,
     /// Repairs made while recovering; the server should log them.
@@ -150,6 +155,13 @@ pub enum RecoveryNote {
     /// A snapshot failed its checks and an older one (or the log from the start) was used.
     SkippedSnapshot {
         /// The skipped snapshot's seq.
+        seq: u64,
+        /// What was wrong with it.
+        why: String,
+    },
+    /// The extra image stored with the snapshot failed its check and was left out.
+    SkippedSnapshotExtra {
+        /// The snapshot's seq.
         seq: u64,
         /// What was wrong with it.
         why: String,
@@ -373,9 +385,29 @@ impl PoolHandle {
     /// Stores a state image that includes every record up to `seq` (which must be already
     /// appended), then deletes what it makes unnecessary. Appends may run concurrently.
     pub async fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
+        self.write_snapshot_with_extra(seq, bytes, None).await
+    }
+
+    /// [`PoolHandle::write_snapshot`] with an extra image of derived state at the same seq,
+    /// stored, returned by recovery ([`Recovered::snapshot_extra`]) and deleted with the
+    /// snapshot. Its bytes count in the snapshot's size.
+    pub async fn write_snapshot_with_extra(
+        &self,
+        seq: u64,
+        bytes: Vec<u8>,
+        extra: Option<Vec<u8>>,
+    ) -> Result<SnapshotStats> {
+        let extra_len = extra.as_ref().map_or(0, Vec::len);
+        if bytes.len().saturating_add(extra_len) > MAX_SNAPSHOT_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot and its extra are {} bytes, more than {MAX_SNAPSHOT_BYTES}",
+                bytes.len().saturating_add(extra_len)
+            )));
+        }
+        let extra = extra.map(|e| frame_extra(seq, &e));
         match self {
-            PoolHandle::Embedded(h) => h.write_snapshot(seq, bytes).await,
-            PoolHandle::Postgres(h) => h.write_snapshot(seq, bytes).await,
+            PoolHandle::Embedded(h) => h.write_snapshot_with_extra(seq, bytes, extra).await,
+            PoolHandle::Postgres(h) => h.write_snapshot_with_extra(seq, bytes, extra).await,
         }
     }
 
@@ -426,6 +458,30 @@ pub(crate) fn check_records(records: &[Vec<u8>]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A snapshot's extra image as stored: its checksum (bound to the snapshot's seq, with a
+/// different seed than the snapshot's own) then the bytes.
+pub(crate) fn frame_extra(seq: u64, extra: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(extra.len() + 4);
+    out.extend_from_slice(&extra_checksum(seq, extra).to_le_bytes());
+    out.extend_from_slice(extra);
+    out
+}
+
+/// The bytes of a stored extra image, or why it is unusable.
+pub(crate) fn unframe_extra(seq: u64, stored: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let Some((crc, payload)) = stored.split_first_chunk::<4>() else {
+        return Err(format!("extra image is {} bytes, too short", stored.len()));
+    };
+    if extra_checksum(seq, payload) != u32::from_le_bytes(*crc) {
+        return Err("extra image checksum mismatch".into());
+    }
+    Ok(payload.to_vec())
+}
+
+fn extra_checksum(seq: u64, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&(!seq).to_le_bytes()), bytes)
 }
 
 /// CRC-32C of a record or snapshot bound to its seq, so a record moved to another position (or a

@@ -10,7 +10,8 @@
 //! qs_log      (pool_id FK→qs_pool ON DELETE CASCADE, seq bigint, generation bigint,
 //!              crc integer, record bytea, PK (pool_id, seq))
 //! qs_snapshot (pool_id FK→qs_pool ON DELETE CASCADE, seq bigint, generation bigint,
-//!              crc integer, size bigint, bytes bytea STORAGE EXTERNAL, created_at, PK (pool_id, seq))
+//!              crc integer, size bigint, bytes bytea STORAGE EXTERNAL, created_at,
+//!              extra bytea NULL (framed extra image, migration 2), PK (pool_id, seq))
 //! qs_replica  (replica_id text PK, address text, started_at, heartbeat_at, expires_at)
 //! qs_schema_version (version integer PK, applied_at)
 //! ```
@@ -78,9 +79,10 @@ use crate::{
 };
 
 /// Schema migrations, applied in order; each runs once per schema, in one transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE qs_pool (
     pool_id          text PRIMARY KEY,
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -116,7 +118,11 @@ CREATE TABLE qs_replica (
     expires_at   timestamptz NOT NULL
 );
 "#,
-)];
+    ),
+    // The extra image of derived state stored with a snapshot; additive, so a replica of the
+    // previous release keeps reading the table.
+    (2, "ALTER TABLE qs_snapshot ADD COLUMN extra bytea;"),
+];
 
 /// Serialises concurrent migrations of replicas starting together ("qschstor").
 const MIGRATION_LOCK: i64 = 0x7173_6368_7374_6f72;
@@ -137,11 +143,11 @@ WITH lease AS (
     WHERE pool_id = $1 AND lease_holder = $2 AND lease_generation = $3
     FOR SHARE
 )
-INSERT INTO qs_snapshot (pool_id, seq, generation, crc, size, bytes)
-SELECT lease.pool_id, $4, $3, $5, $6, $7 FROM lease
+INSERT INTO qs_snapshot (pool_id, seq, generation, crc, size, bytes, extra)
+SELECT lease.pool_id, $4, $3, $5, $6, $7, $8 FROM lease
 ON CONFLICT (pool_id, seq) DO UPDATE
 SET generation = EXCLUDED.generation, crc = EXCLUDED.crc, size = EXCLUDED.size,
-    bytes = EXCLUDED.bytes, created_at = now()";
+    bytes = EXCLUDED.bytes, extra = EXCLUDED.extra, created_at = now()";
 
 const CHECK_LEASE: &str = "
 SELECT 1 FROM qs_pool
@@ -713,14 +719,15 @@ impl PgShared {
         };
         let mut notes = Vec::new();
         let mut snapshot: Option<(u64, Vec<u8>)> = None;
+        let mut snapshot_extra: Option<Vec<u8>> = None;
         let mut first_problem: Option<(u64, String)> = None;
         for &(seq, crc, size) in &snaps {
             let useq = u64::try_from(seq).map_err(|_| corrupt(0, format!("snapshot seq {seq}")))?;
             let why = if !covered(seq) {
                 "the log after it was already compacted".to_string()
             } else {
-                let bytes: Vec<u8> = sqlx::query_scalar(
-                    "SELECT bytes FROM qs_snapshot WHERE pool_id = $1 AND seq = $2",
+                let (bytes, extra): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+                    "SELECT bytes, extra FROM qs_snapshot WHERE pool_id = $1 AND seq = $2",
                 )
                 .bind(pool)
                 .bind(seq)
@@ -733,6 +740,14 @@ impl PgShared {
                     "snapshot checksum mismatch".to_string()
                 } else {
                     snapshot = Some((useq, bytes));
+                    snapshot_extra = match extra.map(|e| crate::unframe_extra(useq, &e)) {
+                        Some(Ok(e)) => Some(e),
+                        Some(Err(why)) => {
+                            notes.push(RecoveryNote::SkippedSnapshotExtra { seq: useq, why });
+                            None
+                        }
+                        None => None,
+                    };
                     break;
                 }
             };
@@ -782,6 +797,7 @@ impl PgShared {
         *self.newest_snapshot.lock().await = base;
         Ok(Recovered {
             snapshot,
+            snapshot_extra,
             records,
             notes,
         })
@@ -875,6 +891,16 @@ impl PgPoolHandle {
 
     /// See [`crate::PoolHandle::write_snapshot`].
     pub async fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
+        self.write_snapshot_with_extra(seq, bytes, None).await
+    }
+
+    /// See [`crate::PoolHandle::write_snapshot_with_extra`]; `extra` comes framed.
+    pub(crate) async fn write_snapshot_with_extra(
+        &self,
+        seq: u64,
+        bytes: Vec<u8>,
+        extra: Option<Vec<u8>>,
+    ) -> Result<SnapshotStats> {
         let start = Instant::now();
         let s = &self.shared;
         if bytes.len() > crate::MAX_SNAPSHOT_BYTES {
@@ -920,6 +946,7 @@ impl PgPoolHandle {
             .bind(checksum(seq, &bytes) as i32)
             .bind(size as i64)
             .bind(bytes)
+            .bind(extra)
             .execute(&s.store.db)
             .await
             .map_err(db_err("write snapshot"))?

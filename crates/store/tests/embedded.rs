@@ -575,3 +575,74 @@ async fn a_data_dir_of_the_old_format_is_refused_with_advice() {
         Ok(_) => panic!("opened a data directory of the old format"),
     }
 }
+
+/// A snapshot's extra image comes back with it, goes with it, and a damaged
+/// one is left out with a note instead of failing the pool.
+#[tokio::test]
+async fn snapshot_extras_come_back_with_their_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = StoreOptions {
+        keep_snapshots: 2,
+        ..opts()
+    };
+    let store = open(dir.path(), o.clone()).await;
+    store.create_pool("p", rec(1, 40)).await.expect("create");
+    let (h, _) = store.open_pool("p").await.expect("open");
+    for s in 2..=12u64 {
+        h.append(vec![rec(s, 40)]).await.expect("append");
+    }
+    h.write_snapshot_with_extra(5, b"state@5".to_vec(), Some(b"figures@5".to_vec()))
+        .await
+        .expect("snap 5");
+    h.write_snapshot(8, b"state@8".to_vec())
+        .await
+        .expect("snap 8");
+    h.write_snapshot_with_extra(10, b"state@10".to_vec(), Some(b"figures@10".to_vec()))
+        .await
+        .expect("snap 10");
+    drop(h);
+    drop(store);
+
+    let store = open(dir.path(), o.clone()).await;
+    let (h, r) = store.open_pool("p").await.expect("reopen");
+    assert_eq!(r.snapshot, Some((10, b"state@10".to_vec())));
+    assert_eq!(r.snapshot_extra, Some(b"figures@10".to_vec()));
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    // A snapshot without an extra has none, even after one that had.
+    h.write_snapshot(12, b"state@12".to_vec())
+        .await
+        .expect("snap 12");
+    drop(h);
+    drop(store);
+    let store = open(dir.path(), o.clone()).await;
+    let (_h, r) = store.open_pool("p").await.expect("reopen");
+    assert_eq!(r.snapshot, Some((12, b"state@12".to_vec())));
+    assert_eq!(r.snapshot_extra, None);
+    drop(_h);
+    drop(store);
+
+    // Damage to the extra: the snapshot still loads, the extra is skipped.
+    let store = open(dir.path(), o).await;
+    let (h, _) = store.open_pool("p").await.expect("reopen");
+    h.append(vec![rec(13, 40)]).await.expect("append");
+    h.write_snapshot_with_extra(
+        13,
+        b"state@13".to_vec(),
+        Some(b"FIGURES-13-unique".to_vec()),
+    )
+    .await
+    .expect("snap 13");
+    h.release().await.expect("release");
+    flip_byte_of(&pool_file(dir.path(), "p"), b"FIGURES-13-unique");
+    let (_h, r) = store.open_pool("p").await.expect("reopen after damage");
+    assert_eq!(r.snapshot, Some((13, b"state@13".to_vec())));
+    assert_eq!(r.snapshot_extra, None);
+    assert!(
+        r.notes.iter().any(|n| matches!(
+            n,
+            qscheduler_store::RecoveryNote::SkippedSnapshotExtra { seq: 13, .. }
+        )),
+        "{:?}",
+        r.notes
+    );
+}

@@ -573,3 +573,55 @@ async fn a_replica_whose_renewals_hang_fences_itself() {
     })
     .await;
 }
+
+/// A snapshot's extra image comes back with it (the column an additive
+/// migration added), and a snapshot without one has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_extras_come_back_with_their_snapshot() {
+    with_schema("extras", |schema| async move {
+        let store = open_pg(&schema, "a").await;
+        store.create_pool("p", rec(1, 40)).await.expect("create");
+        let (h, _) = store.open_pool("p").await.expect("open");
+        for s in 2..=10u64 {
+            h.append(vec![rec(s, 40)]).await.expect("append");
+        }
+        h.write_snapshot_with_extra(6, b"state@6".to_vec(), Some(b"figures@6".to_vec()))
+            .await
+            .expect("snap 6");
+        h.release().await.expect("release");
+        let (h, r) = store.open_pool("p").await.expect("reopen");
+        assert_eq!(r.snapshot, Some((6, b"state@6".to_vec())));
+        assert_eq!(r.snapshot_extra, Some(b"figures@6".to_vec()));
+        h.write_snapshot(9, b"state@9".to_vec())
+            .await
+            .expect("snap 9");
+        h.release().await.expect("release");
+        let (h, r) = store.open_pool("p").await.expect("reopen");
+        assert_eq!(r.snapshot, Some((9, b"state@9".to_vec())));
+        assert_eq!(r.snapshot_extra, None);
+        h.write_snapshot_with_extra(10, b"state@10".to_vec(), Some(b"figures@10".to_vec()))
+            .await
+            .expect("snap 10");
+        h.release().await.expect("release");
+        // Damage to the extra: the snapshot loads, the extra is skipped.
+        let Store::Postgres(pg) = &store else {
+            panic!("not postgres")
+        };
+        sqlx::query("UPDATE qs_snapshot SET extra = set_byte(extra, 6, 0) WHERE seq = 10")
+            .execute(pg.db())
+            .await
+            .expect("damage");
+        let (_h, r) = store.open_pool("p").await.expect("reopen after damage");
+        assert_eq!(r.snapshot, Some((10, b"state@10".to_vec())));
+        assert_eq!(r.snapshot_extra, None);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| matches!(n, RecoveryNote::SkippedSnapshotExtra { seq: 10, .. })),
+            "{:?}",
+            r.notes
+        );
+        store.shutdown().await.expect("shutdown");
+    })
+    .await;
+}

@@ -16,6 +16,14 @@
 //!    method of the three services needs a principal holding the method's
 //!    role for at least one pool (the pool itself is checked by the
 //!    handler, which knows it), and anything else needs a known principal.
+//! 4. **The dashboard** (`/ui/`, only with `[auth]`): the sign-in and
+//!    sign-out pages are open, but a form posted to them must come from
+//!    the dashboard's own origin (or an allowed one); every other page
+//!    needs a principal with `view` on some pool, found from the
+//!    configured proxy header, the session cookie ([`super::session`]), a
+//!    bearer token or a client certificate, in that order. A browser with
+//!    none is sent to the sign-in page. The pages check each pool against
+//!    the [`Access`] left here, as the RPCs do.
 //!
 //! Refusals take the form the caller's transport expects: gRPC status
 //! headers, pRPC's HTTP 401/403 with `X-Prpc-Grpc-Code`, or plain HTTP.
@@ -32,7 +40,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::{Access, AuthError, Policy, Role, Sha256Hash};
+use super::session::{Sessions, session_cookie};
+use super::{Access, AuthError, Policy, Principal, Role, Sha256Hash};
 use crate::audit::AuditSlot;
 use crate::service::FORWARDED_BY;
 use crate::tls::PeerCertificate;
@@ -52,9 +61,14 @@ const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/livez"];
 /// carry no credentials); it reveals only whether the server is ready.
 const OPEN_PREFIXES: [&str; 1] = ["/grpc.health.v1.Health/"];
 
-/// The read-only dashboard: the `view` role on every pool (it lists them
-/// all).
+/// The read-only dashboard: the `view` role, checked per pool by its pages.
 const DASHBOARD_PREFIX: &str = "/ui";
+
+/// The dashboard's sign-in page.
+pub const SIGN_IN: &str = "/ui/signin";
+
+/// The dashboard's sign-out.
+pub const SIGN_OUT: &str = "/ui/signout";
 
 /// The `[auth]` policy, replaceable while the server runs (a configuration
 /// reload revokes tokens without a restart).
@@ -95,6 +109,8 @@ pub struct AuthSettings {
     pub peer_secret: Option<Sha256Hash>,
     /// The metrics endpoint's path, when metrics are on.
     pub metrics_path: Option<String>,
+    /// The dashboard's sessions (shared with its sign-in page).
+    pub sessions: Arc<Sessions>,
 }
 
 /// The layer.
@@ -269,6 +285,9 @@ impl AuthSettings {
         if form == Form::Prpc && req.method() == http::Method::OPTIONS {
             return Ok(());
         }
+        if path == DASHBOARD_PREFIX || path.starts_with("/ui/") {
+            return self.admit_dashboard(req, &policy);
+        }
         let forwarded = req
             .headers()
             .get(FORWARDED_PRINCIPAL)
@@ -289,21 +308,6 @@ impl AuthSettings {
                 n.principal = Some(format!("{}:{}", principal.kind.name(), principal.name))
             });
         }
-        let path = req.uri().path();
-        // The dashboard lists every pool, so it needs view on all of them.
-        if (path == DASHBOARD_PREFIX || path.starts_with("/ui/"))
-            && !principal.may_everywhere(Role::View)
-        {
-            return Err(refuse(
-                form,
-                Status::permission_denied(format!(
-                    "{} {:?} does not have role view for all pools (pools = [\"*\"]), which \
-                     the dashboard needs",
-                    principal.kind.name(),
-                    principal.name
-                )),
-            ));
-        }
         if let Some((service, method)) = rpc_of(req) {
             let role = Role::for_service(service).unwrap_or(Role::Admin);
             if !principal.may(role, None) {
@@ -321,6 +325,122 @@ impl AuthSettings {
         }
         Ok(())
     }
+}
+
+impl AuthSettings {
+    /// Admits a request for a dashboard page (see the module docs, step 4).
+    fn admit_dashboard(
+        &self,
+        req: &mut Request<Body>,
+        policy: &Policy,
+    ) -> Result<(), Box<Response<Body>>> {
+        let path = req.uri().path();
+        if path == SIGN_IN || path == SIGN_OUT {
+            if req.method() != http::Method::GET && !same_origin(req, policy) {
+                return Err(refuse(
+                    Form::Http,
+                    Status::permission_denied(
+                        "a sign-in or sign-out form must be posted from the dashboard's own \
+                         pages (the Origin is neither this server nor in [auth] \
+                         allowed_origins)",
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let unauthenticated =
+            |e: AuthError| refuse(Form::Http, Status::unauthenticated(e.to_string()));
+        let proxied = policy
+            .dashboard
+            .proxy_user_header
+            .as_ref()
+            .and_then(|h| req.headers().get(h));
+        let principal: Arc<Principal> = if let Some(user) = proxied {
+            let name = user.to_str().unwrap_or("");
+            policy.principal_named(name).ok_or_else(|| {
+                refuse(
+                    Form::Http,
+                    Status::unauthenticated(format!(
+                        "the authenticating proxy names {:?}, who is not a principal of [auth]",
+                        name.chars().take(200).collect::<String>()
+                    )),
+                )
+            })?
+        } else if let Some(p) =
+            session_cookie(req.headers()).and_then(|id| self.sessions.principal(policy, id))
+        {
+            p
+        } else if let Some(a) = req.headers().get(AUTHORIZATION) {
+            policy
+                .authenticate(Some(a.as_bytes()))
+                .map_err(unauthenticated)?
+        } else if let Some(cert) = req.extensions().get::<PeerCertificate>() {
+            policy
+                .certificate_principal(&cert.sans)
+                .map_err(unauthenticated)?
+        } else if matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            return Err(Box::new(to_sign_in(req.uri())));
+        } else {
+            return Err(unauthenticated(AuthError::Missing));
+        };
+        if !principal.may(Role::View, None) {
+            return Err(refuse(
+                Form::Http,
+                Status::permission_denied(format!(
+                    "{} {:?} does not have role view for any pool, which the dashboard needs",
+                    principal.kind.name(),
+                    principal.name
+                )),
+            ));
+        }
+        req.extensions_mut().insert(Access {
+            principal,
+            role: Role::View,
+        });
+        Ok(())
+    }
+}
+
+/// Whether a form post comes from a page of this server (or of an allowed
+/// origin). Browsers send `Origin` with every POST; a client without it is
+/// not a browser, which cross-site request forgery needs.
+fn same_origin<B>(req: &Request<B>, policy: &Policy) -> bool {
+    let headers = req.headers();
+    let Some(origin) = headers.get(ORIGIN) else {
+        return headers
+            .get("sec-fetch-site")
+            .is_none_or(|v| v == "same-origin" || v == "none");
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if policy.origin_allowed(origin) {
+        return true;
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// Sends a browser without credentials to the sign-in page, to come back.
+fn to_sign_in(uri: &http::Uri) -> Response<Body> {
+    let back = uri.path_and_query().map_or("/ui/", |p| p.as_str());
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let location = format!("{SIGN_IN}?next={}", crate::ui::enc(back));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>

@@ -26,6 +26,7 @@
 
 pub mod layer;
 pub mod oidc;
+pub mod session;
 
 use std::fmt;
 use std::sync::Arc;
@@ -325,6 +326,31 @@ pub struct Policy {
     pub certificates: Vec<CertificateEntry>,
     /// JWT bearer tokens (`[auth.oidc]`).
     pub oidc: Option<Arc<oidc::OidcVerifier>>,
+    /// How browsers sign in to the dashboard.
+    pub dashboard: DashboardAuth,
+}
+
+/// The dashboard's sign-in settings (`[auth] dashboard_*`,
+/// `proxy_user_header`).
+#[derive(Clone, Debug)]
+pub struct DashboardAuth {
+    /// How long a session lasts.
+    pub session_ttl: std::time::Duration,
+    /// Sessions kept at most.
+    pub max_sessions: usize,
+    /// A header an authenticating proxy sets to the principal's name;
+    /// believed on `/ui/` requests only when configured.
+    pub proxy_user_header: Option<http::HeaderName>,
+}
+
+impl Default for DashboardAuth {
+    fn default() -> Self {
+        DashboardAuth {
+            session_ttl: session::DEFAULT_TTL,
+            max_sessions: session::DEFAULT_MAX_SESSIONS,
+            proxy_user_header: None,
+        }
+    }
 }
 
 /// A `[[tls.grants]]` entry: a certificate SAN and its principal.

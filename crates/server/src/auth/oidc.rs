@@ -263,6 +263,21 @@ impl OidcVerifier {
         Ok(principal)
     }
 
+    /// How long a token that [`OidcVerifier::verify`] just accepted stays
+    /// valid (`None` if it is not in the cache of verified tokens).
+    pub fn time_left(&self, token: &str) -> Option<std::time::Duration> {
+        let hash = Sha256Hash::of(token.as_bytes()).0;
+        let exp = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&hash)
+            .map(|(_, exp)| *exp)?;
+        Some(std::time::Duration::from_secs(
+            exp.saturating_sub(now_secs()),
+        ))
+    }
+
     /// The principals of the grants (for calls a peer forwards).
     pub fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
         self.options.grants.iter().map(|g| &g.principal)

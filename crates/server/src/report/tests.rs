@@ -184,11 +184,171 @@ fn wait_buckets_are_monotonic() {
 #[test]
 fn memory_per_pool_is_bounded() {
     use std::mem::size_of;
-    let ring = RETAINED_MINUTES * size_of::<Option<Box<Minute>>>();
+    let ring = RETAINED_MINUTES * size_of::<Option<Arc<Minute>>>();
     let minute = size_of::<Minute>();
     let account = size_of::<(Arc<str>, AccountMinute)>();
     println!("ring {ring} B, minute {minute} B, account-minute {account} B + waits");
     assert!(ring <= 100_000);
     assert!(minute <= 128);
     assert!(account <= 256);
+}
+
+/// The commands of the hand-computed scenario above, accounts included.
+fn scenario() -> Vec<Command> {
+    let rate = |r: f32| AccountConfig {
+        charge_rate: [r, 0.0, 0.0, 0.0, 0.0],
+        max_charge_seconds: 3600.0,
+        ..Default::default()
+    };
+    let mut cmds: Vec<Command> = [("a", 1.0), ("b", 0.0), ("c", 1.0)]
+        .into_iter()
+        .map(|(id, r)| Command::CreateAccount {
+            account_id: id.into(),
+            config: rate(r),
+        })
+        .collect();
+    cmds.push(batch(
+        vec![waiting("a1", "a", &[], 60), waiting("b1", "b", &[], 60)],
+        60,
+        vec![],
+    ));
+    cmds.push(batch(
+        vec![],
+        70,
+        vec![bot("bot1", &[]), bot("bot2", &["gpu"])],
+    ));
+    cmds.push(batch(
+        vec![running("a1", "bot1", 80), running("b1", "bot2", 80)],
+        80,
+        vec![],
+    ));
+    cmds.push(batch(
+        vec![waiting("c1", "c", &["gpu"], 190)],
+        190,
+        vec![bot("bot1", &[])],
+    ));
+    // Minutes later: a second task of a, assigned and finished.
+    cmds.push(batch(
+        vec![waiting("a2", "a", &[], 400)],
+        430,
+        vec![bot("bot3", &[])],
+    ));
+    cmds.push(batch(vec![running("a2", "bot3", 431)], 431, vec![]));
+    cmds.push(batch(vec![], 700, vec![bot("bot3", &[])]));
+    cmds
+}
+
+/// What a restart does: the image a snapshot took after `k` commands, then
+/// the rest replayed through a [`Rebuild`], must give the figures the
+/// writer had, whatever `k`.
+#[test]
+fn an_image_and_the_replayed_log_rebuild_the_live_figures() {
+    let cmds = scenario();
+    let mut live_pool = Pool::new(t(0));
+    let mut live = PoolFigures::default();
+    let mut images = Vec::new();
+    for cmd in &cmds {
+        images.push(image::encode(&live));
+        let out = live_pool.apply(cmd).unwrap();
+        live.record(&out.events, &live_pool);
+    }
+    let now = t(700);
+    let want = live.report(now, 3600, &live_pool);
+    assert_eq!(want.accounts.iter().map(|a| a.completed).sum::<u64>(), 2);
+    for (k, img) in images.iter().enumerate() {
+        let reports = Reports::new();
+        let mut pool = Pool::new(t(0));
+        for cmd in &cmds[..k] {
+            pool.apply(cmd).unwrap();
+        }
+        let mut rebuild = reports.recovering("p", Some(img.as_slice())).unwrap();
+        for cmd in &cmds[k..] {
+            let out = pool.apply(cmd).unwrap();
+            rebuild.replayed(&out.events, &pool);
+        }
+        rebuild.finish();
+        let got = reports.pool("p").unwrap();
+        let got = lock(&got);
+        assert_eq!(*got, live, "image after {k} commands");
+        assert_eq!(got.report(now, 3600, &pool), want);
+        // The image's bytes are canonical.
+        assert_eq!(image::encode(&got), image::encode(&live));
+    }
+}
+
+/// Without an image (a pool whose log starts at record 1) the replay alone
+/// gives the same figures.
+#[test]
+fn a_full_log_rebuilds_the_figures_without_an_image() {
+    let cmds = scenario();
+    let mut pool = Pool::new(t(0));
+    let mut live = PoolFigures::default();
+    let reports = Reports::new();
+    let mut rebuild = reports.recovering("p", None).unwrap();
+    for cmd in &cmds {
+        let out = pool.apply(cmd).unwrap();
+        live.record(&out.events, &pool);
+        rebuild.replayed(&out.events, &pool);
+    }
+    rebuild.finish();
+    assert_eq!(*lock(&reports.pool("p").unwrap()), live);
+}
+
+#[test]
+fn damaged_images_are_refused_without_panicking() {
+    let cmds = scenario();
+    let mut pool = Pool::new(t(0));
+    let mut f = PoolFigures::default();
+    for cmd in &cmds {
+        let out = pool.apply(cmd).unwrap();
+        f.record(&out.events, &pool);
+    }
+    let bytes = image::encode(&f);
+    assert_eq!(image::decode(&bytes).unwrap(), f);
+    for n in 0..bytes.len() {
+        assert!(image::decode(&bytes[..n]).is_err(), "cut at {n}");
+    }
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[i] ^= flip;
+            // Either refused or a valid image; never a panic.
+            let _ = image::decode(&b);
+        }
+    }
+    // An image that does not decode leaves the figures to the log.
+    let reports = Reports::new();
+    let rebuild = reports.recovering("p", Some(&b"garbage"[..])).unwrap();
+    rebuild.finish();
+    assert_eq!(*lock(&reports.pool("p").unwrap()), PoolFigures::default());
+}
+
+/// What the image costs when balance samples dominate (seven busy days):
+/// per minute a few bytes, per account and minute about 22.
+#[test]
+fn images_of_balance_samples_are_compact() {
+    let size = |accounts: usize| {
+        let mut f = PoolFigures::default();
+        let ids: Vec<Arc<str>> = (0..accounts)
+            .map(|i| Arc::from(format!("account-{i}")))
+            .collect();
+        for m in 0..1000 {
+            let minute = f.minute(m);
+            for id in &ids {
+                minute.account(id).balance = Some([1.5, 2.5, 0.0, -3.0, 600.0]);
+            }
+        }
+        let bytes = image::encode(&f);
+        assert_eq!(image::decode(&bytes).unwrap(), f);
+        bytes.len()
+    };
+    let one = size(1);
+    let ten = size(10);
+    let per_account = (ten - one) as f64 / 9.0 / 1000.0;
+    println!(
+        "image: {:.1} B per minute with one account, {per_account:.1} B per further account-minute",
+        one as f64 / 1000.0
+    );
+    assert!(one <= 30 * 1000, "{one}");
+    assert!(per_account <= 24.0, "{per_account}");
 }

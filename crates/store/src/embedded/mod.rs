@@ -51,6 +51,9 @@
 //! * `snapshot_chunks`: `(u64 seq, u32 index) -> bytes`, the image cut in chunks.
 //! * `snapshots`: `u64 seq -> (u64 length, u32 crc32c(seq, image), u32 chunk count)`. A snapshot
 //!   exists once this row is committed, which happens after all of its chunks.
+//! * `snapshot_extra`: `u64 seq -> [crc32c u32 LE | extra image]`, the snapshot's extra image
+//!   when it has one, written in the transaction that publishes the snapshot and deleted with
+//!   it (absent from files written before it existed).
 //!
 //! Creating a pool builds its directory (id file and a database holding record 1) in `tmp/` and
 //! renames it into place, so a crash never leaves a half-created pool; deleting renames it to
@@ -155,6 +158,9 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// seq -> (image length, crc32c(seq, image), chunk count).
 const SNAPSHOTS: TableDefinition<u64, (u64, u32, u32)> = TableDefinition::new("snapshots");
 const SNAPSHOT_CHUNKS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("snapshot_chunks");
+/// `u64 seq -> framed extra image` of the snapshot at that seq (see [`crate::frame_extra`]).
+/// Files written before it existed have no such table.
+const SNAPSHOT_EXTRA: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot_extra");
 
 /// Size of one snapshot chunk, so one write transaction. Small enough that an append waits at most
 /// a few milliseconds behind a chunk, large enough that a 45 MB image is a couple of dozen
@@ -875,7 +881,12 @@ impl PoolShared {
         })
     }
 
-    fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
+    fn write_snapshot(
+        &self,
+        seq: u64,
+        bytes: Vec<u8>,
+        extra: Option<Vec<u8>>,
+    ) -> Result<SnapshotStats> {
         let start = Instant::now();
         if bytes.len() > crate::MAX_SNAPSHOT_BYTES {
             return Err(Error::InvalidArgument(format!(
@@ -960,9 +971,14 @@ impl PoolShared {
                     let mut snaps = tx.open_table(SNAPSHOTS)?;
                     snaps.insert(seq, (bytes.len() as u64, crc, chunks))?;
                     let mut chunk_table = tx.open_table(SNAPSHOT_CHUNKS)?;
+                    let mut extras = tx.open_table(SNAPSHOT_EXTRA)?;
+                    if let Some(e) = &extra {
+                        extras.insert(seq, e.as_slice())?;
+                    }
                     for &s in &old_snaps {
                         snaps.remove(s)?;
                         chunk_table.retain_in((s, 0)..=(s, u32::MAX), |_, _| false)?;
+                        extras.remove(s)?;
                     }
                     if oldest_kept > 0 {
                         tx.open_table(LOG)?.retain_in(..=oldest_kept, |_, _| {
@@ -1066,8 +1082,18 @@ impl EmbeddedPoolHandle {
 
     /// See [`crate::PoolHandle::write_snapshot`].
     pub async fn write_snapshot(&self, seq: u64, bytes: Vec<u8>) -> Result<SnapshotStats> {
+        self.write_snapshot_with_extra(seq, bytes, None).await
+    }
+
+    /// See [`crate::PoolHandle::write_snapshot_with_extra`]; `extra` comes framed.
+    pub(crate) async fn write_snapshot_with_extra(
+        &self,
+        seq: u64,
+        bytes: Vec<u8>,
+        extra: Option<Vec<u8>>,
+    ) -> Result<SnapshotStats> {
         let shared = self.shared.clone();
-        blocking(move || shared.write_snapshot(seq, bytes)).await
+        blocking(move || shared.write_snapshot(seq, bytes, extra)).await
     }
 
     /// See [`crate::PoolHandle::lease`].
@@ -1249,9 +1275,11 @@ fn delete_snapshots(pool: &str, db: &Database, seqs: &[u64]) -> Result<()> {
         {
             let mut snaps = tx.open_table(SNAPSHOTS)?;
             let mut chunks = tx.open_table(SNAPSHOT_CHUNKS)?;
+            let mut extras = tx.open_table(SNAPSHOT_EXTRA)?;
             for &s in seqs {
                 snaps.remove(s)?;
                 chunks.retain_in((s, 0)..=(s, u32::MAX), |_, _| false)?;
+                extras.remove(s)?;
             }
         }
         tx.commit()?;
@@ -1366,6 +1394,19 @@ fn read_pool(pool: &str, db: &Database) -> Result<ReadState> {
             }));
         }
         let base = snapshot.as_ref().map_or(0, |(s, _)| *s);
+        let stored_extra = match (&snapshot, tx.open_table(SNAPSHOT_EXTRA)) {
+            (Some((s, _)), Ok(t)) => t.get(*s)?.map(|v| v.value().to_vec()),
+            (_, Ok(_)) | (_, Err(redb::TableError::TableDoesNotExist(_))) => None,
+            (_, Err(e)) => return Err(e.into()),
+        };
+        let snapshot_extra = match stored_extra.map(|e| crate::unframe_extra(base, &e)) {
+            Some(Ok(e)) => Some(e),
+            Some(Err(why)) => {
+                notes.push(RecoveryNote::SkippedSnapshotExtra { seq: base, why });
+                None
+            }
+            None => None,
+        };
         let mut records = Vec::new();
         let mut expected = base + 1;
         for entry in log.range(base + 1..)? {
@@ -1416,6 +1457,7 @@ fn read_pool(pool: &str, db: &Database) -> Result<ReadState> {
             next_seq: expected.max(base + 1),
             recovered: Recovered {
                 snapshot,
+                snapshot_extra,
                 records,
                 notes,
             },
