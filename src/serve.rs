@@ -14,6 +14,7 @@ use clap::Args;
 use qscheduler_server::Server;
 use qscheduler_server::config::{Config, LogFormat, check_postgres_url};
 use qscheduler_server::health::Phase;
+use qscheduler_server::secret::{Secret, SecretUrl};
 
 use crate::telemetry;
 
@@ -39,7 +40,7 @@ pub struct ServeArgs {
     /// Use this PostgreSQL database instead of the data directory, e.g.
     /// postgres://user@host:5432/db (several replicas may share it).
     #[arg(long, value_name = "URL", env = "QSCHEDULER_STORE")]
-    store: Option<String>,
+    store: Option<SecretUrl>,
     /// How long the first call of a batch waits for others, in
     /// milliseconds (0 = take whatever is already queued) [default: 2].
     #[arg(long, env = "QSCHEDULER_BATCH_WINDOW_MS", value_name = "MS")]
@@ -89,7 +90,7 @@ pub struct ServeArgs {
         value_name = "SECRET",
         hide_env_values = true
     )]
-    peer_secret: Option<String>,
+    peer_secret: Option<Secret>,
 }
 
 impl ServeArgs {
@@ -102,9 +103,10 @@ impl ServeArgs {
             config.store.data_dir = v.clone();
         }
         if let Some(v) = &self.store {
+            let v = v.expose();
             if v.contains("://") {
                 check_postgres_url(v).map_err(|e| anyhow!("--store: {e}"))?;
-                config.store.postgres_url = Some(v.clone());
+                config.store.postgres_url = Some(v.to_owned());
             } else {
                 // A plain path names an embedded store, as it always did.
                 config.store.postgres_url = None;
@@ -181,14 +183,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     options.recover_in_background = true;
     options.insecure = args.insecure;
     if let Some(secret) = &args.peer_secret {
-        let secret = secret.trim();
+        let secret = secret.expose().trim();
         if secret.len() < 16 {
             anyhow::bail!(
                 "QSCHEDULER_PEER_SECRET (--peer-secret) is too short: use at least 16 random \
                  characters"
             );
         }
-        options.peer_secret = Some(secret.to_owned());
+        options.peer_secret = Some(secret.into());
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -225,4 +227,40 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     rt.block_on(telemetry.shutdown());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let cmd = Cmd::try_parse_from([
+            "serve",
+            "--peer-secret",
+            "peer-hunter2-0123456789",
+            "--store",
+            "postgres://qs:db-hunter2@db:5432/qs",
+        ])
+        .unwrap();
+        let printed = format!("{:?}", cmd.serve);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains("postgres://qs:<redacted>@db:5432/qs"),
+            "{printed}"
+        );
+        let mut config = Config::default();
+        cmd.serve.apply(&mut config).unwrap();
+        assert_eq!(
+            config.store.postgres_url.as_deref(),
+            Some("postgres://qs:db-hunter2@db:5432/qs")
+        );
+    }
 }

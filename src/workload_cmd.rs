@@ -49,7 +49,7 @@ pub struct ExtractArgs {
     events: Option<PathBuf>,
     /// Read the PostgreSQL event table instead (postgres://...).
     #[arg(long, value_name = "URL")]
-    events_db: Option<String>,
+    events_db: Option<SecretUrl>,
     /// The table (with --events-db).
     #[arg(
         long,
@@ -171,7 +171,7 @@ fn extract(args: ExtractArgs) -> anyhow::Result<()> {
     } else if let Some(url) = &args.events_db {
         let rows = read_table(
             &mut x,
-            url,
+            url.expose(),
             args.events_schema.as_deref(),
             &args.events_table,
             args.pool.as_deref(),

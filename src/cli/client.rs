@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use qscheduler_server::secret::Secret;
 use qscheduler_wire::prpc::PrpcClient;
 use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::qscheduler::q_scheduler_admin_client::QSchedulerAdminClient;
@@ -116,7 +117,7 @@ pub struct Credentials {
         hide_env_values = true,
         conflicts_with = "token_file"
     )]
-    token: Option<String>,
+    token: Option<Secret>,
     /// Read the bearer token from this file (surrounding white space is
     /// ignored).
     #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
@@ -147,10 +148,26 @@ pub struct Credentials {
 }
 
 /// TLS settings read from [`Credentials`]' files.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TlsFiles {
     ca: Option<Vec<u8>>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Says which files were given, never what the private key is.
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field(
+                "ca",
+                &self.ca.as_ref().map(|c| format!("{} bytes", c.len())),
+            )
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|_| "<certificate and key>"),
+            )
+            .finish()
+    }
 }
 
 impl TlsFiles {
@@ -185,7 +202,7 @@ impl Credentials {
     /// The bearer token, if any, checked to be sendable as a header.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => t.trim().to_owned(),
+            (Some(t), _) => t.expose().trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?
                 .trim()
@@ -261,8 +278,11 @@ impl Bearer {
     pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
         token
             .map(|t| {
-                tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
-                    .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header value"))
+                let mut v = tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| anyhow::anyhow!("the bearer token is not a valid header value"))?;
+                // Kept out of `Debug` and of HTTP/2 header compression tables.
+                v.set_sensitive(true);
+                Ok(v)
             })
             .transpose()
             .map(Bearer)
@@ -421,5 +441,56 @@ impl Client {
         /// `PoolOverview`.
         pool_overview: INSIGHT / "PoolOverview", insight,
             adm::PoolOverviewRequest => adm::PoolOverviewResponse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        credentials: Credentials,
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "CERTIFICATE").unwrap();
+        std::fs::write(&key, "PRIVATE KEY hunter2").unwrap();
+        let cmd = Cmd::try_parse_from([
+            "x",
+            "--token",
+            "qs_hunter2-token",
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+        ])
+        .unwrap();
+        let c = &cmd.credentials;
+        let tls = c.tls().unwrap();
+        let bearer = Bearer::new(c.token().unwrap().as_deref()).unwrap();
+        let mut request = tonic::Request::new(());
+        bearer.apply(&mut request);
+        let prpc = prpc_client(
+            "http://127.0.0.1:1",
+            Duration::from_secs(1),
+            c.token().unwrap().as_deref(),
+            &TlsFiles::default(),
+        )
+        .unwrap();
+        for printed in [
+            format!("{c:?}"),
+            format!("{tls:?}"),
+            format!("{:?}", request.metadata()),
+            format!("{prpc:?}"),
+        ] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+        }
+        assert_eq!(c.token().unwrap().as_deref(), Some("qs_hunter2-token"));
     }
 }

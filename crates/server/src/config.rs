@@ -26,7 +26,7 @@ use toml::Spanned;
 
 use qscheduler_wire::conn::ConnectionOptions;
 
-use crate::audit::AuditOptions;
+use crate::audit::{AuditOptions, AuditPostgres};
 use crate::auth::oidc::{OidcGrant, OidcOptions, OidcVerifier};
 use crate::auth::{
     CertificateEntry, Grant, Kind, Policy, Pools, Principal, Role, Sha256Hash, TokenEntry,
@@ -35,6 +35,7 @@ use crate::eventlog::{EventLogOptions, FileSinkOptions, PostgresSinkOptions};
 use crate::limits::Limits;
 use crate::metrics::MetricsOptions;
 use crate::pool::PoolOptions;
+use crate::secret::{RedactedUrl, Secret, redact_url};
 use crate::server::ServerOptions;
 use crate::tls::TlsOptions;
 
@@ -91,8 +92,8 @@ impl Default for ServerSection {
     }
 }
 
-/// `[store]`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[store]`. Its `Debug` hides the password of `postgres_url`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// Directory of the embedded store, and the default home of the event
@@ -121,6 +122,29 @@ pub struct StoreSection {
     /// Connections to PostgreSQL.
     #[serde(deserialize_with = "positive_u32")]
     pub pg_max_connections: u32,
+}
+
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let StoreSection {
+            data_dir,
+            postgres_url,
+            replica_id,
+            advertise_address,
+            lease_ttl,
+            pg_schema,
+            pg_max_connections,
+        } = self;
+        f.debug_struct("StoreSection")
+            .field("data_dir", data_dir)
+            .field("postgres_url", &postgres_url.as_deref().map(RedactedUrl))
+            .field("replica_id", replica_id)
+            .field("advertise_address", advertise_address)
+            .field("lease_ttl", lease_ttl)
+            .field("pg_schema", pg_schema)
+            .field("pg_max_connections", pg_max_connections)
+            .finish()
+    }
 }
 
 impl Default for StoreSection {
@@ -370,8 +394,8 @@ impl Default for FilesSection {
     }
 }
 
-/// `[event_log.postgres]`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[event_log.postgres]`. Its `Debug` hides the password of `url`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSection {
     /// Also insert events into a PostgreSQL table.
@@ -388,6 +412,25 @@ pub struct PostgresSection {
     /// Most rows per INSERT.
     #[serde(deserialize_with = "positive_usize")]
     pub batch_rows: usize,
+}
+
+impl std::fmt::Debug for PostgresSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PostgresSection {
+            enabled,
+            url,
+            schema,
+            table,
+            batch_rows,
+        } = self;
+        f.debug_struct("PostgresSection")
+            .field("enabled", enabled)
+            .field("url", &url.as_deref().map(RedactedUrl))
+            .field("schema", schema)
+            .field("table", table)
+            .field("batch_rows", batch_rows)
+            .finish()
+    }
 }
 
 impl Default for PostgresSection {
@@ -1063,13 +1106,26 @@ impl Config {
         } else {
             None
         };
+        // The audit table goes where the event table goes, or else into
+        // the store's database.
+        let audit_postgres = match (&postgres, &self.store.postgres_url) {
+            (Some(p), _) => Some(AuditPostgres::new(p.url.clone(), p.schema.clone())),
+            (None, Some(url)) => Some(AuditPostgres::new(
+                url.clone(),
+                self.store.pg_schema.clone(),
+            )),
+            (None, None) => None,
+        };
         options.event_log = EventLogOptions {
             buffer_events: e.buffer_events,
             files,
             postgres,
         };
         options.auth = self.auth_policy()?;
-        options.audit = Some(AuditOptions::new(self.store.data_dir.join("audit")));
+        options.audit = Some(AuditOptions {
+            postgres: audit_postgres,
+            ..AuditOptions::new(self.store.data_dir.join("audit"))
+        });
         if let Some(auth) = &self.auth
             && let Some(path) = &auth.peer_secret_file
         {
@@ -1095,7 +1151,7 @@ impl Config {
 }
 
 /// A secret from a file: its content without surrounding white space.
-fn read_secret(path: &Path) -> Result<String, ConfigError> {
+fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -1107,7 +1163,7 @@ fn read_secret(path: &Path) -> Result<String, ConfigError> {
             path.display()
         )));
     }
-    Ok(secret.to_owned())
+    Ok(secret.into())
 }
 
 /// The line and column of a byte offset, and the text of that line.
@@ -1120,9 +1176,12 @@ fn position(text: &str, offset: usize) -> (Position, String) {
     let source_line = text
         .get(line_start..)
         .and_then(|rest| rest.lines().next())
-        .unwrap_or("")
-        .to_owned();
-    (Position { line, column }, source_line)
+        .unwrap_or("");
+    // The line is shown with the error: not a database password in it.
+    (
+        Position { line, column },
+        redact_url(source_line).into_owned(),
+    )
 }
 
 /// toml's messages end with a newline and sometimes repeat themselves; one
@@ -1203,27 +1262,42 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// Checks a `postgres://` or `postgresql://` URL.
+/// Checks a `postgres://` or `postgresql://` URL. The messages show it
+/// without its password.
 pub fn check_postgres_url(s: &str) -> Result<(), String> {
+    let shown = redact_url(s);
     let scheme = s.split_once("://").map(|(scheme, _)| scheme);
     match scheme {
         Some("postgres" | "postgresql") => {}
         Some(other) => {
             return Err(format!(
-                "unsupported URL scheme {other:?} in {s:?}: expected postgres:// or postgresql://"
+                "unsupported URL scheme {other:?} in {shown:?}: expected postgres:// or postgresql://"
             ));
         }
         None => {
             return Err(format!(
-                "invalid URL {s:?}: expected postgres://user@host:port/database"
+                "invalid URL {shown:?}: expected postgres://user@host:port/database"
             ));
         }
     }
     // Parsing the rest is sqlx's job, but a syntax error is better caught
-    // here, with a line number, than at startup.
+    // here, with a line number, than at startup. sqlx's message may quote
+    // the URL.
     s.parse::<sqlx::postgres::PgConnectOptions>()
         .map(|_| ())
-        .map_err(|e| format!("invalid PostgreSQL URL {s:?}: {e}"))
+        .map_err(|e| {
+            let e = e.to_string();
+            let e = match s.split_once("://").and_then(|(_, r)| r.split_once('@')) {
+                Some((user_info, _)) => match user_info.split_once(':') {
+                    Some((_, password)) if !password.is_empty() => {
+                        e.replace(password, "<redacted>")
+                    }
+                    _ => e,
+                },
+                None => e,
+            };
+            format!("invalid PostgreSQL URL {shown:?}: {e}")
+        })
 }
 
 fn check_identifier(s: &str) -> Result<(), String> {
@@ -1548,6 +1622,80 @@ mod tests {
         );
         assert!(o.event_log.postgres.is_none());
         assert!(o.metrics.enabled);
+    }
+
+    #[test]
+    fn the_audit_table_follows_the_event_table_or_the_store() {
+        let audit = |toml: &str| {
+            Config::parse(toml, Path::new("t.toml"))
+                .unwrap()
+                .server_options()
+                .unwrap()
+                .audit
+                .expect("an audit log")
+        };
+        let a = audit("[store]\ndata_dir = \"d\"\n");
+        assert_eq!(a.dir, PathBuf::from("d/audit"));
+        assert!(a.postgres.is_none(), "files only without a database");
+        let pg = audit(
+            "[store]\npostgres_url = \"postgres://u@store/db\"\npg_schema = \"qs\"\n\
+             [event_log.postgres]\nenabled = true\nurl = \"postgres://u@events/db\"\n\
+             schema = \"ev\"\n",
+        )
+        .postgres
+        .expect("a table");
+        assert_eq!(
+            pg,
+            AuditPostgres::new("postgres://u@events/db".into(), Some("ev".into()))
+        );
+        let pg = audit("[store]\npostgres_url = \"postgres://u@store/db\"\npg_schema = \"qs\"\n")
+            .postgres
+            .expect("a table");
+        assert_eq!(
+            pg,
+            AuditPostgres::new("postgres://u@store/db".into(), Some("qs".into()))
+        );
+        assert_eq!(pg.table, crate::audit::AUDIT_TABLE);
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("peer");
+        std::fs::write(&secret_file, "peer-secret-hunter2-0123456789\n").unwrap();
+        let token_hash = crate::auth::Sha256Hash::of(b"qs_token-hunter2").to_hex();
+        let toml = format!(
+            "[store]\npostgres_url = \"postgres://qs:db-hunter2@store/db\"\n\
+             [event_log.postgres]\nenabled = true\n\
+             url = \"postgres://qs:ev-hunter2@events/db\"\n\
+             [auth]\npeer_secret_file = {:?}\nmetrics_token_sha256 = \"{token_hash}\"\n\
+             [[auth.tokens]]\nname = \"ops\"\nsha256 = \"{token_hash}\"\nroles = [\"admin\"]\n",
+            secret_file.to_str().unwrap()
+        );
+        let config = Config::parse(&toml, Path::new("t.toml")).unwrap();
+        let options = config.server_options().unwrap();
+        assert_eq!(
+            options.peer_secret.as_ref().map(Secret::expose),
+            Some("peer-secret-hunter2-0123456789")
+        );
+        for printed in [
+            format!("{config:?}"),
+            format!("{options:?}"),
+            format!("{options:#?}"),
+            format!("{:?}", options.auth),
+            format!("{:?}", options.audit),
+        ] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(!printed.contains(&token_hash), "a token's hash: {printed}");
+        }
+        assert!(format!("{options:?}").contains("qs:<redacted>@store/db"));
+        // Nor an error about a URL.
+        let e = check_postgres_url("postgres://qs:hunter2@h:notaport/db").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = check_postgres_url("mysql://qs:hunter2@h/db").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let (_, line) = position("x = \"postgres://qs:hunter2@h/db\"\n", 4);
+        assert!(!line.contains("hunter2"), "{line}");
     }
 
     #[test]

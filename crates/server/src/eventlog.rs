@@ -111,8 +111,8 @@ fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
-/// A PostgreSQL table.
-#[derive(Clone, Debug)]
+/// A PostgreSQL table. Its `Debug` hides the password of the URL.
+#[derive(Clone)]
 pub struct PostgresSinkOptions {
     /// The database.
     pub url: String,
@@ -123,6 +123,17 @@ pub struct PostgresSinkOptions {
     pub table: String,
     /// Most rows per INSERT.
     pub batch_rows: usize,
+}
+
+impl std::fmt::Debug for PostgresSinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSinkOptions")
+            .field("url", &crate::secret::RedactedUrl(&self.url))
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("batch_rows", &self.batch_rows)
+            .finish()
+    }
 }
 
 impl PostgresSinkOptions {

@@ -18,7 +18,8 @@
 //! * [`rpc_layer`]: per-RPC spans, logs and latency histograms;
 //! * [`auth`]: who may call what (principals, roles, the auth layer);
 //! * [`tls`]: TLS and client certificates on the server's port;
-//! * [`audit`]: the audit log of administrative calls.
+//! * [`audit`]: the audit log of administrative calls;
+//! * [`secret`]: values that `Debug` must not print.
 //!
 //! It must not contain scheduling rules (those live in `qscheduler-core`),
 //! wire-format details (`qscheduler-wire`) or storage formats
@@ -36,6 +37,7 @@ pub mod pool;
 pub mod registry;
 pub mod report;
 pub mod rpc_layer;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -41,11 +41,13 @@ use crate::pool::{
 use crate::registry::Registry;
 use crate::report::Reports;
 use crate::rpc_layer::RpcLayer;
+use crate::secret::{RedactedUrl, Secret, redact_url};
 use crate::service::Scheduler;
 use crate::tls::{TlsAcceptorCell, TlsError, TlsOptions};
 
-/// Everything the server needs to start.
-#[derive(Clone, Debug)]
+/// Everything the server needs to start. Its `Debug` hides the peer
+/// secret and the password of a database URL.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -84,14 +86,60 @@ pub struct ServerOptions {
     pub auth: Option<Policy>,
     /// The secret replicas prove themselves to each other with when they
     /// forward calls.
-    pub peer_secret: Option<String>,
+    pub peer_secret: Option<Secret>,
     /// Serve a non-loopback address without `[auth]`.
     pub insecure: bool,
     /// TLS on the port (`[tls]`).
     pub tls: Option<TlsOptions>,
-    /// The audit log's files (`None`: administrative calls are only
-    /// counted).
+    /// The audit log's files and table (`None`: administrative calls are
+    /// only counted).
     pub audit: Option<AuditOptions>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field, so that a new one is not forgotten here silently.
+        let ServerOptions {
+            listen,
+            store,
+            store_options,
+            pool,
+            request_timeout,
+            max_request_bytes,
+            metrics,
+            event_log,
+            adopt_every,
+            limits,
+            connections,
+            shutdown_grace,
+            recover_in_background,
+            auth,
+            peer_secret,
+            insecure,
+            tls,
+            audit,
+        } = self;
+        f.debug_struct("ServerOptions")
+            .field("listen", listen)
+            .field("store", &RedactedUrl(store))
+            .field("store_options", store_options)
+            .field("pool", pool)
+            .field("request_timeout", request_timeout)
+            .field("max_request_bytes", max_request_bytes)
+            .field("metrics", metrics)
+            .field("event_log", event_log)
+            .field("adopt_every", adopt_every)
+            .field("limits", limits)
+            .field("connections", connections)
+            .field("shutdown_grace", shutdown_grace)
+            .field("recover_in_background", recover_in_background)
+            .field("auth", auth)
+            .field("peer_secret", peer_secret)
+            .field("insecure", insecure)
+            .field("tls", tls)
+            .field("audit", audit)
+            .finish()
+    }
 }
 
 /// Default of [`ServerOptions::shutdown_grace`], below the 40 s the
@@ -178,8 +226,9 @@ pub enum ServerError {
          characters, on every replica) or [auth] peer_secret_file"
     )]
     PeerSecret,
-    /// The audit log's directory could not be created.
-    #[error("cannot create the audit log directory: {0}")]
+    /// The audit log could not start (its directory could not be
+    /// created).
+    #[error("cannot start the audit log: {0}")]
     Audit(std::io::Error),
     /// The TLS certificate, key or client CA could not be loaded.
     #[error(transparent)]
@@ -199,6 +248,7 @@ pub struct Server {
     router: axum::Router,
     connections: ConnectionOptions,
     event_log: Arc<EventLog>,
+    audit: Arc<AuditLog>,
     metrics: Option<Arc<Metrics>>,
     health: Arc<Health>,
     shutdown_grace: Duration,
@@ -311,8 +361,8 @@ fn router_with(
         policy,
         peer_secret: options
             .peer_secret
-            .as_deref()
-            .map(|s| crate::auth::Sha256Hash::of(s.as_bytes())),
+            .as_ref()
+            .map(|s| crate::auth::Sha256Hash::of(s.expose().as_bytes())),
         metrics_path: metrics.map(|_| options.metrics.path.clone()),
         sessions: crate::auth::session::Sessions::new(),
     };
@@ -506,7 +556,7 @@ impl Server {
         let store = Store::open(&options.store, store_options)
             .await
             .map_err(|source| ServerError::Store {
-                location: options.store.clone(),
+                location: redact_url(&options.store).into_owned(),
                 source,
             })?;
         let event_log = EventLog::start(&options.event_log)?;
@@ -564,7 +614,7 @@ impl Server {
             &options,
             extra.merge(readyz),
             auth_policy.clone(),
-            audit,
+            audit.clone(),
             reports,
             |s| s.open_grpc_service(health_service),
         )?;
@@ -589,6 +639,7 @@ impl Server {
             router,
             connections,
             event_log,
+            audit,
             metrics,
             health,
             shutdown_grace: options.shutdown_grace,
@@ -689,8 +740,10 @@ impl Server {
         info!("stopping pool writers");
         let rest = async {
             self.registry.shutdown().await;
-            // Every writer has stopped, so no event can follow.
+            // Every writer has stopped, so no event can follow; no call is
+            // left, so no audit record.
             self.event_log.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
+            self.audit.shutdown(EVENT_LOG_FLUSH_TIMEOUT).await;
         };
         let left = deadline_rx
             .try_recv()

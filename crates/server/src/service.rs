@@ -52,6 +52,7 @@ use crate::limits::{self, Limits};
 use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Location, PoolStatus, Registry, RegistryError};
 use crate::rpc_layer::record_pool;
+use crate::secret::Secret;
 use crate::translate;
 
 /// Metadata key marking a call forwarded by other replicas, one value per
@@ -306,9 +307,15 @@ impl Scheduler {
 
     /// Requires an authorized caller on every call (`required`), and proves
     /// forwarded calls with `peer_secret`.
-    pub fn with_auth(mut self, required: bool, peer_secret: Option<String>) -> Self {
+    pub fn with_auth(mut self, required: bool, peer_secret: Option<Secret>) -> Self {
         self.auth_required = required;
-        let secret = peer_secret.and_then(|s| MetadataValue::try_from(s.as_str()).ok());
+        let secret = peer_secret
+            .and_then(|s| MetadataValue::try_from(s.expose()).ok())
+            .map(|mut v| {
+                // Kept out of `Debug` and of HTTP/2 header compression tables.
+                v.set_sensitive(true);
+                v
+            });
         self.forwarder = Arc::new(Forwarder {
             me: self.forwarder.me.clone(),
             channels: Mutex::new(HashMap::new()),

@@ -428,15 +428,10 @@ async fn browsers_need_an_allowed_origin_and_a_content_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_removed_from_the_policy_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(options(dir.path(), Some(policy())))
-        .await
-        .expect("start");
-    let cell: Arc<PolicyCell> = server.auth_policy().expect("[auth]").clone();
-    let addr = server.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
+    // On a port of its own (port 0), like every test server.
+    let server = TestServer::start(options(dir.path(), Some(policy()))).await;
+    let cell: Arc<PolicyCell> = server.auth_policy.clone().expect("[auth]");
+    let addr = server.addr;
     for t in TRANSPORTS {
         let viewer = Rpc::connect(addr, t).await.with_token(VIEWER);
         viewer
@@ -455,8 +450,7 @@ async fn a_token_removed_from_the_policy_is_refused_at_once() {
             &["revoked"],
         );
     }
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,4 +493,238 @@ async fn other_addresses_than_loopback_need_auth_or_insecure() {
     let server = Server::start(o).await.expect("[auth] starts");
     let text = server.metrics().expect("metrics").render();
     assert!(text.contains("qscheduler_insecure 0"), "{text}");
+}
+
+/// With the event log in PostgreSQL, every administrative call is also a
+/// row of the audit table in that database (created by the server), the
+/// same record as the file's line; refused calls included, and never a
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_go_to_the_event_tables_database() {
+    use sqlx::{Connection, Executor, Row};
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!(
+        "qs_test_audit_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[store]\ndata_dir = {:?}\n[event_log.postgres]\nenabled = true\nurl = {url:?}\n\
+         schema = {schema:?}\n{}",
+        dir.path().to_str().unwrap(),
+        auth_toml()
+    );
+    let options = Config::parse(&toml, Path::new("audit.toml"))
+        .expect("parses")
+        .server_options()
+        .expect("options");
+    let audit_dir = dir.path().join("audit");
+    assert_eq!(
+        options.audit.as_ref().map(|a| a.dir.clone()),
+        Some(audit_dir.clone())
+    );
+    let server = TestServer::start(options).await;
+    let rpc = Rpc::connect(server.addr, Transport::PrpcBinary).await;
+    let admin = rpc.clone().with_token(ADMIN);
+    admin.create_pool("p1").await;
+    admin.add_account("p1", "a", &[1.0], 10.0).await;
+    assert_denied(
+        rpc.clone()
+            .with_token(SWARMING)
+            .wipe(adm::WipeRequest {
+                pool_id: "p1".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        &["admin"],
+    );
+    assert_denied(
+        rpc.clone()
+            .with_token("qs_wrong-token-0123456789")
+            .delete_scheduler_pool(adm::DeleteSchedulerPoolRequest {
+                pool_id: "p1".into(),
+            })
+            .await,
+        Code::Unauthenticated,
+        &[],
+    );
+    assert_denied(
+        rpc.clone()
+            .with_token(P2_ADMIN)
+            .delete_scheduler_pool(adm::DeleteSchedulerPoolRequest {
+                pool_id: "p1".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        &["p2-admins"],
+    );
+    // Stopping writes what still waits for the database.
+    server.stop().await;
+
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("PostgreSQL at DATABASE_URL (default 127.0.0.1:5432/test)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT to_char(\"time\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS t,
+                principal, method, pool, request, code
+         FROM \"{schema}\".audit_log ORDER BY id"
+    )))
+    .fetch_all(&mut conn)
+    .await;
+    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    ))))
+    .await
+    .unwrap();
+    let rows: Vec<serde_json::Value> = rows
+        .expect("the audit table exists")
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "time": r.get::<String, _>("t"),
+                "principal": r.get::<String, _>("principal"),
+                "method": r.get::<String, _>("method"),
+                "pool": r.get::<Option<String>, _>("pool"),
+                "request": r.get::<Option<String>, _>("request"),
+                "code": r.get::<String, _>("code"),
+            })
+        })
+        .collect();
+    let summary: Vec<(&str, &str, Option<&str>, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["method"].as_str().unwrap(),
+                r["pool"].as_str(),
+                r["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("token:operators", "CreateSchedulerPool", Some("p1"), "OK"),
+            ("token:operators", "CreateAccount", Some("p1"), "OK"),
+            ("token:swarming-prod", "Wipe", None, "PERMISSION_DENIED"),
+            ("anonymous", "DeleteSchedulerPool", None, "UNAUTHENTICATED"),
+            (
+                "token:p2-admins",
+                "DeleteSchedulerPool",
+                Some("p1"),
+                "PERMISSION_DENIED"
+            ),
+        ]
+    );
+    assert!(
+        rows[1]["request"]
+            .as_str()
+            .is_some_and(|r| r.contains("account_id: \"a\"")),
+        "{rows:?}"
+    );
+
+    // The same records as the files' lines.
+    let mut lines = Vec::new();
+    for f in std::fs::read_dir(&audit_dir).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        for line in text.lines() {
+            lines.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    }
+    assert_eq!(rows, lines);
+    let all = serde_json::to_string(&rows).unwrap();
+    for secret in [SWARMING, ADMIN, P2_ADMIN, "qs_wrong"] {
+        assert!(!all.contains(secret), "a token in the audit table");
+    }
+}
+
+/// QSchedulerInsight needs `view` on the pool it names, like
+/// QSchedulerView; the dashboard lists every pool, so it needs `view` on
+/// all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insight_and_the_dashboard_need_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(options(dir.path(), Some(policy()))).await;
+    let admin = Rpc::connect(server.addr, Transport::Grpc)
+        .await
+        .with_token(ADMIN);
+    admin.create_pool("p1").await;
+    admin.create_pool("p2").await;
+    let overview = |pool: &str| adm::PoolOverviewRequest {
+        pool_id: pool.into(),
+    };
+    for t in TRANSPORTS {
+        let anon = Rpc::connect(server.addr, t).await;
+        let c = |token: &str| anon.clone().with_token(token);
+        assert_denied(
+            anon.pool_overview(overview("p1")).await,
+            Code::Unauthenticated,
+            &["credentials"],
+        );
+        c(VIEWER)
+            .pool_overview(overview("p1"))
+            .await
+            .expect("view on p1");
+        c(VIEWER)
+            .account_report(adm::AccountReportRequest {
+                pool_id: "p1".into(),
+                window_seconds: 0,
+            })
+            .await
+            .expect("view on p1");
+        assert_denied(
+            c(VIEWER).pool_overview(overview("p2")).await,
+            Code::PermissionDenied,
+            &["dashboards", "view", "\"p2\""],
+        );
+        assert_denied(
+            c(VIEWER)
+                .explain_task(adm::ExplainTaskRequest {
+                    pool_id: "p2".into(),
+                    task_id: "t".into(),
+                })
+                .await,
+            Code::PermissionDenied,
+            &["view", "\"p2\""],
+        );
+        assert_denied(
+            c(SWARMING).pool_overview(overview("p1")).await,
+            Code::PermissionDenied,
+            &["swarming-prod", "view"],
+        );
+        c(ADMIN)
+            .pool_overview(overview("p2"))
+            .await
+            .expect("admin implies view");
+    }
+
+    let bearer = |t: &str| format!("Bearer {t}");
+    let r = http_raw(server.addr, "GET", "/ui/", &[], b"").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = http_raw(
+        server.addr,
+        "GET",
+        "/ui/",
+        &[("Authorization", &bearer(VIEWER))],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403, "view on one pool is not enough: {r:?}");
+    assert!(r.text().contains("dashboard"), "{r:?}");
+    let r = http_raw(
+        server.addr,
+        "GET",
+        "/ui/",
+        &[("Authorization", &bearer(ADMIN))],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.text().contains("p2"), "the pools are listed");
+    server.stop().await;
 }

@@ -3,7 +3,10 @@
 //! email, over gRPC and pRPC), and absent, malformed, expired, not yet
 //! valid, wrong-audience, wrong-issuer, wrong-key and unknown-subject ones;
 //! the clock-skew allowance; and a key rotation in the JWKS file taking
-//! effect without a restart.
+//! effect without a restart. Then RS256 (the keys of Google and of
+//! Kubernetes) next to ES256 in one JWKS: good tokens with and without a
+//! key id, wrong keys, key ids and algorithms, and a grant the
+//! configuration drops.
 
 mod common;
 
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use common::TestServer;
 use common::rpc::*;
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use qscheduler_server::ServerOptions;
 use qscheduler_server::config::Config;
@@ -61,6 +65,45 @@ impl Key {
     }
 }
 
+/// An RSA key of `tests/keys` (generating one takes long in a debug build).
+struct RsaKey {
+    kid: String,
+    key: EncodingKey,
+}
+
+impl RsaKey {
+    fn new(kid: &str, pem: &str) -> RsaKey {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        RsaKey {
+            kid: kid.into(),
+            key: EncodingKey::from_rsa_der(&der),
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let mut jwk = Jwk::from_encoding_key(&self.key, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some(self.kid.clone());
+        let v = serde_json::to_value(jwk).unwrap();
+        assert_eq!(v["kty"], "RSA");
+        assert_eq!(v["alg"], "RS256");
+        v
+    }
+
+    /// Signed with `alg`, naming key `kid` (`None`: no key id).
+    fn sign_as(&self, alg: Algorithm, kid: Option<&str>, claims: serde_json::Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+
+    fn sign(&self, claims: serde_json::Value) -> String {
+        self.sign_as(Algorithm::RS256, Some(&self.kid), claims)
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -75,6 +118,30 @@ fn claims(sub: &str, exp_in: i64) -> serde_json::Value {
 fn write_jwks(path: &Path, keys: &[&Key]) {
     let doc = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
     std::fs::write(path, doc.to_string()).unwrap();
+}
+
+/// An `[auth.oidc]` policy reading `jwks` that grants `swarming` and
+/// `admin` to `subject`.
+fn oidc_policy(jwks: &Path, subject: &str) -> qscheduler_server::auth::Policy {
+    let config = format!(
+        r#"
+[auth]
+[auth.oidc]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = {:?}
+
+[[auth.oidc.grants]]
+subject = "{subject}"
+roles = ["swarming", "admin"]
+"#,
+        jwks.to_str().unwrap()
+    );
+    Config::parse(&config, Path::new("oidc.toml"))
+        .expect("parses")
+        .auth_policy()
+        .expect("policy")
+        .expect("[auth]")
 }
 
 fn notify() -> pb::NotifyTasksRequest {
@@ -239,6 +306,124 @@ roles = ["admin"]
         "signed by no key",
         &good,
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_and_es256_keys_in_one_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let r1 = RsaKey::new("r1", include_str!("keys/rsa-test-1.pem"));
+    let r2 = RsaKey::new("r2", include_str!("keys/rsa-test-2.pem"));
+    let e1 = Key::new("e1");
+    // The EC key first: a token without a key id must not stop at it.
+    let doc = json!({"keys": [e1.jwk(), r1.jwk()]});
+    std::fs::write(&jwks, doc.to_string()).unwrap();
+    let server = TestServer::start(ServerOptions {
+        store: dir.path().join("store").to_str().unwrap().to_owned(),
+        auth: Some(oidc_policy(&jwks, SUBJECT)),
+        ..ServerOptions::default()
+    })
+    .await;
+    let good = claims(SUBJECT, 600);
+    Rpc::connect(server.addr, Transport::Grpc)
+        .await
+        .with_token(&r1.sign(good.clone()))
+        .create_pool("p")
+        .await;
+
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let unsigned = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(good.to_string().as_str())
+    );
+    // HS256 keyed with the RSA key's public modulus: the classic
+    // algorithm confusion.
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(r1.jwk()["n"].as_str().unwrap())
+        .unwrap();
+    let mut hs256 = Header::new(Algorithm::HS256);
+    hs256.kid = Some("r1".into());
+    let confused =
+        jsonwebtoken::encode(&hs256, &good, &EncodingKey::from_secret(&n).unwrap()).unwrap();
+    for t in [Transport::Grpc, Transport::PrpcBinary] {
+        let anon = Rpc::connect(server.addr, t).await;
+        let c = |token: &str| anon.clone().with_token(token);
+        for (token, what) in [
+            (r1.sign(good.clone()), "RS256 with its key id"),
+            (
+                r1.sign_as(Algorithm::RS256, None, claims(SUBJECT, 601)),
+                "RS256 without a key id",
+            ),
+            (e1.sign(claims(SUBJECT, 602)), "ES256 from the same JWKS"),
+        ] {
+            c(&token).notify_tasks(notify()).await.expect(what);
+        }
+        let cases = [
+            // Wrong key: not in the JWKS, under a listed key id or none.
+            (
+                r2.sign_as(Algorithm::RS256, Some("r1"), good.clone()),
+                "signed by no key",
+            ),
+            (
+                r2.sign_as(Algorithm::RS256, None, good.clone()),
+                "signed by no key",
+            ),
+            // Wrong key id: unknown, or the EC key's for an RS256 token.
+            (
+                r1.sign_as(Algorithm::RS256, Some("r9"), good.clone()),
+                "signed by no key",
+            ),
+            (
+                r1.sign_as(Algorithm::RS256, Some("e1"), good.clone()),
+                "signed by no key",
+            ),
+            // Wrong algorithm: another RSA one, HMAC, none.
+            (
+                r1.sign_as(Algorithm::RS384, Some("r1"), good.clone()),
+                "algorithm other than RS256 or ES256",
+            ),
+            (confused.clone(), "algorithm other than RS256 or ES256"),
+            (unsigned.clone(), "a JWT that is not valid"),
+            // The claims are checked as for ES256.
+            (r1.sign(claims(SUBJECT, -3600)), "expired"),
+            (
+                r1.sign(json!({"iss": ISSUER, "aud": "someone-else", "sub": SUBJECT,
+                               "exp": now() + 600})),
+                "another audience",
+            ),
+        ];
+        for (token, why) in &cases {
+            refused(
+                c(token).notify_tasks(notify()).await,
+                Code::Unauthenticated,
+                why,
+                token,
+            );
+        }
+    }
+
+    // The configuration no longer grants the subject anything: its tokens,
+    // verified and cached a moment ago, are refused from the next call on.
+    server
+        .auth_policy
+        .as_ref()
+        .expect("[auth]")
+        .set(oidc_policy(&jwks, "system:serviceaccount:swarming:other"));
+    for t in [Transport::Grpc, Transport::PrpcBinary] {
+        let token = r1.sign(good.clone());
+        refused(
+            Rpc::connect(server.addr, t)
+                .await
+                .with_token(&token)
+                .notify_tasks(notify())
+                .await,
+            Code::Unauthenticated,
+            "not named in [[auth.oidc.grants]]",
+            &token,
+        );
+    }
     server.stop().await;
 }
 

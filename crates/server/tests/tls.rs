@@ -1,9 +1,10 @@
 //! TLS on the server's one port, against the real server with certificates
 //! made by rcgen: gRPC and pRPC over TLS with a token, client certificates
-//! naming principals by a URI SAN (mTLS), certificates from another CA
-//! refused, plain-text clients refused, and the server certificate
-//! replaced in place (as cert-manager does) taking effect without a
-//! restart.
+//! naming principals by a URI SAN (mTLS), certificates from another CA,
+//! expired ones, ones whose SAN has no grant and ones whose grant the
+//! configuration dropped refused, plain-text clients refused, and the
+//! server certificate replaced in place (as cert-manager does) taking
+//! effect without a restart.
 
 mod common;
 
@@ -50,11 +51,25 @@ fn ca(name: &str) -> Ca {
 
 /// A leaf certificate (PEM) and its key (PEM).
 fn leaf(ca: &Ca, sans: Vec<SanType>) -> (String, String) {
+    leaf_with(ca, sans, |_| {})
+}
+
+/// [`leaf`] with `edit` applied to its parameters.
+fn leaf_with(
+    ca: &Ca,
+    sans: Vec<SanType>,
+    edit: impl FnOnce(&mut CertificateParams),
+) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names = sans;
+    edit(&mut params);
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+fn uri(s: &str) -> Vec<SanType> {
+    vec![SanType::URI(rcgen::string::Ia5String::try_from(s).unwrap())]
 }
 
 fn server_sans() -> Vec<SanType> {
@@ -292,5 +307,88 @@ async fn grpc_and_prpc_over_tls_with_tokens_and_client_certificates() {
         refused,
         "clients trusting only the old CA no longer connect"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_unknown_expired_or_revoked_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca1 = ca("qscheduler test CA");
+    let (cert, key) = leaf(&ca1, server_sans());
+    let client = leaf(&ca1, uri(SPIFFE));
+    let unknown = leaf(&ca1, uri("spiffe://example/intruder"));
+    let expired = leaf_with(&ca1, uri(SPIFFE), |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let server = TestServer::start(ServerOptions {
+        store: dir.path().join("store").to_str().unwrap().to_owned(),
+        auth: Some(policy()),
+        tls: Some(TlsOptions {
+            cert: write(dir.path(), "tls.crt", &cert),
+            key: write(dir.path(), "tls.key", &key),
+            client_ca: Some(write(dir.path(), "ca.crt", &ca1.pem)),
+        }),
+        ..ServerOptions::default()
+    })
+    .await;
+    let addr = server.addr;
+    let ch = grpc(addr, tonic_tls(&ca1.pem, None)).await.expect("TLS");
+    QSchedulerAdminClient::new(ch)
+        .create_scheduler_pool(with_token(adm::CreateSchedulerPoolRequest {
+            pool_id: "p".into(),
+            config: None,
+        }))
+        .await
+        .expect("admin over TLS");
+    let url = format!("https://localhost:{}", addr.port());
+    let notify_as = |identity: &(String, String)| {
+        let prpc = PrpcClient::with_tls(
+            &url,
+            Some(
+                client_tls_config(
+                    Some(ca1.pem.as_bytes()),
+                    Some((identity.0.as_bytes(), identity.1.as_bytes())),
+                )
+                .unwrap(),
+            ),
+        )
+        .unwrap();
+        async move {
+            prpc.call::<_, pb::NotifyTasksResponse>(
+                "swarming.v1.ExternalScheduler",
+                "NotifyTasks",
+                &notify("p"),
+            )
+            .await
+        }
+    };
+    notify_as(&client).await.expect("the granted certificate");
+
+    // The right CA, but a SAN no grant names: over gRPC and pRPC.
+    let e = notify_as(&unknown).await.expect_err("unknown SAN");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("[[tls.grants]]"), "{e}");
+    let ch = grpc(addr, tonic_tls(&ca1.pem, Some(&unknown)))
+        .await
+        .expect("the handshake passes");
+    let e = ExternalSchedulerClient::new(ch)
+        .notify_tasks(notify("p"))
+        .await
+        .expect_err("unknown SAN");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+
+    // Expired: the handshake fails.
+    let e = notify_as(&expired).await.expect_err("expired");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+
+    // The configuration drops the grant: the same certificate is refused
+    // from the next call on.
+    let mut revoked = policy();
+    revoked.certificates.clear();
+    server.auth_policy.as_ref().expect("[auth]").set(revoked);
+    let e = notify_as(&client).await.expect_err("revoked");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.message().contains(SPIFFE), "{e}");
     server.stop().await;
 }

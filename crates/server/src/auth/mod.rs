@@ -220,9 +220,11 @@ pub fn check_pool(access: Option<&Access>, required: bool, pool: &str) -> Result
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Sha256Hash(pub [u8; 32]);
 
+/// Not the digest: a short or guessable token (or peer secret) can be
+/// found from its hash, so `Debug` of a [`Policy`] must not hand it out.
 impl fmt::Debug for Sha256Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str("Sha256Hash(<redacted>)")
     }
 }
 

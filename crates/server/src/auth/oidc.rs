@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -113,6 +115,26 @@ pub fn read_jwks(path: &std::path::Path) -> Result<JwkSet, String> {
     Ok(set)
 }
 
+/// Whether `jwk` is a signing key for `alg` (RS256: an RSA key; ES256: a
+/// P-256 key), by its type and, when it names them, its `alg` and `use`.
+fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
+    let family = match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
+        _ => false,
+    };
+    family
+        && jwk
+            .common
+            .key_algorithm
+            .is_none_or(|a| a == KeyAlgorithm::from(alg))
+        && jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_none_or(|u| *u == PublicKeyUse::Signature)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -196,9 +218,13 @@ impl OidcVerifier {
                 "signed with an algorithm other than RS256 or ES256",
             ));
         }
-        let candidates: Vec<_> = match &header.kid {
-            Some(kid) => keys.find(kid).into_iter().collect(),
-            None => keys.keys.iter().collect(),
+        // Only keys that can have made this signature: a JWKS may mix RSA
+        // and EC keys (and keys for encryption), and a key of another
+        // family would fail as "not valid" rather than be passed over.
+        let usable = |jwk: &&Jwk| fits(jwk, header.alg);
+        let candidates: Vec<&Jwk> = match &header.kid {
+            Some(kid) => keys.find(kid).into_iter().filter(usable).collect(),
+            None => keys.keys.iter().filter(usable).collect(),
         };
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.options.issuer]);
@@ -281,5 +307,41 @@ impl OidcVerifier {
     /// The principals of the grants (for calls a peer forwards).
     pub fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
         self.options.grants.iter().map(|g| &g.principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_signing_keys_of_the_tokens_algorithm_are_tried() {
+        let jwk = |v: serde_json::Value| serde_json::from_value::<Jwk>(v).unwrap();
+        let rsa = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            jwk(v)
+        };
+        let ec =
+            |crv: &str| jwk(serde_json::json!({"kty": "EC", "crv": crv, "x": "AQAB", "y": "AQAB"}));
+        assert!(fits(&rsa(serde_json::json!({})), Algorithm::RS256));
+        assert!(fits(
+            &rsa(serde_json::json!({"alg": "RS256", "use": "sig"})),
+            Algorithm::RS256
+        ));
+        assert!(!fits(&rsa(serde_json::json!({})), Algorithm::ES256));
+        assert!(!fits(
+            &rsa(serde_json::json!({"use": "enc"})),
+            Algorithm::RS256
+        ));
+        assert!(!fits(
+            &rsa(serde_json::json!({"alg": "RS512"})),
+            Algorithm::RS256
+        ));
+        assert!(fits(&ec("P-256"), Algorithm::ES256));
+        assert!(!fits(&ec("P-256"), Algorithm::RS256));
+        assert!(!fits(&ec("P-384"), Algorithm::ES256));
     }
 }

@@ -12,6 +12,7 @@ pub mod rpc;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use qscheduler_server::auth::layer::PolicyCell;
 use qscheduler_server::limits::Limits;
 use qscheduler_server::pool::{NoObserver, Observer};
 use qscheduler_server::registry::Registry;
@@ -25,6 +26,9 @@ pub struct TestServer {
     /// The server's pools, for comparing what the RPCs say with the state
     /// itself.
     pub registry: Arc<Registry>,
+    /// The `[auth]` policy in force, replaceable (as a changed
+    /// configuration file replaces it).
+    pub auth_policy: Option<Arc<PolicyCell>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -48,6 +52,7 @@ impl TestServer {
             .expect("server starts");
         let addr = server.local_addr().unwrap();
         let registry = server.registry().clone();
+        let auth_policy = server.auth_policy().cloned();
         let (stop, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -60,6 +65,7 @@ impl TestServer {
         TestServer {
             addr,
             registry,
+            auth_policy,
             stop: Some(stop),
             task: Some(task),
         }

@@ -222,8 +222,11 @@ impl PrpcClient {
     pub fn with_header(mut self, name: &str, value: &str) -> Result<Self, ClientError> {
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ClientError::BadHeader(name.to_string()))?;
-        let v =
+        let mut v =
             HeaderValue::from_str(value).map_err(|_| ClientError::BadHeader(name.to_string()))?;
+        // Extra headers are credentials as a rule: kept out of `Debug` and
+        // of HTTP/2 header compression tables.
+        v.set_sensitive(true);
         self.headers.insert(n, v);
         Ok(self)
     }
