@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use qscheduler_server::secret::SecretUrl;
 use qscheduler_sim::Workload;
 use qscheduler_sim::extract::{ExtractOptions, Extractor};
 
