@@ -47,6 +47,7 @@ impl Group {
     }
 
     /// The base and provisionable sets the group holds (its key).
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn sets(&self) -> (SetId, SetId) {
         (self.base, self.prov)
     }

@@ -167,6 +167,7 @@ impl LabelTable {
     }
 
     /// Labels in slot order.
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn iter_labels(&self) -> impl Iterator<Item = (LabelId, &LabelEntry)> {
         self.labels.iter()
     }
