@@ -27,6 +27,7 @@ use crate::pool::Pool;
 use crate::reconciler::{PendingAssignment, Reconciler};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::scheduler::ids::{AccountIdx, LabelId, ReqIdx, SetId, WorkerIdx};
 use crate::scheduler::{Place, Scheduler};
 use crate::time::Time;
 
@@ -51,32 +52,33 @@ fn encode_as(pool: &Pool, version: u32) -> Vec<u8> {
 
     // What is written, in id order: queued requests, and workers (each
     // with its running request).
-    let mut queued: Vec<u32> = s
+    let mut queued: Vec<ReqIdx> = s
         .requests
         .iter()
         .filter(|(_, r)| matches!(r.place, Place::Queued(_)))
         .map(|(i, _)| i)
         .collect();
     queued.sort_unstable_by(|&a, &b| s.requests[a].id.cmp(&s.requests[b].id));
-    let mut workers: Vec<u32> = s.workers.iter().map(|(i, _)| i).collect();
-    workers.sort_unstable_by(|&a, &b| s.workers[a].id.cmp(&s.workers[b].id));
+    let mut workers: Vec<WorkerIdx> = s.workers.iter().map(|(i, _)| i).collect();
+    workers.sort_unstable_by(|&a, &b| s.workers[a].id().cmp(s.workers[b].id()));
     let running = workers
         .iter()
-        .filter_map(|&w| s.workers[w].running.as_ref().map(|run| run.req));
-    let all_requests: Vec<u32> = queued.iter().copied().chain(running).collect();
+        .filter_map(|&w| s.workers[w].running().map(|run| run.req));
+    let all_requests: Vec<ReqIdx> = queued.iter().copied().chain(running).collect();
 
     // Tables, in canonical order (by content, never by internal index).
-    let mut set_ids: Vec<u32> = all_requests
+    let mut set_ids: Vec<SetId> = all_requests
         .iter()
         .flat_map(|&r| [s.requests[r].base, s.requests[r].prov])
         .collect();
     set_ids.sort_unstable();
     set_ids.dedup();
     set_ids.sort_by_cached_key(|&x| s.set_names(x));
-    let set_pos: FxHashMap<u32, usize> = set_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
-    let mut label_ids: Vec<u32> = set_ids
+    let set_pos: FxHashMap<SetId, usize> =
+        set_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
+    let mut label_ids: Vec<LabelId> = set_ids
         .iter()
-        .flat_map(|&x| s.sets[x].labels.iter().copied())
+        .flat_map(|&x| s.labels[x].labels().iter().copied())
         .chain(
             workers
                 .iter()
@@ -85,17 +87,17 @@ fn encode_as(pool: &Pool, version: u32) -> Vec<u8> {
         .collect();
     label_ids.sort_unstable();
     label_ids.dedup();
-    label_ids.sort_unstable_by(|&a, &b| s.labels[a].name.cmp(&s.labels[b].name));
-    let label_pos: FxHashMap<u32, usize> =
+    label_ids.sort_unstable_by(|&a, &b| s.labels[a].name().cmp(s.labels[b].name()));
+    let label_pos: FxHashMap<LabelId, usize> =
         label_ids.iter().enumerate().map(|(i, &x)| (x, i)).collect();
-    let mut account_ids: Vec<u32> = all_requests
+    let mut account_ids: Vec<AccountIdx> = all_requests
         .iter()
         .map(|&r| s.requests[r].account)
         .collect();
     account_ids.sort_unstable();
     account_ids.dedup();
-    account_ids.sort_unstable_by(|&a, &b| s.accounts[a].id.cmp(&s.accounts[b].id));
-    let account_pos: FxHashMap<u32, usize> = account_ids
+    account_ids.sort_unstable_by(|&a, &b| s.accounts[a].id().cmp(s.accounts[b].id()));
+    let account_pos: FxHashMap<AccountIdx, usize> = account_ids
         .iter()
         .enumerate()
         .map(|(i, &x)| (x, i))
@@ -113,23 +115,23 @@ fn encode_as(pool: &Pool, version: u32) -> Vec<u8> {
     }
     w.len(label_ids.len());
     for &l in &label_ids {
-        w.str(&s.labels[l].name);
+        w.str(s.labels[l].name());
     }
     // A set's labels are written in name order, as its names are sorted.
-    let name_order = |ids: &[u32]| {
+    let name_order = |ids: &[LabelId]| {
         let mut v: Vec<usize> = ids.iter().map(|l| label_pos[l]).collect();
         v.sort_unstable();
         v
     };
     w.len(set_ids.len());
     for &x in &set_ids {
-        let v = name_order(&s.sets[x].labels);
+        let v = name_order(s.labels[x].labels());
         w.len(v.len());
         v.iter().for_each(|&i| w.len(i));
     }
     w.len(account_ids.len());
     for &a in &account_ids {
-        w.str(&s.accounts[a].id);
+        w.str(s.accounts[a].id());
     }
     let configured: Vec<_> = s.accounts().collect();
     w.len(configured.len());
@@ -144,7 +146,7 @@ fn encode_as(pool: &Pool, version: u32) -> Vec<u8> {
             bal.0.iter().for_each(|&v| w.f32(v));
         }
     }
-    let write_request = |w: &mut Writer, r: u32| {
+    let write_request = |w: &mut Writer, r: ReqIdx| {
         let req = &s.requests[r];
         w.str(&req.id);
         w.len(account_pos[&req.account]);
@@ -161,13 +163,13 @@ fn encode_as(pool: &Pool, version: u32) -> Vec<u8> {
     w.len(workers.len());
     for &wi in &workers {
         let worker = &s.workers[wi];
-        w.str(&worker.id);
+        w.str(worker.id());
         let v = name_order(&worker.labels);
         w.len(v.len());
         v.iter().for_each(|&i| w.len(i));
-        w.time_rel(worker.confirmed, now);
+        w.time_rel(worker.confirmed(), now);
         w.time_rel(worker.modified, now);
-        match &worker.running {
+        match worker.running() {
             None => w.bool(false),
             Some(run) => {
                 w.bool(true);
@@ -430,30 +432,30 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     }
     // The tables hold one reference to each label and set while requests
     // and workers are built from them, so that nothing is interned twice.
-    let label_ids: Vec<u32> = labels.iter().map(|l| s.intern_label(l)).collect();
+    let label_ids: Vec<LabelId> = labels.iter().map(|l| s.labels.intern_label(l)).collect();
     let interned = |s: &mut Scheduler, idx: &[usize]| {
-        let mut ids: Vec<u32> = idx.iter().map(|&i| label_ids[i]).collect();
+        let mut ids: Vec<LabelId> = idx.iter().map(|&i| label_ids[i]).collect();
         ids.sort_unstable();
         ids.dedup();
         for &l in &ids {
-            s.labels[l].refs += 1;
+            s.labels.retain_label(l);
         }
         ids
     };
-    let set_ids: Vec<u32> = sets
+    let set_ids: Vec<SetId> = sets
         .iter()
         .map(|set| {
             let ids = interned(&mut s, set);
-            s.intern_set_ids(ids)
+            s.labels.intern_set_ids(ids)
         })
         .collect();
-    let account_ids: Vec<u32> = accounts
+    let account_ids: Vec<AccountIdx> = accounts
         .iter()
-        .map(|a| s.account_get_or_create(a))
+        .map(|a| s.accounts.get_or_create(a))
         .collect();
     // A placement's settled requests are those examined at its latest
     // examined time; the last pass is the latest of all.
-    let mut stamps: FxHashMap<u32, Time> = FxHashMap::default();
+    let mut stamps: FxHashMap<AccountIdx, Time> = FxHashMap::default();
     for q in &queued {
         let t = stamps.entry(account_ids[q.account]).or_insert(Time::EPOCH);
         *t = (*t).max(q.examined);
@@ -473,8 +475,8 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     }
     let create = |s: &mut Scheduler, q: &RequestRec| {
         let (base, prov) = (set_ids[q.base], set_ids[q.prov]);
-        s.sets[base].refs += 1;
-        s.sets[prov].refs += 1;
+        s.labels.retain_set(base);
+        s.labels.retain_set(prov);
         s.create_request_interned(
             &q.id,
             account_ids[q.account],
@@ -488,7 +490,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
     // No worker exists yet, so the anchor tables of the sets that become
     // active can be sorted once at the end rather than kept sorted.
     s.start_bulk_anchoring();
-    let created: Vec<u32> = queued.iter().map(|q| create(&mut s, q)).collect();
+    let created: Vec<ReqIdx> = queued.iter().map(|q| create(&mut s, q)).collect();
     s.finish_bulk_anchoring();
     s.enqueue_many(&created);
     for w in &workers {
@@ -500,13 +502,13 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         }
     }
     for set in set_ids {
-        s.release_set(set);
+        s.labels.release_set(set);
     }
     for l in label_ids {
-        s.release_label(l);
+        s.labels.release_label(l);
     }
     for a in account_ids {
-        s.account_maybe_free(a);
+        s.accounts.maybe_free(a);
     }
     Ok(Pool {
         scheduler: s,

@@ -167,7 +167,7 @@ fn generated_pools_have_many_label_sets() {
             .expect("strategy builds")
             .current();
         let (mut pool, t) = build(&ops);
-        sets = sets.max(pool.scheduler.sets.len());
+        sets = sets.max(pool.scheduler.labels.iter_sets().count());
         pool.scheduler.update_time(Time::from_secs(t + 60));
         assigned += pool.scheduler.run_once().len();
     }

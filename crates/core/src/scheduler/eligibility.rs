@@ -39,10 +39,13 @@
 //! * a label's `workers` are exactly the listed workers with that label,
 //!   sorted; its `worker_count` counts every worker with it;
 //! * an active non-empty set is in exactly one `anchored` table, under the
-//!   pair its `anchor` names; an inactive set has [`NO_ANCHOR`].
+//!   pair its `anchor` names; an inactive set has none.
 
+use std::num::NonZeroU32;
+
+use super::Scheduler;
+use super::ids::{LabelId, SetId, WorkerIdx};
 use super::labels::is_subset;
-use super::{NO_ANCHOR, Scheduler};
 
 /// Above this many entries per label of the worker, a label's `anchored`
 /// table is probed by the worker's labels instead of being read in full.
@@ -50,21 +53,31 @@ use super::{NO_ANCHOR, Scheduler};
 /// many times longer than the worker's label list.
 const SCAN_PER_LABEL: usize = 64;
 
-/// Packs the positions of a set's two anchor labels into
-/// `SetEntry::anchor`. Positions past `u16::MAX` are never chosen (see
-/// `anchor_positions`), so the packing is exact.
-fn pack_anchor(i: usize, j: usize) -> u32 {
-    let narrow = |x: usize| u32::from(u16::try_from(x).unwrap_or(u16::MAX));
-    (narrow(i) << 16) | narrow(j)
-}
+/// The positions in a set's labels of its two anchor labels
+/// (`SetEntry::anchor`), packed in four bytes that `Option` does not grow:
+/// every label set carries one. Positions past `u16::MAX - 1` are never
+/// chosen (see `anchor_positions`), so the packing is exact and the packed
+/// value is never `u32::MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Anchor(NonZeroU32);
 
-fn unpack_anchor(x: u32) -> (usize, usize) {
-    ((x >> 16) as usize, (x & 0xffff) as usize)
+impl Anchor {
+    fn new(i: usize, j: usize) -> Anchor {
+        let narrow = |x: usize| u32::from(u16::try_from(x).unwrap_or(u16::MAX - 1));
+        let packed = (narrow(i) << 16) | narrow(j);
+        // `packed < u32::MAX`, so its complement is not zero.
+        Anchor(NonZeroU32::new(!packed).unwrap_or(NonZeroU32::MIN))
+    }
+
+    fn positions(self) -> (usize, usize) {
+        let x = !self.0.get();
+        ((x >> 16) as usize, (x & 0xffff) as usize)
+    }
 }
 
 /// The common elements of two sorted, duplicate-free lists; searches the
 /// longer one when it is much longer than the other.
-fn intersect_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+fn intersect_sorted<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
     let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     let mut out = Vec::new();
     if short.len().saturating_mul(16) < long.len() {
@@ -98,7 +111,7 @@ fn intersect_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
 impl Scheduler {
     /// The positions of the two labels of `labels` (non-empty) that the
     /// fewest workers have, then the fewest active sets use.
-    fn anchor_positions(&self, labels: &[u32]) -> (usize, usize) {
+    fn anchor_positions(&self, labels: &[LabelId]) -> (usize, usize) {
         let key = |i: usize| {
             let l = labels[i];
             let e = &self.labels[l];
@@ -119,8 +132,8 @@ impl Scheduler {
 
     /// A set becomes active: register it under its anchor pair and add it
     /// to the listed workers that can run it.
-    pub(crate) fn activate_set(&mut self, s: u32) {
-        let labels = self.sets[s].labels.clone();
+    pub(crate) fn activate_set(&mut self, s: SetId) {
+        let labels = self.labels[s].labels().to_vec();
         if labels.is_empty() {
             return;
         }
@@ -137,7 +150,7 @@ impl Scheduler {
         for &l in labels.iter() {
             self.labels[l].active_sets += 1;
         }
-        self.sets[s].anchor = pack_anchor(i, j);
+        self.labels[s].anchor = Some(Anchor::new(i, j));
         let anchored = &mut self.labels[labels[i]].anchored;
         let key = (labels[j], s);
         if let Some(touched) = &mut self.deferred_anchoring {
@@ -158,9 +171,9 @@ impl Scheduler {
     /// with the fewest listed workers: a superset of those that can run the
     /// set, found by merging two sorted lists rather than by reading every
     /// candidate's labels.
-    fn listed_candidates(&self, labels: &[u32]) -> Vec<u32> {
-        let listed = |l: u32| &self.labels[l].workers;
-        let mut two: [Option<&Vec<u32>>; 2] = [None, None];
+    fn listed_candidates(&self, labels: &[LabelId]) -> Vec<WorkerIdx> {
+        let listed = |l: LabelId| &self.labels[l].workers;
+        let mut two: [Option<&Vec<WorkerIdx>>; 2] = [None, None];
         for &l in labels {
             let v = listed(l);
             match two {
@@ -180,8 +193,8 @@ impl Scheduler {
 
     /// Starts a bulk load: until [`Scheduler::finish_bulk_anchoring`],
     /// newly active sets are appended to their anchor tables unsorted.
-    /// Only for a pool without listed workers, and nothing may read or
-    /// remove anchors until the load is finished.
+    /// Only for a pool without workers, and nothing may read or remove
+    /// anchors until the load is finished.
     pub(crate) fn start_bulk_anchoring(&mut self) {
         debug_assert!(self.workers.len() == 0, "bulk anchoring with workers");
         self.deferred_anchoring = Some(Vec::new());
@@ -200,14 +213,13 @@ impl Scheduler {
     }
 
     /// A set stops being active: the reverse of [`Scheduler::activate_set`].
-    pub(crate) fn deactivate_set(&mut self, s: u32) {
+    pub(crate) fn deactivate_set(&mut self, s: SetId) {
         debug_assert!(self.deferred_anchoring.is_none(), "a bulk load removes");
-        let anchor = std::mem::replace(&mut self.sets[s].anchor, NO_ANCHOR);
-        if anchor == NO_ANCHOR {
+        let Some(anchor) = self.labels[s].anchor.take() else {
             return;
-        }
-        let labels = self.sets[s].labels.clone();
-        let (i, j) = unpack_anchor(anchor);
+        };
+        let labels = self.labels[s].labels().to_vec();
+        let (i, j) = anchor.positions();
         let anchored = &mut self.labels[labels[i]].anchored;
         if let Ok(k) = anchored.binary_search_by_key(&(labels[j], s), |&(b, x, _)| (b, x)) {
             anchored.remove(k);
@@ -230,10 +242,10 @@ impl Scheduler {
 
     /// The active non-empty sets that `labels` (sorted) include, through
     /// the anchor pairs of those labels.
-    fn eligible_sets(&self, labels: &[u32]) -> Vec<u32> {
+    fn eligible_sets(&self, labels: &[LabelId]) -> Vec<SetId> {
         let mut out = Vec::new();
-        let mut offer = |s: u32, third: u32| {
-            if labels.binary_search(&third).is_ok() && is_subset(&self.sets[s].labels, labels) {
+        let mut offer = |s: SetId, third: LabelId| {
+            if labels.binary_search(&third).is_ok() && is_subset(self.labels[s].labels(), labels) {
                 out.push(s);
             }
         };
@@ -271,7 +283,7 @@ impl Scheduler {
     }
 
     /// Gives idle worker `w` its eligible list, if it has none.
-    pub(crate) fn list_worker(&mut self, w: u32) {
+    pub(crate) fn list_worker(&mut self, w: WorkerIdx) {
         if self.workers[w].listed {
             return;
         }
@@ -289,7 +301,7 @@ impl Scheduler {
     }
 
     /// Drops worker `w`'s eligible list, if it has one.
-    pub(crate) fn unlist_worker(&mut self, w: u32) {
+    pub(crate) fn unlist_worker(&mut self, w: WorkerIdx) {
         if !self.workers[w].listed {
             return;
         }
@@ -310,7 +322,7 @@ impl Scheduler {
 
     /// Counts worker `w`'s labels (`add`) or stops counting them, for
     /// anchor choices.
-    pub(crate) fn count_worker_labels(&mut self, w: u32, add: bool) {
+    pub(crate) fn count_worker_labels(&mut self, w: WorkerIdx, add: bool) {
         for &l in self.workers[w].labels.iter() {
             let e = &mut self.labels[l];
             if add {
@@ -327,8 +339,8 @@ impl Scheduler {
     /// Recomputes eligibility from scratch and compares.
     pub(crate) fn check_eligibility(&self) {
         use std::collections::BTreeMap;
-        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut listed: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut counts: BTreeMap<LabelId, u32> = BTreeMap::new();
+        let mut listed: BTreeMap<LabelId, Vec<WorkerIdx>> = BTreeMap::new();
         for (w, worker) in self.workers.iter() {
             for &l in worker.labels.iter() {
                 *counts.entry(l).or_default() += 1;
@@ -337,29 +349,35 @@ impl Scheduler {
                 }
             }
             if !worker.listed {
-                assert!(worker.eligible.is_empty(), "unlisted worker {}", worker.id);
+                assert!(
+                    worker.eligible.is_empty(),
+                    "unlisted worker {}",
+                    worker.id()
+                );
                 continue;
             }
             assert!(
-                worker.running.is_none() || !self.settings.disable_preemption,
+                worker.running().is_none() || !self.settings.disable_preemption,
                 "listed worker {} runs without preemption",
-                worker.id
+                worker.id()
             );
-            let mut want: Vec<u32> = self
-                .sets
-                .iter()
+            let mut want: Vec<SetId> = self
+                .labels
+                .iter_sets()
                 .filter(|(s, e)| {
-                    *s != self.empty_set && e.active() && is_subset(&e.labels, &worker.labels)
+                    *s != self.labels.empty_set()
+                        && e.active()
+                        && is_subset(e.labels(), &worker.labels)
                 })
                 .map(|(s, _)| s)
                 .collect();
             let mut have = worker.eligible.clone();
             want.sort_unstable();
             have.sort_unstable();
-            assert_eq!(have, want, "eligible sets of worker {}", worker.id);
+            assert_eq!(have, want, "eligible sets of worker {}", worker.id());
         }
         let mut anchored = 0;
-        for (l, e) in self.labels.iter() {
+        for (l, e) in self.labels.iter_labels() {
             assert_eq!(e.worker_count, counts.get(&l).copied().unwrap_or(0));
             let want = listed.remove(&l).unwrap_or_default();
             assert_eq!(e.workers, want, "listed workers of label {l}");
@@ -370,19 +388,23 @@ impl Scheduler {
             anchored += e.anchored.len();
         }
         let mut active = 0;
-        for (s, e) in self.sets.iter() {
-            if !e.active() || e.labels.is_empty() {
-                assert_eq!(e.anchor, NO_ANCHOR, "anchor of inactive set {s}");
-                continue;
-            }
+        for (s, e) in self.labels.iter_sets() {
+            let anchor = match e.anchor {
+                _ if !e.active() || e.labels().is_empty() => {
+                    assert_eq!(e.anchor, None, "anchor of inactive set {s}");
+                    continue;
+                }
+                Some(anchor) => anchor,
+                None => panic!("active set {s} without an anchor"),
+            };
             active += 1;
-            let (i, j) = unpack_anchor(e.anchor);
-            let table = &self.labels[e.labels[i]].anchored;
-            let k = table.binary_search_by_key(&(e.labels[j], s), |&(b, x, _)| (b, x));
+            let (i, j) = anchor.positions();
+            let table = &self.labels[e.labels()[i]].anchored;
+            let k = table.binary_search_by_key(&(e.labels()[j], s), |&(b, x, _)| (b, x));
             assert!(k.is_ok(), "set {s} not under its anchor pair");
             if let Ok(k) = k {
                 assert!(
-                    e.labels.binary_search(&table[k].2).is_ok(),
+                    e.labels().binary_search(&table[k].2).is_ok(),
                     "third label of set {s} not in the set"
                 );
             }
@@ -405,7 +427,9 @@ mod tests {
 
     #[test]
     fn anchors_pack() {
-        assert_eq!(unpack_anchor(pack_anchor(3, 70)), (3, 70));
-        assert_ne!(pack_anchor(65_534, 65_534), NO_ANCHOR);
+        assert_eq!(Anchor::new(3, 70).positions(), (3, 70));
+        assert_eq!(Anchor::new(65_534, 0).positions(), (65_534, 0));
+        assert_eq!(Anchor::new(65_534, 65_534).positions(), (65_534, 65_534));
+        assert_eq!(std::mem::size_of::<Option<Anchor>>(), 4);
     }
 }

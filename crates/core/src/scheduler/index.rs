@@ -11,10 +11,11 @@
 //!   of two or more buckets whose `heads` are their heads; a base set's cell
 //!   is derived from its only entry, or stored and holding the head of every
 //!   entry, whatever its placement's level;
-//! * a request key is settled (`ex == SETTLED`) iff its examined time equals
-//!   the last pass's time, and explicit keys are strictly earlier.
+//! * a request key is settled ([`ExKey::SETTLED`]) iff its examined time
+//!   equals its placement's stamp, and explicit keys are strictly earlier.
 
 use super::idmap::hash_ids;
+use super::ids::Entry;
 use super::*;
 use crate::time::Time;
 use smallvec::SmallVec;
@@ -22,35 +23,41 @@ use smallvec::SmallVec;
 impl Scheduler {
     // ----------------------------------------------------------- queue index
 
-    pub(super) fn virt_mut(&mut self, v: u32) -> &mut Virt {
-        &mut self.accounts[v >> 1].virt[(v & 1) as usize]
+    pub(super) fn virt_mut(&mut self, v: VirtId) -> &mut Virt {
+        &mut self.accounts[v.account()].virt[v.half()]
     }
 
-    pub(crate) fn virt(&self, v: u32) -> &Virt {
-        &self.accounts[v >> 1].virt[(v & 1) as usize]
+    pub(crate) fn virt(&self, v: VirtId) -> &Virt {
+        &self.accounts[v.account()].virt[v.half()]
     }
 
     /// Placement `v`'s key `k` as a cell stores it: in pool-wide terms (see
     /// [`super::Cell`]), where a settled key of a placement whose stamp is
     /// older than the last pass carries the stamp, and marked with the
     /// placement.
-    pub(crate) fn translate(&self, v: u32, k: &QKey) -> QKey {
+    pub(crate) fn translate(&self, v: VirtId, k: &QKey) -> QKey {
         let mut k = k.clone();
         k.v = v;
-        if k.ex == SETTLED {
+        if k.ex.is_settled() {
             let stamp = self.virt(v).stamp;
             if stamp != self.last_pass {
-                k.ex = stamp.as_nanos();
+                k.ex = ExKey::at(stamp);
             }
         }
         k
     }
 
     /// Queues a detached request, keeping its examined time.
-    pub(crate) fn enqueue(&mut self, r: u32) {
+    pub(crate) fn enqueue(&mut self, r: ReqIdx) {
         let (a, base, prov, g, examined) = {
             let req = &self.requests[r];
-            (req.account, req.base, req.prov, req.group, req.examined)
+            (
+                req.account,
+                req.base,
+                req.prov,
+                req.group,
+                req.examined.detached(),
+            )
         };
         self.set_queued(base, true, true);
         self.set_queued(prov, false, true);
@@ -61,7 +68,7 @@ impl Scheduler {
         }
         let settled = examined == self.virt(v).stamp;
         if settled {
-            self.requests[r].examined = Time::SETTLED_MARK;
+            self.requests[r].examined = Examined::SETTLED;
         }
         self.requests[r].place = Place::Queued(b);
         let key = self.qkey(r);
@@ -79,7 +86,7 @@ impl Scheduler {
 
     /// Takes a queued request out of the queue, leaving it detached with an
     /// explicit examined time.
-    pub(crate) fn dequeue(&mut self, r: u32) {
+    pub(crate) fn dequeue(&mut self, r: ReqIdx) {
         let Place::Queued(b) = self.requests[r].place else {
             return;
         };
@@ -101,12 +108,12 @@ impl Scheduler {
         self.set_queued(base, true, false);
         self.set_queued(prov, false, false);
         let req = &mut self.requests[r];
-        req.examined = examined;
+        req.examined = Examined::at(examined);
         req.place = Place::Detached;
         self.queued -= 1;
     }
 
-    pub(super) fn mark_bucket_dirty(&mut self, b: u32) {
+    pub(super) fn mark_bucket_dirty(&mut self, b: BucketId) {
         let bucket = &mut self.buckets[b];
         if !bucket.dirty {
             bucket.dirty = true;
@@ -115,8 +122,14 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn bucket_for(&mut self, a: u32, base: u32, prov: u32, g: u32) -> u32 {
-        let hash = hash_ids([a, base, prov]);
+    pub(super) fn bucket_for(
+        &mut self,
+        a: AccountIdx,
+        base: SetId,
+        prov: SetId,
+        g: GroupRef,
+    ) -> BucketId {
+        let hash = bucket_hash(a, base, prov);
         let buckets = &self.buckets;
         let key_of = |b: &Bucket| (b.account, b.base, b.prov);
         if let Some(b) = self
@@ -125,11 +138,11 @@ impl Scheduler {
         {
             return b;
         }
-        let throttled = has_group(g) && self.groups[g].throttled;
-        let v = a * 2 + u32::from(throttled);
+        let throttled = g.group().is_some_and(|g| self.groups[g].throttled());
+        let v = VirtId::new(a, throttled);
         let b = self.buckets.insert(Bucket {
             virt: v,
-            container: NO_CONTAINER,
+            container: None,
             account: a,
             base,
             prov,
@@ -138,92 +151,95 @@ impl Scheduler {
             explicit: 0,
             dirty: false,
         });
-        // Bucket ids double as entry ids (see `super::Container`).
-        assert!(b < CONTAINER_TAG, "too many buckets");
         self.attach_bucket(b, v);
-        if has_group(g) {
-            self.groups[g].buckets.push(b);
+        if let Some(g) = g.group() {
+            self.groups.add_bucket(g, b);
         }
         let buckets = &self.buckets;
         self.bucket_ids.insert(hash, b, |x| {
             let bucket = &buckets[x];
-            hash_ids([bucket.account, bucket.base, bucket.prov])
+            bucket_hash(bucket.account, bucket.base, bucket.prov)
         });
         b
     }
 
     /// The placement of entry `e` (see [`super::Container`]).
-    pub(crate) fn entry_virt(&self, e: u32) -> u32 {
-        if e & CONTAINER_TAG != 0 {
-            self.containers[e & !CONTAINER_TAG].virt
-        } else {
-            self.buckets[e].virt
+    pub(crate) fn entry_virt(&self, e: EntryId) -> VirtId {
+        match e.get() {
+            Entry::Container(c) => self.containers[c].virt,
+            Entry::Bucket(b) => self.buckets[b].virt,
+        }
+    }
+
+    /// The base set of entry `e`.
+    fn entry_base(&self, e: EntryId) -> SetId {
+        match e.get() {
+            Entry::Container(c) => self.containers[c].base,
+            Entry::Bucket(b) => self.buckets[b].base,
         }
     }
 
     /// The head of entry `e`: the best head of its buckets.
-    pub(crate) fn entry_head(&self, e: u32) -> Option<&QKey> {
-        if e & CONTAINER_TAG != 0 {
-            let cont = &self.containers[e & !CONTAINER_TAG];
-            cont.heads.first()
-        } else {
-            self.buckets[e].members.first()
+    pub(crate) fn entry_head(&self, e: EntryId) -> Option<&QKey> {
+        match e.get() {
+            Entry::Container(c) => self.containers[c].heads.first(),
+            Entry::Bucket(b) => self.buckets[b].members.first(),
         }
     }
 
     /// The buckets of entry `e`, as (provisionable set, bucket) sorted by
     /// set.
-    pub(crate) fn entry_buckets(&self, e: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+    pub(crate) fn entry_buckets(&self, e: EntryId) -> impl Iterator<Item = (SetId, BucketId)> + '_ {
         let mut lone = None;
-        let mut many: &[(u32, u32)] = &[];
-        if e & CONTAINER_TAG != 0 {
-            many = &self.containers[e & !CONTAINER_TAG].buckets;
-        } else {
-            lone = Some((self.buckets[e].prov, e));
+        let mut many: &[(SetId, BucketId)] = &[];
+        match e.get() {
+            Entry::Container(c) => many = &self.containers[c].buckets,
+            Entry::Bucket(b) => lone = Some((self.buckets[b].prov, b)),
         }
         lone.into_iter().chain(many.iter().copied())
     }
 
     /// Entry `e`'s bucket for provisionable set `prov`, if any.
-    pub(crate) fn entry_bucket_for(&self, e: u32, prov: u32) -> Option<u32> {
-        if e & CONTAINER_TAG != 0 {
-            let buckets = &self.containers[e & !CONTAINER_TAG].buckets;
-            let i = buckets.binary_search_by_key(&prov, |&(p, _)| p).ok()?;
-            Some(buckets[i].1)
-        } else {
-            (self.buckets[e].prov == prov).then_some(e)
+    pub(crate) fn entry_bucket_for(&self, e: EntryId, prov: SetId) -> Option<BucketId> {
+        match e.get() {
+            Entry::Container(c) => {
+                let buckets = &self.containers[c].buckets;
+                let i = buckets.binary_search_by_key(&prov, |&(p, _)| p).ok()?;
+                Some(buckets[i].1)
+            }
+            Entry::Bucket(b) => (self.buckets[b].prov == prov).then_some(b),
         }
     }
 
     /// The entry bucket `b` belongs to.
-    pub(crate) fn entry_of(&self, b: u32) -> u32 {
+    pub(crate) fn entry_of(&self, b: BucketId) -> EntryId {
         match self.buckets[b].container {
-            NO_CONTAINER => b,
-            c => c | CONTAINER_TAG,
+            None => EntryId::bucket(b),
+            Some(c) => EntryId::container(c),
         }
     }
 
     /// Counts a new entry in base set `base`'s cell.
-    pub(super) fn cell_add_entry(&mut self, base: u32, e: u32) {
-        match self.sets[base].cell.kind() {
-            CellKind::None => self.sets[base].cell = CellRef::single(e),
+    pub(super) fn cell_add_entry(&mut self, base: SetId, e: EntryId) {
+        match self.labels[base].cell.kind() {
+            CellKind::None => self.labels[base].cell = CellRef::single(e),
             CellKind::Single(e0) => {
                 let mut cell = self.derived_cell(e0);
                 cell.entries += 1;
                 let i = self.cells.insert(cell);
-                self.sets[base].cell = CellRef::many(i);
+                self.labels[base].cell = CellRef::many(i);
             }
             CellKind::Many(i) => self.cells[i].entries += 1,
         }
     }
 
     /// Forgets entry `e` of base set `base`'s cell (its head is out).
-    pub(super) fn cell_remove_entry(&mut self, base: u32, e: u32) {
-        match self.sets[base].cell.kind() {
+    pub(super) fn cell_remove_entry(&mut self, base: SetId, e: EntryId) {
+        match self.labels[base].cell.kind() {
             CellKind::None => debug_assert!(false, "entry without a cell"),
             CellKind::Single(e0) => {
                 debug_assert_eq!(e0, e);
-                self.sets[base].cell = CellRef::NONE;
+                self.labels[base].cell = CellRef::NONE;
             }
             CellKind::Many(i) => {
                 let cell = &mut self.cells[i];
@@ -231,7 +247,7 @@ impl Scheduler {
                 if cell.entries == 0 {
                     debug_assert!(cell.heads.is_empty() && cell.by_prov.is_empty());
                     self.cells.remove(i);
-                    self.sets[base].cell = CellRef::NONE;
+                    self.labels[base].cell = CellRef::NONE;
                 }
             }
         }
@@ -240,15 +256,15 @@ impl Scheduler {
     /// Entry `old` of base set `base` becomes `new` (a lone bucket gains a
     /// container or a container goes back to its last bucket). The head,
     /// and so the cell's stored keys, stay the same.
-    pub(super) fn cell_rename_entry(&mut self, base: u32, old: u32, new: u32) {
-        if self.sets[base].cell.kind() == CellKind::Single(old) {
-            self.sets[base].cell = CellRef::single(new);
+    pub(super) fn cell_rename_entry(&mut self, base: SetId, old: EntryId, new: EntryId) {
+        if self.labels[base].cell.kind() == CellKind::Single(old) {
+            self.labels[base].cell = CellRef::single(new);
         }
     }
 
     /// The cell of a base set whose only entry is `e`, as it would be
     /// stored.
-    pub(super) fn derived_cell(&self, e: u32) -> Cell {
+    pub(super) fn derived_cell(&self, e: EntryId) -> Cell {
         let v = self.entry_virt(e);
         let mut cell = Cell {
             entries: 1,
@@ -256,7 +272,7 @@ impl Scheduler {
         };
         if let Some(head) = self.entry_head(e) {
             cell.heads.insert(self.translate(v, head));
-            cell.per_level[self.virt(v).level as usize] = 1;
+            cell.per_level[level_slot(self.virt(v).level)] = 1;
         }
         for (prov, b) in self.entry_buckets(e) {
             if let Some(head) = self.buckets[b].members.first() {
@@ -271,27 +287,27 @@ impl Scheduler {
     /// Puts bucket `b` into placement `v`: it becomes the entry for its
     /// base set there, or joins (or creates) that entry's container; its
     /// head goes into the cells.
-    pub(super) fn attach_bucket(&mut self, b: u32, v: u32) {
+    pub(super) fn attach_bucket(&mut self, b: BucketId, v: VirtId) {
         let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
-        bucket.container = NO_CONTAINER;
-        let e = match self.virt(v).entries.get(&base).copied() {
+        bucket.container = None;
+        let e = match self.virt(v).entries.get(&base).map(|e| e.get()) {
             None => {
-                self.virt_mut(v).entries.insert(base, b);
-                self.cell_add_entry(base, b);
-                b
+                let e = EntryId::bucket(b);
+                self.virt_mut(v).entries.insert(base, e);
+                self.cell_add_entry(base, e);
+                e
             }
-            Some(e0) if e0 & CONTAINER_TAG == 0 => {
+            Some(Entry::Bucket(b0)) => {
                 // A second bucket: the pair needs a container and an order
                 // of heads.
-                let b0 = e0;
                 let prov0 = self.buckets[b0].prov;
                 let mut heads = super::ordset::OrdSet::default();
                 if let Some(head) = self.buckets[b0].members.first() {
                     heads.insert(head.clone());
                 }
-                let mut buckets: SmallVec<[(u32, u32); 2]> = SmallVec::new();
+                let mut buckets: SmallVec<[(SetId, BucketId); 2]> = SmallVec::new();
                 buckets.push((prov0, b0));
                 buckets.push((prov, b));
                 buckets.sort_unstable();
@@ -301,21 +317,19 @@ impl Scheduler {
                     buckets,
                     heads,
                 });
-                assert!(c < CONTAINER_TAG, "too many containers");
-                self.buckets[b0].container = c;
-                self.buckets[b].container = c;
-                let e = c | CONTAINER_TAG;
+                let e = EntryId::container(c);
+                self.buckets[b0].container = Some(c);
+                self.buckets[b].container = Some(c);
                 self.virt_mut(v).entries.insert(base, e);
-                self.cell_rename_entry(base, b0, e);
+                self.cell_rename_entry(base, EntryId::bucket(b0), e);
                 e
             }
-            Some(e) => {
-                let c = e & !CONTAINER_TAG;
+            Some(Entry::Container(c)) => {
                 let cb = &mut self.containers[c].buckets;
                 let i = cb.partition_point(|&(p, _)| p < prov);
                 cb.insert(i, (prov, b));
-                self.buckets[b].container = c;
-                e
+                self.buckets[b].container = Some(c);
+                EntryId::container(c)
             }
         };
         if let Some(head) = self.buckets[b].members.first().cloned() {
@@ -326,20 +340,19 @@ impl Scheduler {
 
     /// Takes bucket `b` out of its placement (and its head out of the
     /// cells), undoing what `attach_bucket` did.
-    pub(super) fn detach_bucket(&mut self, b: u32) {
+    pub(super) fn detach_bucket(&mut self, b: BucketId) {
         let e = self.entry_of(b);
         if let Some(head) = self.buckets[b].members.first().cloned() {
             self.bucket_head_entry(b, Some(&head), None);
             self.entry_head_changed(e, Some(head), None);
         }
         let bucket = &mut self.buckets[b];
-        let (v, base, prov, c) = (bucket.virt, bucket.base, bucket.prov, bucket.container);
-        bucket.container = NO_CONTAINER;
-        if c == NO_CONTAINER {
+        let (v, base, prov) = (bucket.virt, bucket.base, bucket.prov);
+        let Some(c) = bucket.container.take() else {
             self.virt_mut(v).entries.remove(&base);
-            self.cell_remove_entry(base, b);
+            self.cell_remove_entry(base, EntryId::bucket(b));
             return;
-        }
+        };
         let cont = &mut self.containers[c];
         if let Ok(i) = cont.buckets.binary_search_by_key(&prov, |&(p, _)| p) {
             cont.buckets.remove(i);
@@ -350,30 +363,28 @@ impl Scheduler {
             let b1 = cont.buckets[0].1;
             debug_assert!(cont.heads.len() <= 1);
             self.containers.remove(c);
-            self.buckets[b1].container = NO_CONTAINER;
-            self.virt_mut(v).entries.insert(base, b1);
-            self.cell_rename_entry(base, c | CONTAINER_TAG, b1);
+            self.buckets[b1].container = None;
+            let e1 = EntryId::bucket(b1);
+            self.virt_mut(v).entries.insert(base, e1);
+            self.cell_rename_entry(base, EntryId::container(c), e1);
         }
     }
 
-    pub(super) fn free_bucket(&mut self, b: u32) {
+    pub(super) fn free_bucket(&mut self, b: BucketId) {
         self.detach_bucket(b);
         let Some(bucket) = self.buckets.remove(b) else {
             return;
         };
-        if has_group(bucket.group) {
-            let gb = &mut self.groups[bucket.group].buckets;
-            if let Some(i) = gb.iter().position(|&x| x == b) {
-                gb.swap_remove(i);
-            }
+        if let Some(g) = bucket.group.group() {
+            self.groups.remove_bucket(g, b);
         }
         self.bucket_ids
-            .remove(hash_ids([bucket.account, bucket.base, bucket.prov]), b);
+            .remove(bucket_hash(bucket.account, bucket.base, bucket.prov), b);
     }
 
     /// Moves a bucket to another placement of its account (fanout throttling
     /// on or off), keeping every member's examined time.
-    pub(super) fn move_bucket(&mut self, b: u32, v_new: u32) {
+    pub(super) fn move_bucket(&mut self, b: BucketId, v_new: VirtId) {
         let v_old = self.buckets[b].virt;
         if v_old == v_new {
             return;
@@ -390,7 +401,9 @@ impl Scheduler {
             } else {
                 let mut latest = Time::EPOCH;
                 self.buckets[b].members.for_each_while(|k| {
-                    latest = latest.max(Time::from_nanos(k.ex));
+                    if let Some(ex) = k.ex.explicit() {
+                        latest = latest.max(Time::from_nanos(ex));
+                    }
                     true
                 });
                 latest
@@ -403,18 +416,14 @@ impl Scheduler {
             let mut restated = super::ordset::OrdSet::default();
             let mut explicit = 0;
             for mut k in members {
-                let t = if k.ex == SETTLED {
-                    old_stamp
-                } else {
-                    Time::from_nanos(k.ex)
-                };
+                let t = k.ex.explicit().map_or(old_stamp, Time::from_nanos);
                 let req = &mut self.requests[k.req];
                 if t == stamp {
-                    k.ex = SETTLED;
-                    req.examined = Time::SETTLED_MARK;
+                    k.ex = ExKey::SETTLED;
+                    req.examined = Examined::SETTLED;
                 } else {
-                    k.ex = t.as_nanos();
-                    req.examined = t;
+                    k.ex = ExKey::at(t);
+                    req.examined = Examined::at(t);
                     explicit += 1;
                 }
                 restated.insert(k);
@@ -437,7 +446,7 @@ impl Scheduler {
     /// Makes `t` the stamp of placement `v` (`t` later than its stamp).
     /// Settled members must keep their examined time, so they are first
     /// restated explicitly; a placement without any costs nothing.
-    pub(super) fn raise_stamp(&mut self, v: u32, t: Time) {
+    pub(super) fn raise_stamp(&mut self, v: VirtId, t: Time) {
         if self.virt(v).settled > 0 {
             let at = self.virt(v).stamp;
             self.unsettle_virt(v, at);
@@ -446,7 +455,7 @@ impl Scheduler {
     }
 
     /// Propagates a change of bucket `b`'s head (previously `old_head`).
-    pub(super) fn bucket_members_changed(&mut self, b: u32, old_head: Option<QKey>) {
+    pub(super) fn bucket_members_changed(&mut self, b: BucketId, old_head: Option<QKey>) {
         let new_head = self.buckets[b].members.first().cloned();
         if old_head == new_head {
             return;
@@ -456,12 +465,17 @@ impl Scheduler {
     }
 
     /// Replaces bucket `b`'s head in its cell's provisionable sub-cell.
-    pub(super) fn bucket_head_entry(&mut self, b: u32, old: Option<&QKey>, new: Option<&QKey>) {
+    pub(super) fn bucket_head_entry(
+        &mut self,
+        b: BucketId,
+        old: Option<&QKey>,
+        new: Option<&QKey>,
+    ) {
         let (v, base, prov) = {
             let bucket = &self.buckets[b];
             (bucket.virt, bucket.base, bucket.prov)
         };
-        let CellKind::Many(ci) = self.sets[base].cell.kind() else {
+        let CellKind::Many(ci) = self.labels[base].cell.kind() else {
             // A derived cell stores nothing.
             return;
         };
@@ -492,13 +506,13 @@ impl Scheduler {
 
     /// One of entry `e`'s buckets changed its head from `old` to `new`:
     /// keeps the container's order, if any, and the entry's key in the cell.
-    pub(super) fn entry_head_changed(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
-        if e & CONTAINER_TAG == 0 {
+    pub(super) fn entry_head_changed(&mut self, e: EntryId, old: Option<QKey>, new: Option<QKey>) {
+        let Entry::Container(c) = e.get() else {
             // A lone bucket's head is the entry's.
             self.cell_replace(e, old, new);
             return;
-        }
-        let heads = &mut self.containers[e & !CONTAINER_TAG].heads;
+        };
+        let heads = &mut self.containers[c].heads;
         let before = heads.first().cloned();
         if let Some(o) = &old {
             heads.remove(o);
@@ -514,20 +528,16 @@ impl Scheduler {
 
     /// Replaces entry `e`'s head (placement-relative keys) in its base set's
     /// cell.
-    pub(super) fn cell_replace(&mut self, e: u32, old: Option<QKey>, new: Option<QKey>) {
+    pub(super) fn cell_replace(&mut self, e: EntryId, old: Option<QKey>, new: Option<QKey>) {
         let v = self.entry_virt(e);
-        let base = if e & CONTAINER_TAG != 0 {
-            self.containers[e & !CONTAINER_TAG].base
-        } else {
-            self.buckets[e].base
-        };
-        let level = self.virt(v).level as usize;
+        let base = self.entry_base(e);
+        let level = level_slot(self.virt(v).level);
         let delta: i32 = match (&old, &new) {
             (None, Some(_)) => 1,
             (Some(_), None) => -1,
             _ => 0,
         };
-        if let CellKind::Many(ci) = self.sets[base].cell.kind() {
+        if let CellKind::Many(ci) = self.labels[base].cell.kind() {
             let old = old.map(|k| self.translate(v, &k));
             let new = new.map(|k| self.translate(v, &k));
             let cell = &mut self.cells[ci];
@@ -543,12 +553,12 @@ impl Scheduler {
         }
     }
 
-    /// Adjusts how many entries of `base`'s cell sit at `level`, keeping the
-    /// per-level count of non-empty cells.
-    pub(super) fn count_cell_level(&mut self, base: u32, level: usize, delta: i32) {
-        let (was, now) = match self.sets[base].cell.kind() {
+    /// Adjusts how many entries of `base`'s cell sit at level slot `level`
+    /// (see [`level_slot`]), keeping the per-level count of non-empty cells.
+    pub(super) fn count_cell_level(&mut self, base: SetId, level: usize, delta: i32) {
+        let (was, now) = match self.labels[base].cell.kind() {
             CellKind::None => return,
-            // One container: its head is the only entry.
+            // One entry: its head is the cell's only head.
             CellKind::Single(_) => (u32::from(delta < 0), u32::from(delta > 0)),
             CellKind::Many(ci) => {
                 let n = &mut self.cells[ci].per_level[level];
@@ -568,13 +578,13 @@ impl Scheduler {
 
     /// Placement `v`'s entries as (base set, entry), for walking them
     /// while changing the index.
-    pub(super) fn virt_entries(&self, v: u32) -> Vec<(u32, u32)> {
+    pub(super) fn virt_entries(&self, v: VirtId) -> Vec<(SetId, EntryId)> {
         self.virt(v).entries.iter().map(|(&s, &e)| (s, e)).collect()
     }
 
     /// Places an account's entries at another level: only counters
     /// change, the cells' order does not depend on levels.
-    pub(crate) fn set_virt_level(&mut self, v: u32, level: u8) {
+    pub(crate) fn set_virt_level(&mut self, v: VirtId, level: Option<u8>) {
         let old = self.virt(v).level;
         if old == level {
             return;
@@ -585,8 +595,8 @@ impl Scheduler {
             if self.entry_head(e).is_none() {
                 continue;
             }
-            self.count_cell_level(base, old as usize, -1);
-            self.count_cell_level(base, level as usize, 1);
+            self.count_cell_level(base, level_slot(old), -1);
+            self.count_cell_level(base, level_slot(level), 1);
         }
     }
 
@@ -594,14 +604,14 @@ impl Scheduler {
     /// puts it back (`true`), under the current translation. Used around a
     /// change of the placement's stamp or of the last pass's time, which
     /// changes how its settled heads read pool-wide.
-    pub(crate) fn virt_cell_entries(&mut self, v: u32, insert: bool) {
+    pub(crate) fn virt_cell_entries(&mut self, v: VirtId, insert: bool) {
         let entries = self.virt_entries(v);
         for (base, e) in entries {
-            let CellKind::Many(ci) = self.sets[base].cell.kind() else {
+            let CellKind::Many(ci) = self.labels[base].cell.kind() else {
                 // Derived cells read keys under the current translation.
                 continue;
             };
-            let buckets: SmallVec<[u32; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
+            let buckets: SmallVec<[BucketId; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
             for b in buckets {
                 if let Some(h) = self.buckets[b].members.first().cloned() {
                     if insert {
@@ -627,7 +637,7 @@ impl Scheduler {
     /// The explicit members of bucket `b` become settled (examined at the
     /// placement's stamp). With `propagate`, heads are updated in the cells
     /// too; without, the caller has taken the placement's entries out.
-    pub(crate) fn settle_bucket(&mut self, b: u32, propagate: bool) {
+    pub(crate) fn settle_bucket(&mut self, b: BucketId, propagate: bool) {
         let n = u64::from(self.buckets[b].explicit);
         if n == 0 {
             self.buckets[b].dirty = false;
@@ -639,9 +649,9 @@ impl Scheduler {
             // O(k log k) rather than re-key k entries of a vector one by one.
             let mut members = std::mem::take(&mut self.buckets[b].members).to_vec();
             for k in members.iter_mut() {
-                if k.ex != SETTLED {
-                    k.ex = SETTLED;
-                    self.requests[k.req].examined = Time::SETTLED_MARK;
+                if !k.ex.is_settled() {
+                    k.ex = ExKey::SETTLED;
+                    self.requests[k.req].examined = Examined::SETTLED;
                 }
             }
             members.sort_unstable();
@@ -649,7 +659,7 @@ impl Scheduler {
         } else {
             let mut explicit = Vec::new();
             self.buckets[b].members.for_each_while(|k| {
-                if k.ex == SETTLED {
+                if k.ex.is_settled() {
                     false
                 } else {
                     explicit.push(k.clone());
@@ -658,8 +668,8 @@ impl Scheduler {
             });
             for mut k in explicit {
                 self.buckets[b].members.remove(&k);
-                self.requests[k.req].examined = Time::SETTLED_MARK;
-                k.ex = SETTLED;
+                self.requests[k.req].examined = Examined::SETTLED;
+                k.ex = ExKey::SETTLED;
                 self.buckets[b].members.insert(k);
             }
         }
@@ -672,8 +682,9 @@ impl Scheduler {
             self.bucket_members_changed(b, old_head);
         } else {
             let new_head = self.buckets[b].members.first().cloned();
-            let c = self.buckets[b].container;
-            if old_head != new_head && c != NO_CONTAINER {
+            if old_head != new_head
+                && let Some(c) = self.buckets[b].container
+            {
                 let heads = &mut self.containers[c].heads;
                 if let Some(o) = &old_head {
                     heads.remove(o);
@@ -687,12 +698,18 @@ impl Scheduler {
 
     /// Queues many detached requests at once (loading a snapshot): each
     /// bucket's members are built in one go and its head placed once.
-    pub(crate) fn enqueue_many(&mut self, reqs: &[u32]) {
-        let mut by_bucket: Vec<(u32, u32)> = Vec::with_capacity(reqs.len());
+    pub(crate) fn enqueue_many(&mut self, reqs: &[ReqIdx]) {
+        let mut by_bucket: Vec<(BucketId, ReqIdx)> = Vec::with_capacity(reqs.len());
         for &r in reqs {
             let (a, base, prov, g, examined) = {
                 let req = &self.requests[r];
-                (req.account, req.base, req.prov, req.group, req.examined)
+                (
+                    req.account,
+                    req.base,
+                    req.prov,
+                    req.group,
+                    req.examined.detached(),
+                )
             };
             self.set_queued(base, true, true);
             self.set_queued(prov, false, true);
@@ -715,10 +732,10 @@ impl Scheduler {
             let (mut settled, mut explicit) = (0u64, 0u32);
             for &(_, r) in &by_bucket[i..j] {
                 let req = &mut self.requests[r];
-                let is_settled = req.examined == stamp;
+                let is_settled = req.examined.explicit() == Some(stamp);
                 req.place = Place::Queued(b);
                 if is_settled {
-                    req.examined = Time::SETTLED_MARK;
+                    req.examined = Examined::SETTLED;
                     settled += 1;
                 } else {
                     explicit += 1;
@@ -741,13 +758,13 @@ impl Scheduler {
 
     /// The settled members of placement `v` are restated as explicitly
     /// examined at `at` (its stamp), so that the stamp can change.
-    pub(crate) fn unsettle_virt(&mut self, v: u32, at: Time) {
+    pub(crate) fn unsettle_virt(&mut self, v: VirtId, at: Time) {
         for (_, e) in self.virt_entries(v) {
-            let buckets: SmallVec<[u32; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
+            let buckets: SmallVec<[BucketId; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
             for b in buckets {
                 let mut settled = Vec::new();
                 self.buckets[b].members.for_each_while(|k| {
-                    if k.ex == SETTLED {
+                    if k.ex.is_settled() {
                         settled.push(k.clone());
                     }
                     true
@@ -760,8 +777,8 @@ impl Scheduler {
                 for mut k in settled {
                     self.buckets[b].members.remove(&k);
                     let req = &mut self.requests[k.req];
-                    req.examined = at;
-                    k.ex = at.as_nanos();
+                    req.examined = Examined::at(at);
+                    k.ex = ExKey::at(at);
                     self.buckets[b].members.insert(k);
                 }
                 self.buckets[b].explicit += n;
@@ -771,4 +788,9 @@ impl Scheduler {
         }
         self.virt_mut(v).settled = 0;
     }
+}
+
+/// The hash of a bucket's key in the bucket index.
+fn bucket_hash(a: AccountIdx, base: SetId, prov: SetId) -> u64 {
+    hash_ids([a.slot(), base.slot(), prov.slot()])
 }

@@ -2,7 +2,7 @@
 //! compared. Tests run it after every operation; debug builds after every
 //! command on small pools (see `Pool::apply`).
 
-use super::groups::{group_hash, group_slot_hash, lone_slot, union_ids};
+use super::ids::Entry;
 use super::*;
 
 #[cfg(any(test, debug_assertions))]
@@ -25,47 +25,45 @@ impl Scheduler {
                         (req.account, req.base, req.prov, req.group)
                     );
                     assert!(bucket.members.to_vec().iter().any(|k| k.req == r));
-                    assert_eq!(
-                        bucket.virt,
-                        req.account * 2
-                            + u32::from(has_group(req.group) && self.groups[req.group].throttled)
-                    );
+                    let throttled = req
+                        .group
+                        .group()
+                        .is_some_and(|g| self.groups[g].throttled());
+                    assert_eq!(bucket.virt, VirtId::new(req.account, throttled));
                     let stamp = self.virt(bucket.virt).stamp;
                     assert!(
                         stamp <= self.last_pass,
                         "a placement stamp after the last pass"
                     );
-                    if !req.settled() {
+                    if let Some(examined) = req.examined.explicit() {
                         assert!(
-                            req.examined < stamp,
+                            examined < stamp,
                             "explicit examined time not earlier than its placement's stamp"
                         );
                     }
                 }
                 Place::Running(w) => {
-                    assert_eq!(self.workers[w].running.as_ref().map(|t| t.req), Some(r));
+                    assert_eq!(self.workers[w].running().map(|t| t.req), Some(r));
                 }
                 Place::Detached => panic!("detached request {} between operations", req.id),
             }
         }
         assert_eq!(queued, self.queued);
         assert_eq!(self.request_ids.len(), self.requests.len());
-        assert_eq!(self.worker_ids.len(), self.workers.len());
         // Entries: lone buckets and containers, reached through their
         // placements.
-        let mut expect_cells: BTreeMap<u32, Vec<(QKey, u32, u8)>> = BTreeMap::new();
-        let mut expect_provs: BTreeMap<(u32, u32), Vec<QKey>> = BTreeMap::new();
-        let mut entries_of: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut expect_cells: BTreeMap<SetId, Vec<(QKey, EntryId, usize)>> = BTreeMap::new();
+        let mut expect_provs: BTreeMap<(SetId, SetId), Vec<QKey>> = BTreeMap::new();
+        let mut entries_of: BTreeMap<SetId, u32> = BTreeMap::new();
         let (mut buckets_seen, mut containers_seen) = (0, 0);
         for (a, acc) in self.accounts.iter() {
             for (half, virt) in acc.virt.iter().enumerate() {
-                let v = a * 2 + half as u32;
+                let v = VirtId::new(a, half == 1);
                 for (&base, &e) in &virt.entries {
                     *entries_of.entry(base).or_default() += 1;
                     assert_eq!(self.entry_virt(e), v);
-                    if e & CONTAINER_TAG != 0 {
+                    if let Entry::Container(c) = e.get() {
                         containers_seen += 1;
-                        let c = e & !CONTAINER_TAG;
                         let cont = &self.containers[c];
                         assert_eq!(cont.base, base);
                         assert!(
@@ -85,7 +83,7 @@ impl Scheduler {
                             .members
                             .to_vec()
                             .iter()
-                            .filter(|k| k.ex != SETTLED)
+                            .filter(|k| !k.ex.is_settled())
                             .count();
                         assert_eq!(explicit as u32, bucket.explicit);
                         if explicit > 0 {
@@ -98,14 +96,14 @@ impl Scheduler {
                         heads.push(head);
                     }
                     heads.sort();
-                    if e & CONTAINER_TAG != 0 {
-                        assert_eq!(heads, self.containers[e & !CONTAINER_TAG].heads.to_vec());
+                    if let Entry::Container(c) = e.get() {
+                        assert_eq!(heads, self.containers[c].heads.to_vec());
                     }
                     let t = self.translate(v, self.entry_head(e).unwrap());
                     expect_cells
                         .entry(base)
                         .or_default()
-                        .push((t, e, virt.level));
+                        .push((t, e, level_slot(virt.level)));
                 }
             }
         }
@@ -121,12 +119,12 @@ impl Scheduler {
         );
         let mut nonempty = [0usize; LEVELS];
         let mut stored_cells = 0;
-        let mut uses_of: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut uses_of: BTreeMap<SetId, u32> = BTreeMap::new();
         for (_, r) in self.requests.iter() {
             *uses_of.entry(r.base).or_default() += 1;
             *uses_of.entry(r.prov).or_default() += 1;
         }
-        for (s, set) in self.sets.iter() {
+        for (s, set) in self.labels.iter_sets() {
             let n_entries = entries_of.get(&s).copied().unwrap_or(0);
             match set.cell.kind() {
                 CellKind::None => {
@@ -137,8 +135,8 @@ impl Scheduler {
                     let want = expect_cells.remove(&s).unwrap_or_default();
                     assert_eq!(want.len(), 1);
                     assert_eq!(want[0].1, e);
-                    if (want[0].2 as usize) < LEVELS {
-                        nonempty[want[0].2 as usize] += 1;
+                    if want[0].2 < LEVELS {
+                        nonempty[want[0].2] += 1;
                     }
                     for (prov, _) in self.entry_buckets(e) {
                         assert!(expect_provs.remove(&(s, prov)).is_some());
@@ -164,6 +162,14 @@ impl Scheduler {
         assert!(expect_cells.is_empty());
         assert!(expect_provs.is_empty(), "missing provisionable sub-cells");
         assert_eq!(nonempty, self.nonempty_cells);
+        let mut set_refs = uses_of;
+        for (_, g) in self.groups.iter() {
+            let (base, prov) = g.sets();
+            *set_refs.entry(base).or_default() += 1;
+            *set_refs.entry(prov).or_default() += 1;
+        }
+        self.labels
+            .check_invariants(self.workers.iter().map(|(_, w)| &*w.labels), &set_refs);
         self.check_workers_and_groups();
     }
 
@@ -171,10 +177,10 @@ impl Scheduler {
     #[allow(clippy::type_complexity)]
     pub(super) fn check_stored_cell(
         &self,
-        s: u32,
+        s: SetId,
         cell: &Cell,
-        expect_cells: &mut std::collections::BTreeMap<u32, Vec<(QKey, u32, u8)>>,
-        expect_provs: &mut std::collections::BTreeMap<(u32, u32), Vec<QKey>>,
+        expect_cells: &mut std::collections::BTreeMap<SetId, Vec<(QKey, EntryId, usize)>>,
+        expect_provs: &mut std::collections::BTreeMap<(SetId, SetId), Vec<QKey>>,
         nonempty: &mut [usize; LEVELS],
     ) {
         let mut want = expect_cells.remove(&s).unwrap_or_default();
@@ -185,7 +191,7 @@ impl Scheduler {
         for (h, (k, _, level)) in have.iter().zip(&want) {
             assert_eq!(h, k, "cell of set {s}");
             assert_eq!(h.v, k.v, "cell entry names its placement");
-            per_level[*level as usize] += 1;
+            per_level[*level] += 1;
         }
         assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
         for (prov, sub) in &cell.by_prov {
@@ -206,83 +212,21 @@ impl Scheduler {
 
     pub(super) fn check_workers_and_groups(&self) {
         use std::collections::BTreeMap;
-        // Fanout groups: requests with one key share one group, or the only
-        // one is lone; both are findable in the group index.
-        let mut by_key: std::collections::BTreeMap<(u32, Vec<u32>), Vec<u32>> = Default::default();
-        for (r, req) in self.requests.iter() {
-            let fanout = self.max_fanout_of(req.account) > 0;
-            assert_eq!(req.group != NO_GROUP, fanout, "group of request {}", req.id);
-            if fanout {
-                let union = union_ids(&self.sets[req.base].labels, &self.sets[req.prov].labels);
-                by_key
-                    .entry((req.account, union.collect()))
-                    .or_default()
-                    .push(r);
-            }
-        }
-        let mut indexed = 0;
-        for reqs in by_key.values() {
-            let g = self.requests[reqs[0]].group;
-            assert!(
-                reqs.iter().all(|&r| self.requests[r].group == g),
-                "one key, one group"
-            );
-            indexed += 1;
-            if g == LONE {
-                assert_eq!(reqs.len(), 1, "a lone request is alone with its key");
-                let r = reqs[0];
-                let hash = group_slot_hash(&self.sets, &self.groups, &self.requests, lone_slot(r));
-                assert_eq!(
-                    self.group_ids.get(hash, |x| x == lone_slot(r)),
-                    Some(lone_slot(r))
-                );
-            } else {
-                assert_eq!(
-                    self.groups[g].requests as usize,
-                    reqs.len(),
-                    "requests of group {g}"
-                );
-            }
-        }
-        assert_eq!(indexed, self.group_ids.len(), "group index entries");
-        assert_eq!(
-            self.groups.len(),
-            by_key
-                .values()
-                .filter(|r| self.requests[r[0]].group != LONE)
-                .count()
-        );
+        self.check_groups();
         self.check_eligibility();
-        for (w, worker) in self.workers.iter() {
-            assert_eq!(self.idle.contains_key(&worker.id), worker.running.is_none());
-            assert_eq!(
-                self.idle_expiry.contains(&(worker.confirmed, w)),
-                worker.running.is_none()
-            );
-        }
+        self.workers.check_invariants();
         // Running counts.
-        let mut by_account: BTreeMap<u32, [u32; LEVELS]> = BTreeMap::new();
-        let mut by_group: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut by_account: BTreeMap<AccountIdx, [u32; LEVELS]> = BTreeMap::new();
         for (_, worker) in self.workers.iter() {
-            if let Some(run) = &worker.running {
+            if let Some(run) = worker.running() {
                 let req = &self.requests[run.req];
                 by_account.entry(req.account).or_default()[run.priority as usize] += 1;
-                *by_group.entry(req.group).or_default() += 1;
             }
         }
-        for (a, acc) in self.accounts.iter() {
-            let by_prio = by_account.get(&a).copied().unwrap_or_default();
-            assert_eq!(by_prio, acc.running_by_prio);
+        let mut requests: BTreeMap<AccountIdx, u32> = BTreeMap::new();
+        for (_, req) in self.requests.iter() {
+            *requests.entry(req.account).or_default() += 1;
         }
-        for (gi, g) in self.groups.iter() {
-            let running = by_group.get(&gi).copied().unwrap_or(0);
-            let hash = group_hash(&self.sets, g.account, g.base, g.prov);
-            assert_eq!(
-                self.group_ids.get(hash, |x| x == gi),
-                Some(gi),
-                "group not findable by its key"
-            );
-            assert_eq!(running, g.running);
-        }
+        self.accounts.check_invariants(&requests, &by_account);
     }
 }

@@ -1,5 +1,18 @@
 //! The quotascheduler: state, time, notifications and the scheduling pass.
 //!
+//! # Parts
+//!
+//! The state is split into parts that own their fields, change them only
+//! through a small API and check their own invariants: the label table
+//! (`labels.rs`), the workers (`workers.rs`), the accounts (`accounts.rs`)
+//! and the fanout groups (`groups.rs`). The queue index (buckets,
+//! containers, cells) and the requests are fields of [`Scheduler`] itself,
+//! maintained by `index.rs` and `requests.rs`; the operations that move a
+//! request or a worker keep every part in step. Tables are addressed by
+//! typed ids (`ids.rs`). The one thing not to break: a part's fields change
+//! only through its own methods, so that its `check_invariants` stays
+//! true.
+//!
 //! # How it stays fast
 //!
 //! A naive pass compares every idle worker with every queued request and
@@ -47,7 +60,7 @@
 //! * a lone bucket is its own entry; a container is built for a second
 //!   bucket and goes when one is left;
 //! * a fanout group is built for a second request with its key; a group of
-//!   one cannot be throttled (`LONE`);
+//!   one cannot be throttled (`GroupKind::Lone`);
 //! * label names live once, in the label table; sets and workers keep ids,
 //!   and sorted names are built when an event or a view needs them;
 //! * the set, bucket and group tables store slot numbers only and compare
@@ -56,8 +69,10 @@
 //!   interning the union of their labels;
 //! * slabs grow in fixed chunks, never by doubling;
 //! * one-element ordered sets and lists are stored inline;
-//! * flags and optional ids ride in sentinel values of fields that are
-//!   there anyway, where a separate field would pad a struct per task.
+//! * ids are typed slot numbers whose `Option` costs nothing, and where a
+//!   field holds one of several kinds of reference (a bucket or a
+//!   container, a group or none) it is packed in a `u32` behind a type
+//!   with a safe API (`ids.rs`), where a tag would pad a struct per task.
 //!
 //! `layout_tests` pins the sizes of the per-task structures.
 //!
@@ -65,9 +80,11 @@
 //! suite checks this implementation against a direct, slow transcription of
 //! the same rules on random operation sequences.
 
+mod accounts;
 mod eligibility;
 mod groups;
 mod idmap;
+pub(crate) mod ids;
 mod index;
 #[cfg(any(test, debug_assertions))]
 mod invariants;
@@ -81,17 +98,24 @@ pub(crate) mod slab;
 mod view;
 mod workers;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use crate::account::{AccountConfig, Balance, NUM_PRIORITIES, PoolSettings};
 use crate::event::Event;
 use crate::time::Time;
+use accounts::Accounts;
+use groups::Groups;
+use ids::{
+    AccountIdx, BucketId, CellId, CellKind, CellRef, ContainerId, EntryId, GroupId, GroupRef,
+    GroupSlot, LabelId, ReqIdx, SetId, SlotId, VirtId, WorkerIdx,
+};
+use labels::LabelTable;
 use ordset::OrdSet;
 use slab::Slab;
+use workers::Workers;
 
 pub use probe::{BotProbe, STANDING_WALK_BUDGET, Standing, TaskProbe};
 pub use view::{QueuedView, RequestDump, RunningView, StateDump, WorkerDump, WorkerView};
@@ -121,44 +145,52 @@ pub struct NotAssigned {
     pub worker: String,
 }
 
-/// The group of a request whose account does not use fanout. Groups are
-/// only kept for accounts with `max_fanout > 0`: each costs a struct, a map
-/// entry and references to two label sets, which most accounts never need.
-pub(crate) const NO_GROUP: u32 = u32::MAX;
-
-/// The group of a request whose account uses fanout but which is, so far,
-/// the only request with its key: a group of one can never be throttled,
-/// so it is not built until a second request joins (see
-/// `Scheduler::group_ref`). With labels of its own per task, that saves a
-/// group per task.
-pub(crate) const LONE: u32 = u32::MAX - 1;
-
-/// Whether a request's or bucket's `group` names a built group.
-pub(crate) fn has_group(g: u32) -> bool {
-    g < LONE
-}
-
-/// Marks a level cell for accounts that sit out the pass (free level with
-/// free tasks disabled).
-pub(crate) const OMITTED: u8 = 6;
 /// Number of level cells: five paid levels and the free level.
 pub(crate) const LEVELS: usize = NUM_PRIORITIES + 1;
-/// The examined-time field of a settled request's key: "examined at the last
-/// pass", sorting after every explicit examined time.
-pub(crate) const SETTLED: i64 = i64::MAX;
+
+/// Where a placement's level is counted in a cell's `per_level`: its level,
+/// or one past the levels for placements that sit out the pass (free level
+/// with free tasks disabled).
+pub(crate) fn level_slot(level: Option<u8>) -> usize {
+    level.map_or(LEVELS, usize::from)
+}
+
+/// The examined time in a request's key: explicit nanoseconds, or settled,
+/// "examined at the last pass", which sorts after every explicit time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ExKey(i64);
+
+impl ExKey {
+    /// Examined at the last pass (see the module docs).
+    pub(crate) const SETTLED: ExKey = ExKey(i64::MAX);
+
+    /// Examined at `t`.
+    pub(crate) fn at(t: Time) -> ExKey {
+        ExKey(t.as_nanos())
+    }
+
+    pub(crate) fn is_settled(self) -> bool {
+        self == Self::SETTLED
+    }
+
+    /// The explicit examined time in nanoseconds, `None` if settled.
+    pub(crate) fn explicit(self) -> Option<i64> {
+        (!self.is_settled()).then_some(self.0)
+    }
+}
 
 /// The position of a queued request in every order: examined time, enqueue
 /// time, id. `req` rides along to find the request; it never decides order
 /// because ids are unique.
 #[derive(Clone, Debug)]
 pub(crate) struct QKey {
-    pub(crate) ex: i64,
+    pub(crate) ex: ExKey,
     pub(crate) enq: i64,
     pub(crate) id: Arc<str>,
-    pub(crate) req: u32,
+    pub(crate) req: ReqIdx,
     /// In a cell: the placement (see [`Virt`]) of the entry whose head
-    /// this is, which gives its level (unused elsewhere).
-    pub(crate) v: u32,
+    /// this is, which gives its level (meaningless elsewhere).
+    pub(crate) v: VirtId,
 }
 
 impl PartialEq for QKey {
@@ -181,140 +213,25 @@ impl Ord for QKey {
     }
 }
 
-/// An interned label.
-#[derive(Clone, Debug)]
-pub(crate) struct LabelEntry {
-    pub(crate) name: Arc<str>,
-    /// Workers and label sets holding this label.
-    pub(crate) refs: u32,
-    /// Workers that have this label and keep an eligible list (see
-    /// `eligibility`), sorted. A sorted vector costs half what a hash set
-    /// does per entry; the price, a shift on insert and removal, is paid
-    /// only when such a worker comes or goes.
-    pub(crate) workers: Vec<u32>,
-    /// Workers that have this label, whether or not they keep an eligible
-    /// list (to pick good anchors).
-    pub(crate) worker_count: u32,
-    /// Active label sets anchored at this label, as (second anchor label,
-    /// set, a third label of the set or the second again), sorted: see
-    /// `eligibility`. A sorted vector rather than a tree
-    /// because listing a worker reads these tables end to end, which a
-    /// vector does at memory speed; anchors are spread over the rarest
-    /// labels, which keeps each table short.
-    pub(crate) anchored: Vec<(u32, u32, u32)>,
-    /// Active label sets containing this label (to pick good anchors).
-    pub(crate) active_sets: u32,
-}
-
-/// An interned label set (sorted label ids).
-#[derive(Clone, Debug)]
-pub(crate) struct SetEntry {
-    pub(crate) labels: Box<[u32]>,
-    /// Requests and groups holding this set.
-    pub(crate) refs: u32,
-    /// Queued requests with this set as base labels.
-    pub(crate) queued_base: u32,
-    /// Queued requests with this set as provisionable labels.
-    pub(crate) queued_prov: u32,
-    /// Requests (queued or running) with this set as base or provisionable
-    /// labels. While positive the set is "active": registered for
-    /// eligibility. Counting running requests too keeps sets from flapping
-    /// in and out as their last queued request comes and goes.
-    pub(crate) req_refs: u32,
-    /// While active: the positions in `labels` of the two labels under
-    /// which the set is registered for eligibility (see `eligibility`),
-    /// packed; [`NO_ANCHOR`] otherwise.
-    pub(crate) anchor: u32,
-    /// While some placement has an entry with this base set: its cell.
-    pub(crate) cell: CellRef,
-}
-
-impl SetEntry {
-    fn active(&self) -> bool {
-        self.req_refs > 0
-    }
-}
-
-/// `SetEntry::anchor` of an inactive set.
-pub(crate) const NO_ANCHOR: u32 = u32::MAX;
-
-/// How a base set's cell is stored.
-///
-/// Most base sets with queued work have one entry (one placement uses
-/// them): every task with labels of its own brings one. Such a cell is
-/// [`CellKind::Single`]: nothing is stored, its one entry (a lone bucket or
-/// a container) is read when a pass looks. A second entry makes it a stored
-/// [`Cell`], which stays until the set's last entry goes. Packed in a `u32`
-/// because every label set carries one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CellRef(u32);
-
-/// [`CellRef`] unpacked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CellKind {
-    /// No placement has queued work with this base set.
-    None,
-    /// It has exactly this entry (see [`Container`]); the cell is derived
-    /// from it.
-    Single(u32),
-    /// A stored cell, in `Scheduler::cells`.
-    Many(u32),
-}
-
-impl CellRef {
-    pub(crate) const NONE: CellRef = CellRef(u32::MAX);
-    const MANY: u32 = 1 << 31;
-
-    pub(crate) fn single(e: u32) -> CellRef {
-        assert!(e < Self::MANY, "entry id out of range");
-        CellRef(e)
-    }
-
-    pub(crate) fn many(i: u32) -> CellRef {
-        assert!(i < Self::MANY - 1, "cell index out of range");
-        CellRef(Self::MANY | i)
-    }
-
-    pub(crate) fn kind(self) -> CellKind {
-        if self == Self::NONE {
-            CellKind::None
-        } else if self.0 & Self::MANY != 0 {
-            CellKind::Many(self.0 & !Self::MANY)
-        } else {
-            CellKind::Single(self.0)
-        }
-    }
-
-    pub(crate) fn is_some(self) -> bool {
-        self != Self::NONE
-    }
-}
-
-impl std::fmt::Debug for CellRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.kind().fmt(f)
-    }
-}
-
-/// The heads of every container of one base label set, whatever its
-/// account's level: a pass at level `p` skips entries of other levels.
+/// The heads of every entry (lone bucket or container) of one base label
+/// set, whatever its placement's level: a pass at level `p` skips entries
+/// of other levels.
 /// Keeping one ordered set per base set (rather than one per level) means an
 /// account that changes level moves nothing but counters.
 ///
-/// Keys here are in pool-wide terms: a settled key (`ex == SETTLED`) means
+/// Keys here are in pool-wide terms: a settled key ([`ExKey::SETTLED`]) means
 /// "examined at the last pass"; a settled request of a placement whose stamp
 /// is older carries that stamp explicitly (see [`Scheduler::translate`]).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Cell {
-    /// Container heads; each key's `c` names its container.
+    /// Entry heads; each key's `v` names its entry's placement.
     pub(crate) heads: OrdSet<QKey>,
-    /// Number of container heads per placement level (0..=5, and
-    /// [`OMITTED`]).
+    /// Number of entry heads per placement level (see [`level_slot`]).
     pub(crate) per_level: [u32; LEVELS + 1],
     /// Bucket heads by provisionable set (sorted by set id), so that a
     /// worker looking for provisioned work looks only at the provisionable
-    /// sets it has. Each key's `c` names the bucket's container.
-    pub(crate) by_prov: SmallVec<[(u32, OrdSet<QKey>); 1]>,
+    /// sets it has. Each key's `v` names the bucket's placement.
+    pub(crate) by_prov: SmallVec<[(SetId, OrdSet<QKey>); 1]>,
     /// Entries with this base set (with or without a head).
     pub(crate) entries: u32,
 }
@@ -323,9 +240,9 @@ pub(crate) struct Cell {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
     /// In the queue, in this bucket.
-    Queued(u32),
+    Queued(BucketId),
     /// Running on this worker.
-    Running(u32),
+    Running(WorkerIdx),
     /// Detached for a moment (being moved).
     Detached,
 }
@@ -333,87 +250,74 @@ pub(crate) enum Place {
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
     pub(crate) id: Arc<str>,
-    pub(crate) account: u32,
-    pub(crate) base: u32,
-    pub(crate) prov: u32,
-    pub(crate) group: u32,
+    pub(crate) account: AccountIdx,
+    pub(crate) base: SetId,
+    pub(crate) prov: SetId,
+    pub(crate) group: GroupRef,
     pub(crate) enqueue: Time,
     pub(crate) confirmed: Time,
-    /// Examined time, or [`Time::SETTLED_MARK`] while settled: examined at
-    /// its placement's stamp (see [`Scheduler::examined`]).
-    pub(crate) examined: Time,
+    /// Examined time, explicit or settled (see [`Examined`]).
+    pub(crate) examined: Examined,
     pub(crate) place: Place,
 }
 
 impl Request {
     pub(crate) fn settled(&self) -> bool {
-        self.examined == Time::SETTLED_MARK
+        self.examined.is_settled()
     }
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct TaskRun {
-    pub(crate) req: u32,
-    pub(crate) priority: u8,
-    pub(crate) cost: Balance,
-}
+/// A request's examined time as stored: explicit, or settled, "examined at
+/// its placement's stamp" (only while queued; see
+/// [`Scheduler::examined`]). Packed in the one `Time` every request
+/// carries: a settled request holds [`Time::SETTLED_MARK`], which no real
+/// instant equals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Examined(Time);
 
-#[derive(Clone, Debug)]
-pub(crate) struct Worker {
-    pub(crate) id: Arc<str>,
-    /// Sorted label ids.
-    pub(crate) labels: Box<[u32]>,
-    /// The same label ids in name order, for lookups by name prefix and
-    /// for building the sorted names on demand (a list of names per worker
-    /// would hold a pointer per label instead of an id).
-    pub(crate) by_name: Box<[u32]>,
-    pub(crate) confirmed: Time,
-    pub(crate) modified: Time,
-    pub(crate) running: Option<TaskRun>,
-    /// While `listed`: the active non-empty label sets this worker's labels
-    /// include (empty otherwise).
-    pub(crate) eligible: Vec<u32>,
-    /// Whether `eligible` is kept: from the first pass that looks for work
-    /// for the worker (idle, or as a preemption candidate) until it leaves
-    /// or changes labels, or runs a task while preemption is disabled.
-    pub(crate) listed: bool,
+impl Examined {
+    /// Examined at its placement's stamp.
+    pub(crate) const SETTLED: Examined = Examined(Time::SETTLED_MARK);
+
+    /// Examined at `t`.
+    pub(crate) fn at(t: Time) -> Examined {
+        debug_assert!(t != Time::SETTLED_MARK);
+        Examined(t)
+    }
+
+    pub(crate) fn is_settled(self) -> bool {
+        self == Self::SETTLED
+    }
+
+    /// The explicit examined time, `None` if settled.
+    pub(crate) fn explicit(self) -> Option<Time> {
+        (!self.is_settled()).then_some(self.0)
+    }
+
+    /// The examined time of a request that is not queued, which is always
+    /// explicit (the epoch if it were not).
+    pub(crate) fn detached(self) -> Time {
+        self.explicit().unwrap_or(Time::EPOCH)
+    }
 }
 
 /// An account as the queue index sees it: one for the account's normal
 /// placement, one for its fanout-throttled requests.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Virt {
-    /// Current level cell (0..=5) or [`OMITTED`].
-    pub(crate) level: u8,
+    /// Current level (0..=5), `None` while it sits out passes (free level
+    /// with free tasks disabled).
+    pub(crate) level: Option<u8>,
     /// The examined time of this placement's settled requests: the last pass
     /// it took part in. Requests of placements that sat out later passes
     /// keep this older time without being touched.
     pub(crate) stamp: Time,
     /// Base set → entry (see [`Container`]).
-    pub(crate) entries: FxHashMap<u32, u32>,
+    pub(crate) entries: FxHashMap<SetId, EntryId>,
     /// Buckets that may hold explicit (unsettled) members.
-    pub(crate) dirty: Vec<u32>,
+    pub(crate) dirty: Vec<BucketId>,
     /// Number of settled members in this placement's buckets.
     pub(crate) settled: u64,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Account {
-    pub(crate) id: Arc<str>,
-    pub(crate) config: Option<AccountConfig>,
-    /// Meaningful only when configured; zero while `balance_listed` is
-    /// false.
-    pub(crate) balance: Balance,
-    /// Whether the pool holds a balance for this configured account. After
-    /// a wipe it holds none until the next clock update creates them
-    /// (reference §6.4 step 4); passes read a missing balance as zero.
-    pub(crate) balance_listed: bool,
-    /// Requests (queued or running) of this account.
-    pub(crate) requests: u32,
-    pub(crate) running_by_prio: [u32; LEVELS],
-    pub(crate) running: FxHashSet<u32>,
-    /// `[normal, throttled]`.
-    pub(crate) virt: [Virt; 2],
 }
 
 /// The buckets of one placement with the same base set, when there are two
@@ -421,57 +325,31 @@ pub(crate) struct Account {
 ///
 /// The queue index keeps one **entry** per (placement, base set) in the
 /// base set's cell: a lone bucket, or a container holding the order of its
-/// buckets' heads. Entry ids are bucket ids, or container ids tagged with
-/// [`CONTAINER_TAG`]. With labels of their own, most tasks sit in a lone
-/// bucket, so a container is built only for a second bucket and goes when
-/// one is left.
+/// buckets' heads (see [`EntryId`]). With labels of their own, most tasks
+/// sit in a lone bucket, so a container is built only for a second bucket
+/// and goes when one is left.
 #[derive(Clone, Debug)]
 pub(crate) struct Container {
-    pub(crate) virt: u32,
-    pub(crate) base: u32,
+    pub(crate) virt: VirtId,
+    pub(crate) base: SetId,
     /// Provisionable set → bucket, sorted by set id (two or more).
-    pub(crate) buckets: SmallVec<[(u32, u32); 2]>,
+    pub(crate) buckets: SmallVec<[(SetId, BucketId); 2]>,
     /// The heads of the buckets.
     pub(crate) heads: OrdSet<QKey>,
 }
 
-/// Marks a container's id among entry ids (see [`Container`]).
-pub(crate) const CONTAINER_TAG: u32 = 1 << 30;
-/// `Bucket::container` of a lone bucket.
-pub(crate) const NO_CONTAINER: u32 = u32::MAX;
-
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {
-    pub(crate) virt: u32,
-    pub(crate) container: u32,
-    pub(crate) account: u32,
-    pub(crate) base: u32,
-    pub(crate) prov: u32,
-    pub(crate) group: u32,
+    pub(crate) virt: VirtId,
+    /// `None` for a lone bucket (its own entry).
+    pub(crate) container: Option<ContainerId>,
+    pub(crate) account: AccountIdx,
+    pub(crate) base: SetId,
+    pub(crate) prov: SetId,
+    pub(crate) group: GroupRef,
     pub(crate) members: OrdSet<QKey>,
     pub(crate) explicit: u32,
     pub(crate) dirty: bool,
-}
-
-/// A fanout group: one account's requests with identical labels, once
-/// there are two or more (see [`LONE`]).
-#[derive(Clone, Debug)]
-pub(crate) struct Group {
-    pub(crate) account: u32,
-    /// Base and provisionable sets of the request that created the group;
-    /// their union is the group's key.
-    pub(crate) base: u32,
-    pub(crate) prov: u32,
-    /// Requests (queued or running) in the group.
-    pub(crate) requests: u32,
-    /// Running tasks in the group.
-    pub(crate) running: u32,
-    pub(crate) buckets: SmallVec<[u32; 1]>,
-    pub(crate) throttled: bool,
-    pub(crate) dirty: bool,
-    pub(crate) pass_stamp: u64,
-    pub(crate) pass_base: u32,
-    pub(crate) pass_assigned: u32,
 }
 
 /// One pool's quotascheduler.
@@ -483,38 +361,23 @@ pub struct Scheduler {
     pub(crate) last_pass: Time,
     pub(crate) pass_no: u64,
 
-    pub(crate) label_ids: FxHashMap<Arc<str>, u32>,
-    pub(crate) labels: Slab<LabelEntry>,
-    pub(crate) set_ids: idmap::SlotIndex,
-    pub(crate) sets: Slab<SetEntry>,
-    pub(crate) empty_set: u32,
+    /// Labels and label sets.
+    pub(crate) labels: LabelTable,
     /// Stored cells ([`CellKind::Many`]).
-    pub(crate) cells: Slab<Cell>,
+    pub(crate) cells: Slab<CellId, Cell>,
 
-    pub(crate) account_ids: FxHashMap<Arc<str>, u32>,
-    pub(crate) accounts: Slab<Account>,
-    /// Configured accounts by id.
-    pub(crate) configured: BTreeMap<Arc<str>, u32>,
+    pub(crate) accounts: Accounts,
 
-    pub(crate) request_ids: idmap::IdIndex,
-    pub(crate) requests: Slab<Request>,
+    pub(crate) request_ids: idmap::IdIndex<ReqIdx>,
+    pub(crate) requests: Slab<ReqIdx, Request>,
     pub(crate) queued: usize,
 
-    pub(crate) worker_ids: idmap::IdIndex,
-    pub(crate) workers: Slab<Worker>,
-    /// Idle workers by id.
-    pub(crate) idle: BTreeMap<Arc<str>, u32>,
-    /// Idle workers by confirmed time, for expiry.
-    pub(crate) idle_expiry: BTreeSet<(Time, u32)>,
-    /// Running workers by their task's level.
-    pub(crate) running: [FxHashSet<u32>; LEVELS],
+    pub(crate) workers: Workers,
 
-    pub(crate) bucket_ids: idmap::SlotIndex,
-    pub(crate) buckets: Slab<Bucket>,
-    pub(crate) containers: Slab<Container>,
-    pub(crate) group_ids: idmap::SlotIndex,
-    pub(crate) groups: Slab<Group>,
-    pub(crate) dirty_groups: Vec<u32>,
+    pub(crate) bucket_ids: idmap::SlotIndex<BucketId>,
+    pub(crate) buckets: Slab<BucketId, Bucket>,
+    pub(crate) containers: Slab<ContainerId, Container>,
+    pub(crate) groups: Groups,
     /// Number of non-empty cells per level.
     pub(crate) nonempty_cells: [usize; LEVELS],
 
@@ -523,57 +386,42 @@ pub struct Scheduler {
     /// the labels whose `anchored` tables took entries unsorted, to be
     /// sorted once by [`Scheduler::finish_bulk_anchoring`] instead of one
     /// sorted insertion per set. `None` at all other times.
-    pub(crate) deferred_anchoring: Option<Vec<u32>>,
+    pub(crate) deferred_anchoring: Option<Vec<LabelId>>,
 }
 
 impl Scheduler {
     /// The slot of request `id`.
-    pub(crate) fn request_idx(&self, id: &str) -> Option<u32> {
+    pub(crate) fn request_idx(&self, id: &str) -> Option<ReqIdx> {
         self.request_ids.get(id, |r| &self.requests[r].id)
     }
 
     /// The slot of worker `id`.
-    pub(crate) fn worker_idx(&self, id: &str) -> Option<u32> {
-        self.worker_ids.get(id, |w| &self.workers[w].id)
+    pub(crate) fn worker_idx(&self, id: &str) -> Option<WorkerIdx> {
+        self.workers.find(id)
     }
 
     /// An empty scheduler whose clock reads `now`.
     pub fn new(now: Time) -> Scheduler {
-        let mut s = Scheduler {
+        Scheduler {
             settings: PoolSettings::default(),
             now,
             last_pass: Time::EPOCH,
             pass_no: 0,
-            label_ids: FxHashMap::default(),
-            labels: Slab::default(),
-            set_ids: idmap::SlotIndex::default(),
-            sets: Slab::default(),
-            empty_set: 0,
+            labels: LabelTable::default(),
             cells: Slab::default(),
-            account_ids: FxHashMap::default(),
-            accounts: Slab::default(),
-            configured: BTreeMap::new(),
+            accounts: Accounts::default(),
             request_ids: idmap::IdIndex::default(),
             requests: Slab::default(),
             queued: 0,
-            worker_ids: idmap::IdIndex::default(),
-            workers: Slab::default(),
-            idle: BTreeMap::new(),
-            idle_expiry: BTreeSet::new(),
-            running: Default::default(),
+            workers: Workers::default(),
             bucket_ids: idmap::SlotIndex::default(),
             buckets: Slab::default(),
             containers: Slab::default(),
-            group_ids: idmap::SlotIndex::default(),
-            groups: Slab::default(),
-            dirty_groups: Vec::new(),
+            groups: Groups::default(),
             nonempty_cells: [0; LEVELS],
             events: Vec::new(),
             deferred_anchoring: None,
-        };
-        // The empty set lives forever: it is everybody's subset.
-        s.empty_set = s.intern_set_ids(Vec::new());
-        s
+        }
     }
 
     /// The scheduler's clock: the latest time given to [`Scheduler::update_time`].
@@ -592,7 +440,7 @@ impl Scheduler {
         self.settings = settings;
         if stop_preempting {
             // Without preemption only idle workers need eligible lists.
-            let running: Vec<u32> = self.running.iter().flatten().copied().collect();
+            let running: Vec<WorkerIdx> = self.workers.running().collect();
             for w in running {
                 self.unlist_worker(w);
             }
@@ -616,12 +464,12 @@ impl Scheduler {
 
     /// Number of idle workers.
     pub fn idle_len(&self) -> usize {
-        self.idle.len()
+        self.workers.idle_len()
     }
 
     /// Number of running workers.
     pub fn running_len(&self) -> usize {
-        self.workers.len() - self.idle.len()
+        self.workers.len() - self.workers.idle_len()
     }
 
     /// Creates or replaces an account: sets its configuration and its
@@ -633,38 +481,35 @@ impl Scheduler {
         config: AccountConfig,
         initial_balance: Option<Balance>,
     ) {
-        let a = self.account_get_or_create(id);
+        let a = self.accounts.get_or_create(id);
         self.set_account_config(a, Some(config));
-        self.accounts[a].balance = initial_balance.unwrap_or(Balance::ZERO);
-        self.accounts[a].balance_listed = true;
+        self.accounts
+            .set_balance(a, initial_balance.unwrap_or(Balance::ZERO));
     }
 
     /// Forgets every balance, keeping the configurations: until the next
     /// clock update, configured accounts have no balance (as after the
     /// original's Wipe) and passes read them as zero.
     pub fn forget_balances(&mut self) {
-        for &a in self.configured.values() {
-            let acc = &mut self.accounts[a];
-            acc.balance = Balance::ZERO;
-            acc.balance_listed = false;
+        let configured: Vec<AccountIdx> = self.accounts.configured().collect();
+        for a in configured {
+            self.accounts.forget_balance(a);
         }
     }
 
     /// Forgets one configured account's balance (see
     /// [`Scheduler::forget_balances`]).
     pub fn forget_balance(&mut self, id: &str) {
-        if let Some(&a) = self.configured.get(id) {
-            let acc = &mut self.accounts[a];
-            acc.balance = Balance::ZERO;
-            acc.balance_listed = false;
+        if let Some(a) = self.accounts.find_configured(id) {
+            self.accounts.forget_balance(a);
         }
     }
 
     /// Changes an existing account's configuration, keeping its balance.
     /// Returns false if the account is not configured.
     pub fn update_account_config(&mut self, id: &str, config: AccountConfig) -> bool {
-        match self.account_ids.get(id) {
-            Some(&a) if self.accounts[a].config.is_some() => {
+        match self.accounts.find(id) {
+            Some(a) if self.accounts[a].config().is_some() => {
                 self.set_account_config(a, Some(config));
                 true
             }
@@ -675,35 +520,31 @@ impl Scheduler {
     /// Removes an account's configuration and balance. Its queued requests
     /// fall to the free level; its running tasks keep their level.
     pub fn delete_account(&mut self, id: &str) {
-        if let Some(&a) = self.account_ids.get(id) {
+        if let Some(a) = self.accounts.find(id) {
             self.set_account_config(a, None);
-            self.accounts[a].balance = Balance::ZERO;
-            self.account_maybe_free(a);
+            self.accounts.maybe_free(a);
         }
     }
 
     /// Zeroes an account's balance, if it has one.
     pub fn reset_balance(&mut self, id: &str) {
-        if let Some(&a) = self.account_ids.get(id)
-            && self.accounts[a].config.is_some()
-        {
-            self.accounts[a].balance = Balance::ZERO;
-            self.accounts[a].balance_listed = true;
+        if let Some(a) = self.accounts.find(id) {
+            self.accounts.set_balance(a, Balance::ZERO);
         }
     }
 
     /// The account's configuration, if configured.
     pub fn account_config(&self, id: &str) -> Option<&AccountConfig> {
-        let &a = self.account_ids.get(id)?;
-        self.accounts[a].config.as_ref()
+        let a = self.accounts.find(id)?;
+        self.accounts[a].config()
     }
 
     /// Configured accounts in id order, with their balances (zero where
     /// the pool holds none; see [`Scheduler::balance`]).
     pub fn accounts(&self) -> impl Iterator<Item = (&str, &AccountConfig, &Balance)> {
-        self.configured.iter().filter_map(|(id, &a)| {
+        self.accounts.configured().filter_map(|a| {
             let acc = &self.accounts[a];
-            acc.config.as_ref().map(|c| (&**id, c, &acc.balance))
+            acc.config().map(|c| (&**acc.id(), c, acc.balance()))
         })
     }
 
@@ -711,12 +552,8 @@ impl Scheduler {
     /// [`Scheduler::forget_balances`] it holds none until the next clock
     /// update).
     pub fn balance(&self, id: &str) -> Option<Balance> {
-        let &a = self.account_ids.get(id)?;
-        let acc = &self.accounts[a];
-        acc.config
-            .as_ref()
-            .filter(|_| acc.balance_listed)
-            .map(|_| acc.balance)
+        let a = self.accounts.find(id)?;
+        self.accounts.listed_balance(a)
     }
 
     /// Advances the clock to `t` (reference §6.4): charges running tasks,
@@ -726,25 +563,11 @@ impl Scheduler {
             return;
         }
         let elapsed = t.elapsed_secs_f32(self.now);
-        for p in 0..NUM_PRIORITIES {
-            for &w in &self.running[p] {
-                if let Some(run) = self.workers[w].running.as_mut() {
-                    run.cost.0[p] += elapsed;
-                }
-            }
-        }
-        for &a in self.configured.values() {
-            let acc = &mut self.accounts[a];
-            if let Some(cfg) = acc.config.as_ref() {
-                let mut running = [0u32; NUM_PRIORITIES];
-                running.copy_from_slice(&acc.running_by_prio[..NUM_PRIORITIES]);
-                cfg.recharge(&mut acc.balance, elapsed, &running);
-                acc.balance_listed = true;
-            }
-        }
+        self.workers.charge(elapsed);
+        self.accounts.recharge(elapsed);
         self.now = t;
         let expiry = self.settings.effective_bot_expiration();
-        while let Some(&(confirmed, w)) = self.idle_expiry.first() {
+        while let Some((confirmed, w)) = self.workers.first_to_expire() {
             if self.now.nanos_since(confirmed) > expiry {
                 self.delete_worker(w);
             } else {
@@ -767,11 +590,11 @@ mod layout_tests {
             ("QKey", size_of::<QKey>(), 40),
             ("OrdSet<QKey>", size_of::<OrdSet<QKey>>(), 48),
             ("Request", size_of::<Request>(), 64),
-            ("SetEntry", size_of::<SetEntry>(), 40),
+            ("SetEntry", size_of::<labels::SetEntry>(), 40),
             ("Cell", size_of::<Cell>(), 152),
             ("Container", size_of::<Container>(), 80),
             ("Bucket", size_of::<Bucket>(), 80),
-            ("Group", size_of::<Group>(), 64),
+            ("Group", size_of::<groups::Group>(), 64),
         ] {
             assert!(size <= limit, "{name} is {size} bytes, more than {limit}");
         }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::ids::{ReqIdx, WorkerIdx};
 use super::{NewRequest, NotAssigned, Place, Scheduler};
 use crate::account::Balance;
 use crate::event::{CompletedReason, Event, EventKind};
@@ -21,7 +22,7 @@ impl Scheduler {
         if let Some(r) = self.request_idx(&new.id) {
             match self.requests[r].place {
                 Place::Running(w) => {
-                    if t >= self.requests[r].confirmed && t >= self.workers[w].confirmed {
+                    if t >= self.requests[r].confirmed && t >= self.workers[w].confirmed() {
                         self.delete_worker(w);
                     } else {
                         return;
@@ -63,8 +64,8 @@ impl Scheduler {
         if self.set_worker_labels(w, labels) {
             self.workers[w].modified = self.now;
         }
-        self.confirm_worker(w, t);
-        if let Some(run) = self.workers[w].running.clone() {
+        self.workers.confirm(w, t);
+        if let Some(run) = self.workers[w].running().cloned() {
             self.workers[w].modified = self.now;
             self.emit(
                 EventKind::Completed {
@@ -80,7 +81,7 @@ impl Scheduler {
             if let Some(r) = self.stop_task(w) {
                 self.free_request(r);
             }
-            self.make_idle(w);
+            self.workers.make_idle(w);
         }
     }
 
@@ -92,12 +93,12 @@ impl Scheduler {
                 return;
             }
             if let Place::Running(w_now) = self.requests[r].place {
-                if &*self.workers[w_now].id == worker {
+                if &**self.workers[w_now].id() == worker {
                     self.requests[r].confirmed = t.max(self.requests[r].confirmed);
-                    self.confirm_worker(w_now, t);
+                    self.workers.confirm(w_now, t);
                     return;
                 }
-                let cost = self.workers[w_now].running.as_ref().map(|run| run.cost);
+                let cost = self.workers[w_now].running().map(|run| run.cost);
                 self.emit(
                     EventKind::Completed {
                         reason: CompletedReason::InconsistentBotForTask,
@@ -122,7 +123,7 @@ impl Scheduler {
         if t < self.latest_confirmed(w) {
             return;
         }
-        if let Some(run) = self.workers[w].running.clone() {
+        if let Some(run) = self.workers[w].running().cloned() {
             self.emit(
                 EventKind::Completed {
                     reason: CompletedReason::InconsistentTaskForBot,
@@ -146,8 +147,8 @@ impl Scheduler {
         };
         match self.requests[r].place {
             Place::Running(w) => {
-                if t >= self.workers[w].confirmed && t >= self.requests[r].confirmed {
-                    let cost = self.workers[w].running.as_ref().map(|run| run.cost);
+                if t >= self.workers[w].confirmed() && t >= self.requests[r].confirmed {
+                    let cost = self.workers[w].running().map(|run| run.cost);
                     self.emit(
                         EventKind::Completed {
                             reason: CompletedReason::RunningTaskAbsent,
@@ -196,7 +197,7 @@ impl Scheduler {
         if self.requests[r].place != Place::Running(w) {
             return Err(not_assigned());
         }
-        let cost = self.workers[w].running.as_ref().map(|run| run.cost);
+        let cost = self.workers[w].running().map(|run| run.cost);
         self.emit(EventKind::Unassigned, r, t, Some(w), cost);
         let Some(r) = self.stop_task(w) else {
             return Err(not_assigned());
@@ -223,9 +224,9 @@ impl Scheduler {
     pub(crate) fn emit(
         &mut self,
         kind: EventKind,
-        r: u32,
+        r: ReqIdx,
         time: Time,
-        w: Option<u32>,
+        w: Option<WorkerIdx>,
         cost: Option<Balance>,
     ) {
         let event = self.make_event(kind, r, time, w, cost);
@@ -235,16 +236,16 @@ impl Scheduler {
     pub(crate) fn make_event(
         &self,
         kind: EventKind,
-        r: u32,
+        r: ReqIdx,
         time: Time,
-        w: Option<u32>,
+        w: Option<WorkerIdx>,
         cost: Option<Balance>,
     ) -> Event {
         let req = &self.requests[r];
         let acc = &self.accounts[req.account];
-        let valid = acc.config.is_some();
+        let valid = acc.config().is_some();
         let (bot_id, bot_dimensions) = match w {
-            Some(w) => (Some(self.workers[w].id.clone()), self.worker_names(w)),
+            Some(w) => (Some(self.workers[w].id().clone()), self.worker_names(w)),
             None => (None, Arc::from(Vec::<Arc<str>>::new())),
         };
         Event {
@@ -253,9 +254,9 @@ impl Scheduler {
             time,
             base_labels: self.set_names(req.base),
             provisionable_labels: self.set_names(req.prov),
-            account_id: acc.id.clone(),
+            account_id: acc.id().clone(),
             account_valid: valid,
-            account_balance: if valid { acc.balance } else { Balance::ZERO },
+            account_balance: if valid { *acc.balance() } else { Balance::ZERO },
             cost,
             bot_id,
             bot_dimensions,

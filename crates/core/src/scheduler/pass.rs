@@ -2,8 +2,11 @@
 
 use rustc_hash::FxHashMap;
 
+use super::ids::{
+    AccountIdx, CellKind, EntryId, GroupId, LabelId, ReqIdx, SetId, SlotId, VirtId, WorkerIdx,
+};
 use super::labels::is_subset;
-use super::{Cell, CellKind, LEVELS, OMITTED, QKey, Scheduler, has_group};
+use super::{Cell, LEVELS, QKey, Scheduler};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
 
@@ -11,16 +14,16 @@ use crate::event::{Assignment, AssignmentKind, EventKind};
 /// → running tasks of the account on workers with that label. Label ids
 /// name labels one to one while they are interned, which a pass does not
 /// change, so counting by id counts by name without hashing strings.
-type LabelCounts = FxHashMap<(u32, u32), u32>;
+type LabelCounts = FxHashMap<(AccountIdx, LabelId), u32>;
 
 /// State that lives for one pass.
 struct PassCtx {
     out: Vec<Assignment>,
     /// Idle workers in id order; assigned ones are removed as the pass goes.
-    idle: Vec<u32>,
+    idle: Vec<WorkerIdx>,
     limits: Limits,
     /// Scratch space: a worker's eligible provisionable sets.
-    provs: Vec<u32>,
+    provs: Vec<SetId>,
 }
 
 /// A base set's cell as a pass reads it.
@@ -28,7 +31,7 @@ enum CellView<'a> {
     Stored(&'a Cell),
     /// Derived from the set's only entry (see `super::Container`), whose
     /// head is at the level being looked at.
-    Derived(u32),
+    Derived(EntryId),
 }
 
 /// Per-label task limits for one pass.
@@ -45,7 +48,7 @@ impl Scheduler {
     pub fn run_once(&mut self) -> Vec<Assignment> {
         self.pass_no += 1;
         self.refresh_placement();
-        let idle: Vec<u32> = self.idle.values().copied().collect();
+        let idle: Vec<WorkerIdx> = self.workers.idle().collect();
         for &w in &idle {
             self.list_worker(w);
         }
@@ -73,48 +76,47 @@ impl Scheduler {
     /// Places every account's requests at the level its balance gives, and
     /// applies fanout throttling decided by running counts.
     fn refresh_placement(&mut self) {
-        for g in std::mem::take(&mut self.dirty_groups) {
+        for g in self.groups.take_dirty() {
             let Some(group) = self.groups.get(g) else {
                 continue;
             };
-            let max = self.max_fanout(group.account);
-            let throttled = max > 0 && group.running >= max as u32;
-            self.groups[g].dirty = false;
+            let max = self.max_fanout(group.account());
+            let throttled = max > 0 && group.running() >= max as u32;
             self.set_group_throttled(g, throttled);
         }
-        let accounts: Vec<u32> = self.accounts.iter().map(|(a, _)| a).collect();
+        let accounts: Vec<AccountIdx> = self.accounts.iter().map(|(a, _)| a).collect();
         for a in accounts {
             let acc = &self.accounts[a];
-            let (normal, throttled) = match &acc.config {
+            let (normal, throttled) = match acc.config() {
                 Some(cfg) => {
-                    let p = acc.balance.best_priority();
+                    let p = acc.balance().best_priority();
                     let omit_free = cfg.disable_free_tasks;
                     let normal = if p == FREE_PRIORITY && omit_free {
-                        OMITTED
+                        None
                     } else {
-                        p
+                        Some(p)
                     };
-                    (normal, if omit_free { OMITTED } else { FREE_PRIORITY })
+                    (normal, if omit_free { None } else { Some(FREE_PRIORITY) })
                 }
-                None => (FREE_PRIORITY, FREE_PRIORITY),
+                None => (Some(FREE_PRIORITY), Some(FREE_PRIORITY)),
             };
-            self.set_virt_level(a * 2, normal);
-            self.set_virt_level(a * 2 + 1, throttled);
+            self.set_virt_level(VirtId::new(a, false), normal);
+            self.set_virt_level(VirtId::new(a, true), throttled);
         }
     }
 
     fn count_label_limits(&self, cx: &mut Limits) {
         cx.limited = Vec::new();
         for (a, acc) in self.accounts.iter() {
-            let Some(cfg) = &acc.config else { continue };
+            let Some(cfg) = acc.config() else { continue };
             if cfg.per_label_task_limits.is_empty() {
                 continue;
             }
-            if cx.limited.len() <= a as usize {
-                cx.limited.resize(a as usize + 1, false);
+            if cx.limited.len() <= a.index() {
+                cx.limited.resize(a.index() + 1, false);
             }
-            cx.limited[a as usize] = true;
-            for &w in &acc.running {
+            cx.limited[a.index()] = true;
+            for &w in acc.running() {
                 for key in cfg.per_label_task_limits.keys() {
                     if let Some(label) = self.label_for_key(w, key) {
                         *cx.counts.entry((a, label)).or_insert(0) += 1;
@@ -125,11 +127,11 @@ impl Scheduler {
     }
 
     /// True if account `a` has reached a per-label limit on worker `w`.
-    fn label_blocked(&self, cx: &Limits, a: u32, w: u32) -> bool {
-        if !cx.limited.get(a as usize).copied().unwrap_or(false) {
+    fn label_blocked(&self, cx: &Limits, a: AccountIdx, w: WorkerIdx) -> bool {
+        if !cx.limited.get(a.index()).copied().unwrap_or(false) {
             return false;
         }
-        let Some(cfg) = &self.accounts[a].config else {
+        let Some(cfg) = self.accounts[a].config() else {
             return false;
         };
         cfg.per_label_task_limits.iter().any(|(key, &limit)| {
@@ -139,11 +141,11 @@ impl Scheduler {
         })
     }
 
-    fn count_label_assignment(&self, cx: &mut Limits, a: u32, w: u32) {
-        if !cx.limited.get(a as usize).copied().unwrap_or(false) {
+    fn count_label_assignment(&self, cx: &mut Limits, a: AccountIdx, w: WorkerIdx) {
+        if !cx.limited.get(a.index()).copied().unwrap_or(false) {
             return;
         }
-        let Some(cfg) = &self.accounts[a].config else {
+        let Some(cfg) = self.accounts[a].config() else {
             return;
         };
         for key in cfg.per_label_task_limits.keys() {
@@ -155,9 +157,9 @@ impl Scheduler {
 
     /// Candidate base sets for worker `w`: the empty set (if it is in use
     /// as base labels) and the worker's eligible sets.
-    fn base_candidates(&self, w: u32) -> impl Iterator<Item = u32> + '_ {
-        let empty = self.empty_set;
-        let has_empty = self.sets[empty].cell.is_some();
+    fn base_candidates(&self, w: WorkerIdx) -> impl Iterator<Item = SetId> + '_ {
+        let empty = self.labels.empty_set();
+        let has_empty = self.labels[empty].cell.is_some();
         has_empty
             .then_some(empty)
             .into_iter()
@@ -183,26 +185,26 @@ impl Scheduler {
     }
 
     /// The level placement `v` sits at in this pass.
-    fn virt_level(&self, v: u32) -> u8 {
+    fn virt_level(&self, v: VirtId) -> Option<u8> {
         self.virt(v).level
     }
 
     /// Base set `s`'s cell, unless it surely has no entry at level `p`.
-    fn cell_at_level(&self, s: u32, p: u8) -> Option<CellView<'_>> {
-        match self.sets[s].cell.kind() {
+    fn cell_at_level(&self, s: SetId, p: u8) -> Option<CellView<'_>> {
+        match self.labels[s].cell.kind() {
             CellKind::None => None,
             CellKind::Many(ci) => {
                 let cell = &self.cells[ci];
                 (cell.per_level[p as usize] > 0).then_some(CellView::Stored(cell))
             }
-            CellKind::Single(e) => (self.virt_level(self.entry_virt(e)) == p
+            CellKind::Single(e) => (self.virt_level(self.entry_virt(e)) == Some(p)
                 && self.entry_head(e).is_some())
             .then_some(CellView::Derived(e)),
         }
     }
 
     /// `head` (a key of entry `e`) as a cell would store it.
-    fn cell_key(&self, e: u32, head: &QKey) -> QKey {
+    fn cell_key(&self, e: EntryId, head: &QKey) -> QKey {
         self.translate(self.entry_virt(e), head)
     }
 
@@ -214,12 +216,12 @@ impl Scheduler {
     /// is `acceptable`.
     fn best_in_cells(
         &self,
-        w: u32,
+        w: WorkerIdx,
         p: u8,
-        provs: Option<&[u32]>,
+        provs: Option<&[SetId]>,
         stop: impl Fn(&QKey) -> bool,
         acceptable: impl Fn(&QKey) -> bool,
-    ) -> Option<u32> {
+    ) -> Option<ReqIdx> {
         let mut best: Option<(usize, QKey)> = None;
         // Offers a head as a candidate of quality `q`; returns whether later
         // heads of the same cell could still be better.
@@ -233,7 +235,7 @@ impl Scheduler {
             {
                 return false;
             }
-            if self.virt_level(head.v) != p || !acceptable(head) {
+            if self.virt_level(head.v) != Some(p) || !acceptable(head) {
                 return true;
             }
             *best = Some((q, head.clone()));
@@ -247,7 +249,7 @@ impl Scheduler {
             let Some(view) = self.cell_at_level(s, p) else {
                 continue;
             };
-            let q = self.sets[s].labels.len();
+            let q = self.labels[s].labels().len();
             if best.as_ref().is_some_and(|(bq, _)| q < *bq) {
                 continue;
             }
@@ -283,22 +285,22 @@ impl Scheduler {
     fn best_idle_match(
         &self,
         cx: &mut PassCtx,
-        w: u32,
+        w: WorkerIdx,
         p: u8,
         require_provision: bool,
-    ) -> Option<u32> {
+    ) -> Option<ReqIdx> {
         let worker = &self.workers[w];
         let modified = worker.modified.as_nanos();
         let provs = &mut cx.provs;
         provs.clear();
         if require_provision {
-            provs.push(self.empty_set);
+            provs.push(self.labels.empty_set());
             provs.extend(
                 worker
                     .eligible
                     .iter()
                     .copied()
-                    .filter(|&s| self.sets[s].queued_prov > 0),
+                    .filter(|&s| self.labels[s].queued_prov > 0),
             );
         }
         let limits = &cx.limits;
@@ -311,7 +313,7 @@ impl Scheduler {
         )
     }
 
-    fn assign_to_idle(&mut self, cx: &mut PassCtx, w: u32, r: u32, p: u8) {
+    fn assign_to_idle(&mut self, cx: &mut PassCtx, w: WorkerIdx, r: ReqIdx, p: u8) {
         let provision_required = !self.provision_matches(r, w);
         let a = self.requests[r].account;
         self.count_fanout(r, p);
@@ -333,7 +335,7 @@ impl Scheduler {
         );
         cx.out.push(Assignment {
             kind: AssignmentKind::Idle,
-            worker_id: self.workers[w].id.clone(),
+            worker_id: self.workers[w].id().clone(),
             request_id: self.requests[r].id.clone(),
             priority: p,
             time: t,
@@ -341,21 +343,20 @@ impl Scheduler {
         });
     }
 
-    fn provision_matches(&self, r: u32, w: u32) -> bool {
+    fn provision_matches(&self, r: ReqIdx, w: WorkerIdx) -> bool {
         is_subset(
-            &self.sets[self.requests[r].prov].labels,
+            self.labels[self.requests[r].prov].labels(),
             &self.workers[w].labels,
         )
     }
 
     /// Counts an assignment at a paid level against the request's fanout
     /// group, throttling the group at once when it reaches its limit.
-    fn count_fanout(&mut self, r: u32, p: u8) {
-        let g = self.requests[r].group;
-        if !has_group(g) {
+    fn count_fanout(&mut self, r: ReqIdx, p: u8) {
+        let Some(g) = self.requests[r].group.group() else {
             return;
-        }
-        let max = self.max_fanout(self.groups[g].account);
+        };
+        let max = self.max_fanout(self.groups[g].account());
         if max <= 0 || p >= FREE_PRIORITY {
             return;
         }
@@ -373,15 +374,12 @@ impl Scheduler {
     /// pass: the group's first assignment, or a preemption of one of its
     /// tasks (which does not give the group its slot back until the next
     /// pass).
-    fn fanout_snapshot(&mut self, g: u32) {
-        if !has_group(g) {
-            return;
-        }
+    fn fanout_snapshot(&mut self, g: GroupId) {
         let pass_no = self.pass_no;
         let group = &mut self.groups[g];
         if group.pass_stamp != pass_no {
             group.pass_stamp = pass_no;
-            group.pass_base = group.running;
+            group.pass_base = group.running();
             group.pass_assigned = 0;
         }
     }
@@ -389,16 +387,16 @@ impl Scheduler {
     /// Step 3 at level `p`.
     fn reprioritize(&mut self, p: u8) {
         let pi = p as usize;
-        let accounts: Vec<u32> = self.configured.values().copied().collect();
+        let accounts: Vec<AccountIdx> = self.accounts.configured().collect();
         for a in accounts {
             let acc = &self.accounts[a];
-            let Some(cfg) = &acc.config else { continue };
-            let b = acc.balance.0[pi];
-            let at_p = acc.running_by_prio[pi];
+            let Some(cfg) = acc.config() else { continue };
+            let b = acc.balance().0[pi];
+            let at_p = acc.running_by_prio()[pi];
             let net = cfg.charge_rate[pi] - at_p as f32;
             if b < DEMOTE_THRESHOLD && net < 0.0 {
-                let mut tasks: Vec<u32> = acc
-                    .running
+                let mut tasks: Vec<WorkerIdx> = acc
+                    .running()
                     .iter()
                     .copied()
                     .filter(|&w| self.task_priority(w) == p)
@@ -406,15 +404,15 @@ impl Scheduler {
                 tasks.sort_by(|&x, &y| {
                     self.task_cost(x)
                         .lex_cmp(&self.task_cost(y))
-                        .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
+                        .then_with(|| self.workers[x].id().cmp(self.workers[y].id()))
                 });
                 let n = ceil_count(-net, tasks.len());
                 for &w in &tasks[..n] {
                     self.change_priority(w, p + 1);
                 }
             } else if b > PROMOTE_THRESHOLD && net > 0.0 {
-                let mut tasks: Vec<u32> = acc
-                    .running
+                let mut tasks: Vec<WorkerIdx> = acc
+                    .running()
                     .iter()
                     .copied()
                     .filter(|&w| self.task_priority(w) > p)
@@ -422,7 +420,7 @@ impl Scheduler {
                 tasks.sort_by(|&x, &y| {
                     self.task_cost(y)
                         .lex_cmp(&self.task_cost(x))
-                        .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
+                        .then_with(|| self.workers[x].id().cmp(self.workers[y].id()))
                 });
                 let n = ceil_count(net, tasks.len());
                 for &w in &tasks[..n] {
@@ -432,22 +430,18 @@ impl Scheduler {
         }
     }
 
-    fn task_priority(&self, w: u32) -> u8 {
+    fn task_priority(&self, w: WorkerIdx) -> u8 {
         self.workers[w]
-            .running
-            .as_ref()
+            .running()
             .map_or(FREE_PRIORITY, |r| r.priority)
     }
 
-    fn task_cost(&self, w: u32) -> Balance {
-        self.workers[w]
-            .running
-            .as_ref()
-            .map_or(Balance::ZERO, |r| r.cost)
+    fn task_cost(&self, w: WorkerIdx) -> Balance {
+        self.workers[w].running().map_or(Balance::ZERO, |r| r.cost)
     }
 
-    fn change_priority(&mut self, w: u32, new: u8) {
-        let Some(run) = self.workers[w].running.clone() else {
+    fn change_priority(&mut self, w: WorkerIdx, new: u8) {
+        let Some(run) = self.workers[w].running().cloned() else {
             return;
         };
         self.set_task_priority(w, new);
@@ -466,10 +460,10 @@ impl Scheduler {
 
     /// The balance an account offers in the preemption test (zero if
     /// unconfigured).
-    fn offered_balance(&self, a: u32) -> Balance {
+    fn offered_balance(&self, a: AccountIdx) -> Balance {
         let acc = &self.accounts[a];
-        if acc.config.is_some() {
-            acc.balance
+        if acc.config().is_some() {
+            *acc.balance()
         } else {
             Balance::ZERO
         }
@@ -484,7 +478,7 @@ impl Scheduler {
         let banned: Vec<bool> = {
             let mut v = vec![false; self.accounts_capacity()];
             for (a, acc) in self.accounts.iter() {
-                v[a as usize] = acc.running_by_prio[pi + 1..].iter().any(|&n| n > 0);
+                v[a.index()] = acc.running_by_prio()[pi + 1..].iter().any(|&n| n > 0);
             }
             v
         };
@@ -492,13 +486,13 @@ impl Scheduler {
         // with something queued. Without one, skip building candidates.
         let mut best_offer: Option<Balance> = None;
         for (a, acc) in self.accounts.iter() {
-            if banned[a as usize] || acc.config.is_none() {
+            if banned[a.index()] || acc.config().is_none() {
                 continue;
             }
-            if acc.virt[0].level != p || acc.virt[0].entries.is_empty() {
+            if acc.virt[0].level != Some(p) || acc.virt[0].entries.is_empty() {
                 continue;
             }
-            let bal = acc.balance;
+            let bal = *acc.balance();
             if best_offer.is_none_or(|b| b.lex_less(&bal)) {
                 best_offer = Some(bal);
             }
@@ -506,9 +500,9 @@ impl Scheduler {
         let Some(best_offer) = best_offer else {
             return;
         };
-        let mut candidates: Vec<u32> = Vec::new();
+        let mut candidates: Vec<WorkerIdx> = Vec::new();
         for q in pi + 1..LEVELS {
-            for &w in &self.running[q] {
+            for w in self.workers.running_at(q) {
                 if self.task_cost(w).lex_less(&best_offer) {
                     candidates.push(w);
                 }
@@ -517,7 +511,7 @@ impl Scheduler {
         candidates.sort_by(|&x, &y| {
             self.task_cost(x)
                 .lex_cmp(&self.task_cost(y))
-                .then_with(|| self.workers[x].id.cmp(&self.workers[y].id))
+                .then_with(|| self.workers[x].id().cmp(self.workers[y].id()))
         });
         for w in candidates {
             self.list_worker(w);
@@ -530,12 +524,18 @@ impl Scheduler {
     fn accounts_capacity(&self) -> usize {
         self.accounts
             .iter()
-            .map(|(a, _)| a as usize + 1)
+            .map(|(a, _)| a.index() + 1)
             .max()
             .unwrap_or(0)
     }
 
-    fn best_preempt_match(&self, cx: &PassCtx, w: u32, p: u8, banned: &[bool]) -> Option<u32> {
+    fn best_preempt_match(
+        &self,
+        cx: &PassCtx,
+        w: WorkerIdx,
+        p: u8,
+        banned: &[bool],
+    ) -> Option<ReqIdx> {
         let cost = self.task_cost(w);
         self.best_in_cells(
             w,
@@ -544,15 +544,15 @@ impl Scheduler {
             |_| false,
             |head| {
                 let a = self.requests[head.req].account;
-                !banned.get(a as usize).copied().unwrap_or(false)
+                !banned.get(a.index()).copied().unwrap_or(false)
                     && cost.lex_less(&self.offered_balance(a))
                     && !self.label_blocked(&cx.limits, a, w)
             },
         )
     }
 
-    fn preempt_worker(&mut self, cx: &mut PassCtx, w: u32, r: u32, p: u8) {
-        let Some(old) = self.workers[w].running.clone() else {
+    fn preempt_worker(&mut self, cx: &mut PassCtx, w: WorkerIdx, r: ReqIdx, p: u8) {
+        let Some(old) = self.workers[w].running().cloned() else {
             return;
         };
         let t = self.now;
@@ -574,7 +574,7 @@ impl Scheduler {
         let (new_acc, old_acc) = (self.requests[r].account, self.requests[old.req].account);
         self.emit(
             EventKind::Preempted {
-                preempting_account_id: self.accounts[new_acc].id.clone(),
+                preempting_account_id: self.accounts[new_acc].id().clone(),
                 preempting_task_id: self.requests[r].id.clone(),
                 priority: old.priority,
                 preempting_priority: p,
@@ -584,13 +584,11 @@ impl Scheduler {
             Some(w),
             Some(old.cost),
         );
-        if self.accounts[old_acc].config.is_some() {
-            self.accounts[old_acc].balance.add(&old.cost);
+        self.accounts.credit(old_acc, &old.cost);
+        self.accounts.debit(new_acc, &old.cost);
+        if let Some(g) = self.requests[old.req].group.group() {
+            self.fanout_snapshot(g);
         }
-        if self.accounts[new_acc].config.is_some() {
-            self.accounts[new_acc].balance.sub(&old.cost);
-        }
-        self.fanout_snapshot(self.requests[old.req].group);
         if let Some(old_r) = self.stop_task(w) {
             self.free_request(old_r);
         }
@@ -601,7 +599,7 @@ impl Scheduler {
             kind: AssignmentKind::Preempt {
                 task_to_abort: old_id,
             },
-            worker_id: self.workers[w].id.clone(),
+            worker_id: self.workers[w].id().clone(),
             request_id: self.requests[r].id.clone(),
             priority: p,
             time: t,
@@ -618,20 +616,20 @@ impl Scheduler {
     fn finish_pass(&mut self) {
         let t = self.now;
         let old_last = self.last_pass;
-        let accounts: Vec<u32> = self.accounts.iter().map(|(a, _)| a).collect();
-        let mut restate: Vec<u32> = Vec::new();
+        let accounts: Vec<AccountIdx> = self.accounts.iter().map(|(a, _)| a).collect();
+        let mut restate: Vec<VirtId> = Vec::new();
         for &a in &accounts {
-            for half in 0..2u32 {
-                let v = a * 2 + half;
+            for throttled in [false, true] {
+                let v = VirtId::new(a, throttled);
                 let virt = self.virt(v);
-                let (listed, stamp, settled) = (virt.level != OMITTED, virt.stamp, virt.settled);
+                let (listed, stamp, settled) = (virt.level.is_some(), virt.stamp, virt.settled);
                 if listed {
                     let stale = stamp != old_last;
                     if stale {
                         self.virt_cell_entries(v, false);
                         restate.push(v);
                     }
-                    let dirty = std::mem::take(&mut self.accounts[a].virt[half as usize].dirty);
+                    let dirty = std::mem::take(&mut self.virt_mut(v).dirty);
                     for b in dirty {
                         let live = self
                             .buckets
@@ -650,7 +648,7 @@ impl Scheduler {
         self.last_pass = t;
         for &a in &accounts {
             if let Some(acc) = self.accounts.get(a) {
-                let listed = [acc.virt[0].level != OMITTED, acc.virt[1].level != OMITTED];
+                let listed = [acc.virt[0].level.is_some(), acc.virt[1].level.is_some()];
                 for (half, listed) in listed.into_iter().enumerate() {
                     if listed {
                         self.accounts[a].virt[half].stamp = t;

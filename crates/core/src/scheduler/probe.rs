@@ -6,8 +6,9 @@
 //! or one step per queued request, never a sort of the queue, so that an
 //! explanation stays cheap on a pool of a million queued tasks.
 
+use super::ids::{AccountIdx, ReqIdx, SetId, SlotId, WorkerIdx};
 use super::ordset::OrdSet;
-use super::{Place, QKey, QueuedView, SETTLED, Scheduler, has_group, labels::is_subset};
+use super::{Place, QKey, QueuedView, Scheduler, labels::is_subset};
 use crate::account::{Balance, FREE_PRIORITY};
 
 /// One task as an explanation needs it.
@@ -83,7 +84,7 @@ fn count_before(
     me: (i64, i64, &str),
     budget: &mut usize,
 ) -> (u64, bool) {
-    let eff = |k: &QKey| (if k.ex == SETTLED { stamp } else { k.ex }, k.enq);
+    let eff = |k: &QKey| (k.ex.explicit().unwrap_or(stamp), k.enq);
     let before = |k: &QKey| {
         let (ex, enq) = eff(k);
         (ex, enq, &*k.id) < me
@@ -126,11 +127,11 @@ impl Scheduler {
     /// The level each placement of account slot `a` takes at the next pass
     /// (`[normal, fanout-throttled]`), `None` for "sits out". Mirrors the
     /// placement step at the start of a pass.
-    fn next_levels(&self, a: u32) -> [Option<u8>; 2] {
+    fn next_levels(&self, a: AccountIdx) -> [Option<u8>; 2] {
         let acc = &self.accounts[a];
-        match &acc.config {
+        match acc.config() {
             Some(cfg) => {
-                let p = acc.balance.best_priority();
+                let p = acc.balance().best_priority();
                 let omit = cfg.disable_free_tasks;
                 let normal = (!(p == FREE_PRIORITY && omit)).then_some(p);
                 [normal, (!omit).then_some(FREE_PRIORITY)]
@@ -140,14 +141,13 @@ impl Scheduler {
     }
 
     /// Whether request slot `r` will be fanout-throttled at the next pass.
-    fn next_throttled(&self, r: u32) -> bool {
-        let g = self.requests[r].group;
-        if !has_group(g) {
+    fn next_throttled(&self, r: ReqIdx) -> bool {
+        let Some(g) = self.requests[r].group.group() else {
             return false;
-        }
+        };
         let group = &self.groups[g];
-        let max = self.max_fanout(group.account);
-        max > 0 && group.running >= max as u32
+        let max = self.max_fanout(group.account());
+        max > 0 && group.running() >= max as u32
     }
 
     /// The level task `id` takes at the next pass if it is still queued
@@ -162,8 +162,8 @@ impl Scheduler {
     /// the next pass; `None` when they sit it out. Unknown accounts run at
     /// the free level.
     pub fn account_next_level(&self, id: &str) -> Option<u8> {
-        match self.account_ids.get(id) {
-            Some(&a) => self.next_levels(a)[0],
+        match self.accounts.find(id) {
+            Some(a) => self.next_levels(a)[0],
             None => Some(FREE_PRIORITY),
         }
     }
@@ -175,14 +175,13 @@ impl Scheduler {
         let req = &self.requests[r];
         let running = match req.place {
             Place::Running(w) => self.workers[w]
-                .running
-                .as_ref()
-                .map(|run| (&*self.workers[w].id, run.priority)),
+                .running()
+                .map(|run| (&**self.workers[w].id(), run.priority)),
             _ => None,
         };
-        let fanout_group = has_group(req.group).then(|| {
-            let g = &self.groups[req.group];
-            (g.running, g.requests)
+        let fanout_group = req.group.group().map(|g| {
+            let g = &self.groups[g];
+            (g.running(), g.requests())
         });
         Some(TaskProbe {
             request,
@@ -193,8 +192,8 @@ impl Scheduler {
 
     /// Worker slots whose labels include every label of set `s`, by
     /// intersecting the per-label posting lists (shortest first).
-    fn workers_with_set(&self, s: u32) -> Vec<u32> {
-        let labels = &self.sets[s].labels;
+    fn workers_with_set(&self, s: SetId) -> Vec<WorkerIdx> {
+        let labels = self.labels[s].labels();
         let shortest = labels.iter().min_by_key(|&&l| self.labels[l].workers.len());
         match shortest {
             None => self.workers.iter().map(|(w, _)| w).collect(),
@@ -211,20 +210,20 @@ impl Scheduler {
     pub fn bots_for_task(&self, id: &str) -> Option<Vec<BotProbe<'_>>> {
         let r = self.request_idx(id)?;
         let req = &self.requests[r];
-        let prov = &self.sets[req.prov].labels;
+        let prov = self.labels[req.prov].labels();
         let mut out: Vec<BotProbe<'_>> = self
             .workers_with_set(req.base)
             .into_iter()
             .map(|w| {
                 let worker = &self.workers[w];
                 BotProbe {
-                    id: &worker.id,
+                    id: worker.id(),
                     provisioned: is_subset(prov, &worker.labels),
-                    running: worker.running.as_ref().map(|run| {
+                    running: worker.running().map(|run| {
                         let task = &self.requests[run.req];
                         (
                             &*task.id,
-                            &*self.accounts[task.account].id,
+                            &**self.accounts[task.account].id(),
                             run.priority,
                             run.cost,
                         )
@@ -244,7 +243,7 @@ impl Scheduler {
         let w = self.worker_idx(bot)?;
         let a = self.requests[r].account;
         let acc = &self.accounts[a];
-        let Some(cfg) = &acc.config else {
+        let Some(cfg) = acc.config() else {
             return Some(Vec::new());
         };
         let mut out = Vec::new();
@@ -254,7 +253,7 @@ impl Scheduler {
             };
             // A count, so the set's iteration order does not matter.
             let running = acc
-                .running
+                .running()
                 .iter()
                 .filter(|&&rw| self.key_label(rw, key) == Some(label))
                 .count() as u32;
@@ -266,15 +265,15 @@ impl Scheduler {
     /// Tasks of account `id` running per level (0..=5).
     pub fn running_by_level(&self, id: &str) -> [u32; FREE_PRIORITY as usize + 1] {
         let mut out = [0; FREE_PRIORITY as usize + 1];
-        if let Some(&a) = self.account_ids.get(id) {
-            out.copy_from_slice(&self.accounts[a].running_by_prio);
+        if let Some(a) = self.accounts.find(id) {
+            out.copy_from_slice(self.accounts[a].running_by_prio());
         }
         out
     }
 
     /// Worker `w`'s smallest label starting with `key`.
-    fn key_label(&self, w: u32, key: &str) -> Option<&str> {
-        self.label_for_key(w, key).map(|l| &*self.labels[l].name)
+    fn key_label(&self, w: WorkerIdx, key: &str) -> Option<&str> {
+        self.label_for_key(w, key).map(|l| &**self.labels[l].name())
     }
 
     /// Where queued task `id` stands among the queued tasks competing for
@@ -289,8 +288,8 @@ impl Scheduler {
         // Base sets some bot of this task can run: the candidates of every
         // matching bot, whose eligibility lists the index keeps.
         let mut competing_sets: Vec<bool> = Vec::new();
-        let mut mark = |s: u32| {
-            let i = s as usize;
+        let mut mark = |s: SetId| {
+            let i = s.index();
             if competing_sets.len() <= i {
                 competing_sets.resize(i + 1, false);
             }
@@ -298,7 +297,7 @@ impl Scheduler {
         };
         let bots = self.workers_with_set(me.base);
         if !bots.is_empty() {
-            mark(self.empty_set);
+            mark(self.labels.empty_set());
             mark(me.base);
         }
         for w in bots {
@@ -309,7 +308,7 @@ impl Scheduler {
         let levels: Vec<[Option<u8>; 2]> = {
             let mut v = Vec::new();
             for (a, _) in self.accounts.iter() {
-                let i = a as usize;
+                let i = a.index();
                 if v.len() <= i {
                     v.resize(i + 1, [None, None]);
                 }
@@ -322,7 +321,7 @@ impl Scheduler {
             _ => return None,
         };
         let my_level =
-            levels[me.account as usize][usize::from(self.next_throttled(r))].unwrap_or(u8::MAX);
+            levels[me.account.index()][usize::from(self.next_throttled(r))].unwrap_or(u8::MAX);
         let my_key = (self.examined(r).as_nanos(), me.enqueue.as_nanos(), &*me.id);
         let mut st = Standing::default();
         let mut budget = STANDING_WALK_BUDGET;
@@ -331,7 +330,7 @@ impl Scheduler {
         // buckets at the task's own level are walked member by member.
         for (b, bucket) in self.buckets.iter() {
             if !competing_sets
-                .get(bucket.base as usize)
+                .get(bucket.base.index())
                 .copied()
                 .unwrap_or(false)
             {
@@ -342,12 +341,12 @@ impl Scheduler {
                 continue;
             }
             st.competing += n;
-            let throttled = has_group(bucket.group) && {
-                let g = &self.groups[bucket.group];
-                let max = self.max_fanout(g.account);
-                max > 0 && g.running >= max as u32
-            };
-            match levels[bucket.account as usize][usize::from(throttled)] {
+            let throttled = bucket.group.group().is_some_and(|g| {
+                let g = &self.groups[g];
+                let max = self.max_fanout(g.account());
+                max > 0 && g.running() >= max as u32
+            });
+            match levels[bucket.account.index()][usize::from(throttled)] {
                 None => st.sitting_out += n,
                 Some(l) if l < my_level => st.ahead_better_level += n,
                 Some(l) if l == my_level => {
@@ -365,6 +364,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ExKey;
     use super::*;
     use std::sync::Arc;
 
@@ -372,11 +372,11 @@ mod tests {
         OrdSet::from_sorted(
             (0..n)
                 .map(|i| QKey {
-                    ex: SETTLED,
+                    ex: ExKey::SETTLED,
                     enq: i * 10,
                     id: Arc::from(format!("t{i:05}")),
-                    req: i as u32,
-                    v: 0,
+                    req: ReqIdx::from_slot(i as u32),
+                    v: Default::default(),
                 })
                 .collect(),
         )

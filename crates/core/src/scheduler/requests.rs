@@ -1,6 +1,7 @@
 //! Requests: creation and removal, and their place (queued, running or
 //! detached for a moment).
 
+use super::ids::GroupKind;
 use super::*;
 use crate::time::Time;
 use std::sync::Arc;
@@ -21,10 +22,10 @@ impl Scheduler {
         enqueue: Time,
         confirmed: Time,
         examined: Time,
-    ) -> u32 {
-        let a = self.account_get_or_create(account);
-        let base = self.intern_set(base_labels);
-        let prov = self.intern_set(provisionable_labels);
+    ) -> ReqIdx {
+        let a = self.accounts.get_or_create(account);
+        let base = self.labels.intern_set(base_labels);
+        let prov = self.labels.intern_set(provisionable_labels);
         self.create_request_interned(id, a, base, prov, enqueue, confirmed, examined)
     }
 
@@ -34,14 +35,14 @@ impl Scheduler {
     pub(crate) fn create_request_interned(
         &mut self,
         id: &str,
-        a: u32,
-        base: u32,
-        prov: u32,
+        a: AccountIdx,
+        base: SetId,
+        prov: SetId,
         enqueue: Time,
         confirmed: Time,
         examined: Time,
-    ) -> u32 {
-        self.accounts[a].requests += 1;
+    ) -> ReqIdx {
+        self.accounts.add_request(a);
         self.set_request_ref(base, true);
         self.set_request_ref(prov, true);
         let id: Arc<str> = Arc::from(id);
@@ -50,10 +51,10 @@ impl Scheduler {
             account: a,
             base,
             prov,
-            group: NO_GROUP,
+            group: GroupRef::NO_FANOUT,
             enqueue,
             confirmed,
-            examined,
+            examined: Examined::at(examined),
             place: Place::Detached,
         });
         let requests = &self.requests;
@@ -65,15 +66,15 @@ impl Scheduler {
     }
 
     /// Forgets a detached request.
-    pub(crate) fn free_request(&mut self, r: u32) {
+    pub(crate) fn free_request(&mut self, r: ReqIdx) {
         let Some(id) = self.requests.get(r).map(|req| req.id.clone()) else {
             return;
         };
-        match self.requests[r].group {
-            NO_GROUP => {}
+        match self.requests[r].group.kind() {
+            GroupKind::NoFanout => {}
             // Before its sets go: they make its key.
-            LONE => self.lone_forget(r),
-            g => self.group_unref(g),
+            GroupKind::Lone => self.lone_forget(r),
+            GroupKind::Group(g) => self.group_unref(g),
         }
         let requests = &self.requests;
         self.request_ids.remove(&id, |x| &requests[x].id);
@@ -83,42 +84,35 @@ impl Scheduler {
         debug_assert_eq!(req.place, Place::Detached);
         self.set_request_ref(req.base, false);
         self.set_request_ref(req.prov, false);
-        self.release_set(req.base);
-        self.release_set(req.prov);
-        self.accounts[req.account].requests -= 1;
-        self.account_maybe_free(req.account);
+        self.labels.release_set(req.base);
+        self.labels.release_set(req.prov);
+        self.accounts.remove_request(req.account);
+        self.accounts.maybe_free(req.account);
     }
 
     /// The request's examined time, resolving the settled marker.
-    pub(crate) fn examined(&self, r: u32) -> Time {
+    pub(crate) fn examined(&self, r: ReqIdx) -> Time {
         let req = &self.requests[r];
         match req.place {
             Place::Queued(b) if req.settled() => self.virt(self.buckets[b].virt).stamp,
-            _ => req.examined,
+            _ => req.examined.detached(),
         }
     }
 
-    pub(super) fn qkey(&self, r: u32) -> QKey {
+    pub(super) fn qkey(&self, r: ReqIdx) -> QKey {
         let req = &self.requests[r];
         QKey {
-            ex: if req.settled() {
-                SETTLED
-            } else {
-                req.examined.as_nanos()
-            },
+            ex: req.examined.explicit().map_or(ExKey::SETTLED, ExKey::at),
             enq: req.enqueue.as_nanos(),
             id: req.id.clone(),
             req: r,
-            v: 0,
+            v: VirtId::default(),
         }
     }
 
-    /// The effective examined time encoded in a key.
+    /// The effective examined time encoded in a key (in pool-wide terms:
+    /// settled means the last pass).
     pub(crate) fn key_examined(&self, k: &QKey) -> i64 {
-        if k.ex == SETTLED {
-            self.last_pass.as_nanos()
-        } else {
-            k.ex
-        }
+        k.ex.explicit().unwrap_or(self.last_pass.as_nanos())
     }
 }

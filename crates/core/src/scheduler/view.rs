@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::ids::{LabelId, ReqIdx};
 use super::{Place, Scheduler};
 use crate::account::Balance;
 use crate::event::Labels;
@@ -57,11 +58,11 @@ pub struct WorkerView<'a> {
 }
 
 impl Scheduler {
-    fn request_view(&self, r: u32) -> QueuedView<'_> {
+    fn request_view(&self, r: ReqIdx) -> QueuedView<'_> {
         let req = &self.requests[r];
         QueuedView {
             id: &req.id,
-            account: &self.accounts[req.account].id,
+            account: self.accounts[req.account].id(),
             base_labels: self.set_names(req.base),
             provisionable_labels: self.set_names(req.prov),
             enqueue_time: req.enqueue,
@@ -88,7 +89,9 @@ impl Scheduler {
         let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
         for (_, req) in self.requests.iter() {
             if matches!(req.place, Place::Queued(_)) {
-                *counts.entry(&*self.accounts[req.account].id).or_default() += 1;
+                *counts
+                    .entry(&**self.accounts[req.account].id())
+                    .or_default() += 1;
             }
         }
         counts.into_iter().collect()
@@ -100,11 +103,11 @@ impl Scheduler {
             .workers
             .iter()
             .map(|(i, w)| WorkerView {
-                id: &w.id,
+                id: w.id(),
                 labels: self.worker_names(i),
-                confirmed_time: w.confirmed,
+                confirmed_time: w.confirmed(),
                 modified_time: w.modified,
-                running: w.running.as_ref().map(|run| RunningView {
+                running: w.running().map(|run| RunningView {
                     request: self.request_view(run.req),
                     priority: run.priority,
                     cost: run.cost,
@@ -119,7 +122,7 @@ impl Scheduler {
     pub fn request(&self, id: &str) -> Option<(QueuedView<'_>, Option<&str>)> {
         let r = self.request_idx(id)?;
         let worker = match self.requests[r].place {
-            Place::Running(w) => Some(&*self.workers[w].id),
+            Place::Running(w) => Some(&**self.workers[w].id()),
             _ => None,
         };
         Some((self.request_view(r), worker))
@@ -130,17 +133,17 @@ impl Scheduler {
     /// per-set counts, so it costs one step per distinct label set rather
     /// than per request.
     pub fn queued_base_label_counts(&self) -> Vec<(Arc<str>, u64)> {
-        let mut counts: rustc_hash::FxHashMap<u32, u64> = Default::default();
-        for (_, set) in self.sets.iter() {
+        let mut counts: rustc_hash::FxHashMap<LabelId, u64> = Default::default();
+        for (_, set) in self.labels.iter_sets() {
             if set.queued_base > 0 {
-                for &l in set.labels.iter() {
+                for &l in set.labels() {
                     *counts.entry(l).or_default() += u64::from(set.queued_base);
                 }
             }
         }
         let mut v: Vec<(Arc<str>, u64)> = counts
             .into_iter()
-            .map(|(l, n)| (self.labels[l].name.clone(), n))
+            .map(|(l, n)| (self.labels[l].name().clone(), n))
             .collect();
         v.sort_unstable();
         v
