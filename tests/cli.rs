@@ -311,10 +311,12 @@ fn bad_values_are_refused_before_sending() {
             &["account", "add", "p", "a", "--disable-free-tasks", "yes"],
             "not true or false",
         ),
-        (&["account", "add", "p", ""], "must not be empty"),
+        (&["account", "add", "p", ""], "is required"),
         (&["account", "mod", "p", "a"], "nothing to change"),
         (&["account", "mod", "p", "a", "--rate", "x"], "not a number"),
-        (&["pool", "create", ""], "must not be empty"),
+        (&["pool", "create", ""], "is required"),
+        // The server's id rule, applied before sending.
+        (&["pool", "create", "a\nb"], "control character U+000A"),
         (
             &["pool", "mod", "p", "--allow-preemption", "maybe"],
             "not true or false",
