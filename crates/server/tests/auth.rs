@@ -704,8 +704,11 @@ async fn insight_and_the_dashboard_need_view() {
     }
 
     let bearer = |t: &str| format!("Bearer {t}");
+    // Without credentials a browser is sent to sign in.
     let r = http_raw(server.addr, "GET", "/ui/", &[], b"").await;
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status, 303, "{r:?}");
+    // A viewer of one pool sees that pool only: the list leaves the other
+    // out, and its page is refused.
     let r = http_raw(
         server.addr,
         "GET",
@@ -714,8 +717,17 @@ async fn insight_and_the_dashboard_need_view() {
         b"",
     )
     .await;
-    assert_eq!(r.status, 403, "view on one pool is not enough: {r:?}");
-    assert!(r.text().contains("dashboard"), "{r:?}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.text().contains("/ui/pool?id=p2"), "{r:?}");
+    let r = http_raw(
+        server.addr,
+        "GET",
+        "/ui/pool?id=p2",
+        &[("Authorization", &bearer(VIEWER))],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403, "view on p1 only: {r:?}");
     let r = http_raw(
         server.addr,
         "GET",
