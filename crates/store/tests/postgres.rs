@@ -392,11 +392,12 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
         qscheduler_store::postgres::migrate(pg.db(), Some(&schema))
             .await
             .expect("again");
-        let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM qs_schema_version")
-            .fetch_all(pg.db())
-            .await
-            .expect("versions");
-        assert_eq!(versions, vec![1]);
+        let versions: Vec<i32> =
+            sqlx::query_scalar("SELECT version FROM qs_schema_version ORDER BY version")
+                .fetch_all(pg.db())
+                .await
+                .expect("versions");
+        assert_eq!(versions, vec![1, 2], "each migration recorded once");
         // A bad schema name is refused before it reaches SQL.
         let bad = qscheduler_store::StoreOptions {
             pg_schema: Some("x\"; DROP TABLE qs_pool; --".into()),
