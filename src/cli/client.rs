@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 /// Which protocol to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
-    /// pRPC (HTTP/1.1 POST, binary protobuf).
+    /// pRPC (HTTP POST, binary protobuf; HTTP/1.1, or HTTP/2 when an https:// server offers it).
     Prpc,
     /// gRPC (HTTP/2).
     Grpc,

@@ -427,9 +427,9 @@ async fn rs256_and_es256_keys_in_one_jwks() {
     server.stop().await;
 }
 
-/// The cost of verifying a JWT (ES256) and of a cache hit; prints the
-/// figures, asserts nothing about time. Run with `--ignored --nocapture`,
-/// ideally with `--release`.
+/// The cost of verifying a JWT (ES256 and RS256) and of a cache hit;
+/// prints the figures, asserts nothing about time. Run with `--ignored
+/// --nocapture`, ideally with `--release`.
 #[test]
 #[ignore]
 fn jwt_validation_cost() {
@@ -437,8 +437,9 @@ fn jwt_validation_cost() {
     use qscheduler_server::auth::{Grant, Kind, Pools, Principal, Role};
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
-    let k1 = Key::new("k1");
-    write_jwks(&jwks, &[&k1]);
+    let e1 = Key::new("e1");
+    let r1 = RsaKey::new("r1", include_str!("keys/rsa-test-1.pem"));
+    std::fs::write(&jwks, json!({"keys": [e1.jwk(), r1.jwk()]}).to_string()).unwrap();
     let verifier = OidcVerifier::new(OidcOptions {
         issuer: ISSUER.into(),
         audience: AUDIENCE.into(),
@@ -459,19 +460,24 @@ fn jwt_validation_cost() {
     })
     .unwrap();
     let n = 500;
-    // Distinct tokens (different exp), so none is a cache hit.
-    let tokens: Vec<String> = (0..n).map(|i| k1.sign(claims(SUBJECT, 600 + i))).collect();
-    let start = Instant::now();
-    for t in &tokens {
-        verifier.verify(t).unwrap();
-    }
-    let full = start.elapsed() / n as u32;
-    let start = Instant::now();
-    for _ in 0..10 {
+    let sign: [(&str, &dyn Fn(serde_json::Value) -> String); 2] =
+        [("ES256", &|c| e1.sign(c)), ("RS256", &|c| r1.sign(c))];
+    for (i, (alg, sign)) in sign.into_iter().enumerate() {
+        // Distinct tokens (different exp), so none is a cache hit.
+        let base = 600 + 10_000 * i as i64;
+        let tokens: Vec<String> = (0..n).map(|k| sign(claims(SUBJECT, base + k))).collect();
+        let start = Instant::now();
         for t in &tokens {
             verifier.verify(t).unwrap();
         }
+        let full = start.elapsed() / n as u32;
+        let start = Instant::now();
+        for _ in 0..10 {
+            for t in &tokens {
+                verifier.verify(t).unwrap();
+            }
+        }
+        let cached = start.elapsed() / (10 * n) as u32;
+        println!("{alg} JWT: {full:?} per verification, {cached:?} per cache hit");
     }
-    let cached = start.elapsed() / (10 * n) as u32;
-    println!("ES256 JWT: {full:?} per verification, {cached:?} per cache hit");
 }
