@@ -618,8 +618,38 @@ async fn snapshot_extras_come_back_with_their_snapshot() {
     let (_h, r) = store.open_pool("p").await.expect("reopen");
     assert_eq!(r.snapshot, Some((12, b"state@12".to_vec())));
     assert_eq!(r.snapshot_extra, None);
+    drop(_h);
+    drop(store);
     // Damage inside the file is caught by redb's own page checksums
     // before the extra's checksum is read, and fails the pool as any damage
-    // to its file does (see the corruption tests); an extra damaged as a
-    // value is skipped, which the PostgreSQL test checks.
+    // to its file does (see the corruption tests). An extra whose own frame
+    // is wrong (a value rewritten, a checksum that does not match) is
+    // skipped with a note: the figures start afresh, the pool recovers.
+    {
+        const EXTRAS: redb::TableDefinition<u64, &[u8]> =
+            redb::TableDefinition::new("snapshot_extra");
+        let db = redb::Database::open(pool_file(dir.path(), "p")).expect("open the pool file");
+        let tx = db.begin_write().expect("write");
+        {
+            let mut t = tx.open_table(EXTRAS).expect("extras");
+            t.insert(12u64, &b"\x01\x02\x03\x04not the framed image"[..])
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = open(dir.path(), o.clone()).await;
+    let (_h, r) = store
+        .open_pool("p")
+        .await
+        .expect("reopen after a bad extra");
+    assert_eq!(r.snapshot, Some((12, b"state@12".to_vec())));
+    assert_eq!(r.snapshot_extra, None);
+    assert!(
+        matches!(
+            r.notes.as_slice(),
+            [RecoveryNote::SkippedSnapshotExtra { seq: 12, .. }]
+        ),
+        "{:?}",
+        r.notes
+    );
 }
