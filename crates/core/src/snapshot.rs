@@ -27,7 +27,7 @@ use crate::pool::Pool;
 use crate::reconciler::{PendingAssignment, Reconciler};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::scheduler::ids::{AccountIdx, LabelId, ReqIdx, SetId, WorkerIdx};
+use crate::scheduler::ids::{AccountIdx, LabelId, ReqIdx, SetId, VirtId, WorkerIdx};
 use crate::scheduler::{Place, Scheduler};
 use crate::time::Time;
 
@@ -449,10 +449,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
             s.labels.intern_set_ids(ids)
         })
         .collect();
-    let account_ids: Vec<AccountIdx> = accounts
-        .iter()
-        .map(|a| s.accounts.get_or_create(a))
-        .collect();
+    let account_ids: Vec<AccountIdx> = accounts.iter().map(|a| s.account_named(a)).collect();
     // A placement's settled requests are those examined at its latest
     // examined time; the last pass is the latest of all.
     let mut stamps: FxHashMap<AccountIdx, Time> = FxHashMap::default();
@@ -471,7 +468,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         None => latest_examined,
     };
     for (&a, &t) in &stamps {
-        s.accounts[a].virt[0].stamp = t;
+        s.index.load_stamp(VirtId::new(a, false), t);
     }
     let create = |s: &mut Scheduler, q: &RequestRec| {
         let (base, prov) = (set_ids[q.base], set_ids[q.prov]);
@@ -508,7 +505,7 @@ pub fn decode(bytes: &[u8]) -> Result<Pool, DecodeError> {
         s.labels.release_label(l);
     }
     for a in account_ids {
-        s.accounts.maybe_free(a);
+        s.maybe_free_account(a);
     }
     Ok(Pool {
         scheduler: s,

@@ -3,9 +3,9 @@
 //!
 //! [`Accounts`] owns the account table and is the only code that changes
 //! an account's configuration, balance or counts, so that the table of
-//! configured accounts and the running counts cannot drift. An account also
-//! carries its two placements in the queue index (`Account::virt`), which
-//! are the index's business.
+//! configured accounts and the running counts cannot drift. An account's
+//! two placements in the queue are the queue index's (`queue/`), which the
+//! scheduler opens and closes with the account.
 //!
 //! Invariants (`Accounts::check_invariants`): every account is found by
 //! its id; the configured table lists exactly the accounts with a
@@ -20,8 +20,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::ids::{AccountIdx, WorkerIdx};
 use super::slab::Slab;
-use super::{LEVELS, Scheduler, Virt};
-use crate::account::{AccountConfig, Balance, FREE_PRIORITY, NUM_PRIORITIES};
+use super::{LEVELS, Scheduler};
+use crate::account::{AccountConfig, Balance, NUM_PRIORITIES};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Account {
@@ -38,8 +38,6 @@ pub(crate) struct Account {
     requests: u32,
     running_by_prio: [u32; LEVELS],
     running: FxHashSet<WorkerIdx>,
-    /// The account's placements in the queue index, `[normal, throttled]`.
-    pub(crate) virt: [Virt; 2],
 }
 
 impl Account {
@@ -119,10 +117,11 @@ impl Accounts {
         self.configured.get(id).copied()
     }
 
-    /// The account with id `id`, created unconfigured if unknown.
-    pub(crate) fn get_or_create(&mut self, id: &str) -> AccountIdx {
+    /// The account with id `id`, created unconfigured if unknown; and
+    /// whether it is new.
+    pub(crate) fn get_or_create(&mut self, id: &str) -> (AccountIdx, bool) {
         if let Some(&a) = self.ids.get(id) {
-            return a;
+            return (a, false);
         }
         let id: Arc<str> = Arc::from(id);
         let a = self.slab.insert(Account {
@@ -133,29 +132,22 @@ impl Accounts {
             requests: 0,
             running_by_prio: [0; LEVELS],
             running: FxHashSet::default(),
-            virt: [
-                Virt {
-                    level: Some(FREE_PRIORITY),
-                    ..Virt::default()
-                },
-                Virt {
-                    level: Some(FREE_PRIORITY),
-                    ..Virt::default()
-                },
-            ],
         });
         self.ids.insert(id, a);
-        a
+        (a, true)
     }
 
-    /// Forgets an account that is unconfigured and has no requests.
-    pub(crate) fn maybe_free(&mut self, a: AccountIdx) {
+    /// Forgets an account that is unconfigured and has no requests;
+    /// returns whether it did.
+    pub(crate) fn maybe_free(&mut self, a: AccountIdx) -> bool {
         let acc = &self.slab[a];
         if acc.requests == 0 && acc.config.is_none() {
-            debug_assert!(acc.virt.iter().all(|v| v.entries.is_empty()));
             let id = acc.id.clone();
             self.ids.remove(&id);
             self.slab.remove(a);
+            true
+        } else {
+            false
         }
     }
 
@@ -310,6 +302,24 @@ impl Accounts {
 }
 
 impl Scheduler {
+    /// The account with id `id`, created unconfigured (with its placements
+    /// in the queue index) if unknown.
+    pub(crate) fn account_named(&mut self, id: &str) -> AccountIdx {
+        let (a, new) = self.accounts.get_or_create(id);
+        if new {
+            self.index.open_account(a);
+        }
+        a
+    }
+
+    /// Forgets account `a` (and its placements) if it is unconfigured and
+    /// has no requests.
+    pub(crate) fn maybe_free_account(&mut self, a: AccountIdx) {
+        if self.accounts.maybe_free(a) {
+            self.index.close_account(a);
+        }
+    }
+
     /// Sets or removes account `a`'s configuration, building or dropping
     /// its fanout groups when fanout starts or stops.
     pub(crate) fn set_account_config(&mut self, a: AccountIdx, config: Option<AccountConfig>) {

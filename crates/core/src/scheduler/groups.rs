@@ -242,8 +242,8 @@ impl Scheduler {
             match (place, g.group()) {
                 (Place::Running(_), Some(g)) => self.groups[g].running += 1,
                 (Place::Queued(b), _) => {
-                    if self.buckets[b].group == GroupRef::NO_FANOUT {
-                        self.buckets[b].group = g;
+                    if self.index.bucket(b).group() == GroupRef::NO_FANOUT {
+                        self.index.set_bucket_group(b, g);
                         if let Some(g) = g.group() {
                             self.groups.add_bucket(g, b);
                         }
@@ -265,7 +265,7 @@ impl Scheduler {
         for &g in &groups {
             self.set_group_throttled(g, false);
             for b in std::mem::take(&mut self.groups[g].buckets) {
-                self.buckets[b].group = GroupRef::NO_FANOUT;
+                self.index.set_bucket_group(b, GroupRef::NO_FANOUT);
             }
             self.groups[g].running = 0;
         }
@@ -280,7 +280,7 @@ impl Scheduler {
                 GroupKind::Lone => {
                     self.lone_forget(r);
                     if let Place::Queued(b) = self.requests[r].place {
-                        self.buckets[b].group = GroupRef::NO_FANOUT;
+                        self.index.set_bucket_group(b, GroupRef::NO_FANOUT);
                     }
                 }
                 GroupKind::Group(g) => self.group_unref(g),
@@ -349,7 +349,7 @@ impl Scheduler {
         });
         self.requests[r0].group = GroupRef::built(g);
         if let Place::Queued(b0) = place0 {
-            self.buckets[b0].group = GroupRef::built(g);
+            self.index.set_bucket_group(b0, GroupRef::built(g));
             self.groups[g].buckets.push(b0);
         }
         // Throttling follows the running count from the next pass on, as
@@ -492,8 +492,8 @@ impl Scheduler {
             }
         }
         let mut buckets: BTreeMap<GroupId, Vec<BucketId>> = BTreeMap::new();
-        for (b, bucket) in self.buckets.iter() {
-            if let Some(g) = bucket.group.group() {
+        for (b, bucket) in self.index.buckets() {
+            if let Some(g) = bucket.group().group() {
                 buckets.entry(g).or_default().push(b);
             }
         }

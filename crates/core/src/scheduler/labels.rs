@@ -95,6 +95,7 @@ pub(crate) struct SetEntry {
     /// which the set is registered for eligibility (see `eligibility`).
     pub(crate) anchor: Option<Anchor>,
     /// While some placement has an entry with this base set: its cell.
+    /// Stored here for the queue index, which alone sets it.
     pub(crate) cell: CellRef,
 }
 

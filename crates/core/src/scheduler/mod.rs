@@ -4,14 +4,17 @@
 //!
 //! The state is split into parts that own their fields, change them only
 //! through a small API and check their own invariants: the label table
-//! (`labels.rs`), the workers (`workers.rs`), the accounts (`accounts.rs`)
-//! and the fanout groups (`groups.rs`). The queue index (buckets,
-//! containers, cells) and the requests are fields of [`Scheduler`] itself,
-//! maintained by `index.rs` and `requests.rs`; the operations that move a
-//! request or a worker keep every part in step. Tables are addressed by
-//! typed ids (`ids.rs`). The one thing not to break: a part's fields change
-//! only through its own methods, so that its `check_invariants` stays
-//! true.
+//! (`labels.rs`), the workers (`workers.rs`), the accounts (`accounts.rs`),
+//! the fanout groups (`groups.rs`) and the queue index (`queue/`: buckets,
+//! containers, cells and each account's placements). The requests are
+//! fields of [`Scheduler`] itself, maintained by `requests.rs`, which also
+//! queues and dequeues them; the operations that move a request or a worker
+//! keep every part in step, handing the queue index the requests and the
+//! label table it reads and writes rather than letting other code reach
+//! into it. Tables are addressed by typed ids (`ids.rs`). The one thing not
+//! to break: a part's fields change only through its own methods, so that
+//! its `check_invariants` stays true; `invariants.rs` checks what spans
+//! parts.
 //!
 //! # How it stays fast
 //!
@@ -85,7 +88,6 @@ mod eligibility;
 mod groups;
 mod idmap;
 pub(crate) mod ids;
-mod index;
 #[cfg(any(test, debug_assertions))]
 mod invariants;
 mod labels;
@@ -93,6 +95,7 @@ mod notify;
 pub(crate) mod ordset;
 mod pass;
 mod probe;
+mod queue;
 mod requests;
 pub(crate) mod slab;
 mod view;
@@ -100,20 +103,17 @@ mod workers;
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
-
 use crate::account::{AccountConfig, Balance, NUM_PRIORITIES, PoolSettings};
 use crate::event::Event;
 use crate::time::Time;
 use accounts::Accounts;
 use groups::Groups;
 use ids::{
-    AccountIdx, BucketId, CellId, CellKind, CellRef, ContainerId, EntryId, GroupId, GroupRef,
-    GroupSlot, LabelId, ReqIdx, SetId, SlotId, VirtId, WorkerIdx,
+    AccountIdx, BucketId, GroupId, GroupRef, GroupSlot, LabelId, ReqIdx, SetId, SlotId, VirtId,
+    WorkerIdx,
 };
 use labels::LabelTable;
-use ordset::OrdSet;
+use queue::QueueIndex;
 use slab::Slab;
 use workers::Workers;
 
@@ -148,13 +148,6 @@ pub struct NotAssigned {
 /// Number of level cells: five paid levels and the free level.
 pub(crate) const LEVELS: usize = NUM_PRIORITIES + 1;
 
-/// Where a placement's level is counted in a cell's `per_level`: its level,
-/// or one past the levels for placements that sit out the pass (free level
-/// with free tasks disabled).
-pub(crate) fn level_slot(level: Option<u8>) -> usize {
-    level.map_or(LEVELS, usize::from)
-}
-
 /// The examined time in a request's key: explicit nanoseconds, or settled,
 /// "examined at the last pass", which sorts after every explicit time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -188,7 +181,7 @@ pub(crate) struct QKey {
     pub(crate) enq: i64,
     pub(crate) id: Arc<str>,
     pub(crate) req: ReqIdx,
-    /// In a cell: the placement (see [`Virt`]) of the entry whose head
+    /// In a cell: the placement (see [`queue::Virt`]) of the entry whose head
     /// this is, which gives its level (meaningless elsewhere).
     pub(crate) v: VirtId,
 }
@@ -211,29 +204,6 @@ impl Ord for QKey {
             .then(self.enq.cmp(&o.enq))
             .then_with(|| self.id.cmp(&o.id))
     }
-}
-
-/// The heads of every entry (lone bucket or container) of one base label
-/// set, whatever its placement's level: a pass at level `p` skips entries
-/// of other levels.
-/// Keeping one ordered set per base set (rather than one per level) means an
-/// account that changes level moves nothing but counters.
-///
-/// Keys here are in pool-wide terms: a settled key ([`ExKey::SETTLED`]) means
-/// "examined at the last pass"; a settled request of a placement whose stamp
-/// is older carries that stamp explicitly (see [`Scheduler::translate`]).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Cell {
-    /// Entry heads; each key's `v` names its entry's placement.
-    pub(crate) heads: OrdSet<QKey>,
-    /// Number of entry heads per placement level (see [`level_slot`]).
-    pub(crate) per_level: [u32; LEVELS + 1],
-    /// Bucket heads by provisionable set (sorted by set id), so that a
-    /// worker looking for provisioned work looks only at the provisionable
-    /// sets it has. Each key's `v` names the bucket's placement.
-    pub(crate) by_prov: SmallVec<[(SetId, OrdSet<QKey>); 1]>,
-    /// Entries with this base set (with or without a head).
-    pub(crate) entries: u32,
 }
 
 /// Where a request is.
@@ -301,57 +271,6 @@ impl Examined {
     }
 }
 
-/// An account as the queue index sees it: one for the account's normal
-/// placement, one for its fanout-throttled requests.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Virt {
-    /// Current level (0..=5), `None` while it sits out passes (free level
-    /// with free tasks disabled).
-    pub(crate) level: Option<u8>,
-    /// The examined time of this placement's settled requests: the last pass
-    /// it took part in. Requests of placements that sat out later passes
-    /// keep this older time without being touched.
-    pub(crate) stamp: Time,
-    /// Base set → entry (see [`Container`]).
-    pub(crate) entries: FxHashMap<SetId, EntryId>,
-    /// Buckets that may hold explicit (unsettled) members.
-    pub(crate) dirty: Vec<BucketId>,
-    /// Number of settled members in this placement's buckets.
-    pub(crate) settled: u64,
-}
-
-/// The buckets of one placement with the same base set, when there are two
-/// or more of them.
-///
-/// The queue index keeps one **entry** per (placement, base set) in the
-/// base set's cell: a lone bucket, or a container holding the order of its
-/// buckets' heads (see [`EntryId`]). With labels of their own, most tasks
-/// sit in a lone bucket, so a container is built only for a second bucket
-/// and goes when one is left.
-#[derive(Clone, Debug)]
-pub(crate) struct Container {
-    pub(crate) virt: VirtId,
-    pub(crate) base: SetId,
-    /// Provisionable set → bucket, sorted by set id (two or more).
-    pub(crate) buckets: SmallVec<[(SetId, BucketId); 2]>,
-    /// The heads of the buckets.
-    pub(crate) heads: OrdSet<QKey>,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Bucket {
-    pub(crate) virt: VirtId,
-    /// `None` for a lone bucket (its own entry).
-    pub(crate) container: Option<ContainerId>,
-    pub(crate) account: AccountIdx,
-    pub(crate) base: SetId,
-    pub(crate) prov: SetId,
-    pub(crate) group: GroupRef,
-    pub(crate) members: OrdSet<QKey>,
-    pub(crate) explicit: u32,
-    pub(crate) dirty: bool,
-}
-
 /// One pool's quotascheduler.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
@@ -363,8 +282,6 @@ pub struct Scheduler {
 
     /// Labels and label sets.
     pub(crate) labels: LabelTable,
-    /// Stored cells ([`CellKind::Many`]).
-    pub(crate) cells: Slab<CellId, Cell>,
 
     pub(crate) accounts: Accounts,
 
@@ -374,12 +291,9 @@ pub struct Scheduler {
 
     pub(crate) workers: Workers,
 
-    pub(crate) bucket_ids: idmap::SlotIndex<BucketId>,
-    pub(crate) buckets: Slab<BucketId, Bucket>,
-    pub(crate) containers: Slab<ContainerId, Container>,
+    /// The queue index: buckets, containers, cells and placements.
+    pub(crate) index: QueueIndex,
     pub(crate) groups: Groups,
-    /// Number of non-empty cells per level.
-    pub(crate) nonempty_cells: [usize; LEVELS],
 
     pub(crate) events: Vec<Event>,
     /// During a bulk load (a snapshot decode, before any worker exists):
@@ -408,17 +322,13 @@ impl Scheduler {
             last_pass: Time::EPOCH,
             pass_no: 0,
             labels: LabelTable::default(),
-            cells: Slab::default(),
             accounts: Accounts::default(),
             request_ids: idmap::IdIndex::default(),
             requests: Slab::default(),
             queued: 0,
             workers: Workers::default(),
-            bucket_ids: idmap::SlotIndex::default(),
-            buckets: Slab::default(),
-            containers: Slab::default(),
+            index: QueueIndex::default(),
             groups: Groups::default(),
-            nonempty_cells: [0; LEVELS],
             events: Vec::new(),
             deferred_anchoring: None,
         }
@@ -481,7 +391,7 @@ impl Scheduler {
         config: AccountConfig,
         initial_balance: Option<Balance>,
     ) {
-        let a = self.accounts.get_or_create(id);
+        let a = self.account_named(id);
         self.set_account_config(a, Some(config));
         self.accounts
             .set_balance(a, initial_balance.unwrap_or(Balance::ZERO));
@@ -522,7 +432,7 @@ impl Scheduler {
     pub fn delete_account(&mut self, id: &str) {
         if let Some(a) = self.accounts.find(id) {
             self.set_account_config(a, None);
-            self.accounts.maybe_free(a);
+            self.maybe_free_account(a);
         }
     }
 
@@ -588,12 +498,12 @@ mod layout_tests {
     fn index_structures_stay_small() {
         for (name, size, limit) in [
             ("QKey", size_of::<QKey>(), 40),
-            ("OrdSet<QKey>", size_of::<OrdSet<QKey>>(), 48),
+            ("OrdSet<QKey>", size_of::<super::ordset::OrdSet<QKey>>(), 48),
             ("Request", size_of::<Request>(), 64),
             ("SetEntry", size_of::<labels::SetEntry>(), 40),
-            ("Cell", size_of::<Cell>(), 152),
-            ("Container", size_of::<Container>(), 80),
-            ("Bucket", size_of::<Bucket>(), 80),
+            ("Cell", size_of::<super::queue::Cell>(), 152),
+            ("Container", size_of::<super::queue::Container>(), 80),
+            ("Bucket", size_of::<super::queue::Bucket>(), 80),
             ("Group", size_of::<groups::Group>(), 64),
         ] {
             assert!(size <= limit, "{name} is {size} bytes, more than {limit}");

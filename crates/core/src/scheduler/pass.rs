@@ -6,7 +6,8 @@ use super::ids::{
     AccountIdx, CellKind, EntryId, GroupId, LabelId, ReqIdx, SetId, SlotId, VirtId, WorkerIdx,
 };
 use super::labels::is_subset;
-use super::{Cell, LEVELS, QKey, Scheduler};
+use super::queue::Cell;
+use super::{LEVELS, QKey, Scheduler};
 use crate::account::{Balance, DEMOTE_THRESHOLD, FREE_PRIORITY, NUM_PRIORITIES, PROMOTE_THRESHOLD};
 use crate::event::{Assignment, AssignmentKind, EventKind};
 
@@ -29,7 +30,7 @@ struct PassCtx {
 /// A base set's cell as a pass reads it.
 enum CellView<'a> {
     Stored(&'a Cell),
-    /// Derived from the set's only entry (see `super::Container`), whose
+    /// Derived from the set's only entry (see `super::queue::Container`), whose
     /// head is at the level being looked at.
     Derived(EntryId),
 }
@@ -168,7 +169,7 @@ impl Scheduler {
 
     /// Steps 1 (`require_provision`) and 2 at level `p`.
     fn assign_idle(&mut self, cx: &mut PassCtx, p: u8, require_provision: bool) {
-        if self.nonempty_cells[p as usize] == 0 || cx.idle.is_empty() {
+        if !self.index.has_cells_at(p) || cx.idle.is_empty() {
             return;
         }
         let mut idle = std::mem::take(&mut cx.idle);
@@ -184,28 +185,24 @@ impl Scheduler {
         cx.idle = idle;
     }
 
-    /// The level placement `v` sits at in this pass.
-    fn virt_level(&self, v: VirtId) -> Option<u8> {
-        self.virt(v).level
-    }
-
     /// Base set `s`'s cell, unless it surely has no entry at level `p`.
     fn cell_at_level(&self, s: SetId, p: u8) -> Option<CellView<'_>> {
         match self.labels[s].cell.kind() {
             CellKind::None => None,
             CellKind::Many(ci) => {
-                let cell = &self.cells[ci];
-                (cell.per_level[p as usize] > 0).then_some(CellView::Stored(cell))
+                let cell = self.index.cell(ci);
+                (cell.heads_at(p) > 0).then_some(CellView::Stored(cell))
             }
-            CellKind::Single(e) => (self.virt_level(self.entry_virt(e)) == Some(p)
-                && self.entry_head(e).is_some())
+            CellKind::Single(e) => (self.index.level(self.index.entry_virt(e)) == Some(p)
+                && self.index.entry_head(e).is_some())
             .then_some(CellView::Derived(e)),
         }
     }
 
     /// `head` (a key of entry `e`) as a cell would store it.
     fn cell_key(&self, e: EntryId, head: &QKey) -> QKey {
-        self.translate(self.entry_virt(e), head)
+        self.index
+            .translate(self.last_pass, self.index.entry_virt(e), head)
     }
 
     /// The best match at level `p` for worker `w` among the heads of the
@@ -235,7 +232,7 @@ impl Scheduler {
             {
                 return false;
             }
-            if self.virt_level(head.v) != Some(p) || !acceptable(head) {
+            if self.index.level(head.v) != Some(p) || !acceptable(head) {
                 return true;
             }
             *best = Some((q, head.clone()));
@@ -254,24 +251,22 @@ impl Scheduler {
                 continue;
             }
             match (view, provs) {
-                (CellView::Stored(cell), None) => scan(&cell.heads, q, &mut best),
+                (CellView::Stored(cell), None) => scan(cell.heads(), q, &mut best),
                 (CellView::Stored(cell), Some(provs)) => {
-                    for prov in provs {
-                        if let Ok(i) = cell.by_prov.binary_search_by_key(prov, |(p, _)| *p) {
-                            scan(&cell.by_prov[i].1, q, &mut best);
+                    for &prov in provs {
+                        if let Some(heads) = cell.prov_heads(prov) {
+                            scan(heads, q, &mut best);
                         }
                     }
                 }
                 (CellView::Derived(e), None) => {
-                    if let Some(head) = self.entry_head(e) {
+                    if let Some(head) = self.index.entry_head(e) {
                         offer(&self.cell_key(e, head), q, &mut best);
                     }
                 }
                 (CellView::Derived(e), Some(provs)) => {
                     for &prov in provs {
-                        if let Some(b) = self.entry_bucket_for(e, prov)
-                            && let Some(head) = self.buckets[b].members.first()
-                        {
+                        if let Some(head) = self.index.entry_prov_head(e, prov) {
                             offer(&self.cell_key(e, head), q, &mut best);
                         }
                     }
@@ -472,7 +467,7 @@ impl Scheduler {
     /// Step 4 at level `p`.
     fn preempt(&mut self, cx: &mut PassCtx, p: u8) {
         let pi = p as usize;
-        if self.nonempty_cells[pi] == 0 {
+        if !self.index.has_cells_at(p) {
             return;
         }
         let banned: Vec<bool> = {
@@ -489,7 +484,8 @@ impl Scheduler {
             if banned[a.index()] || acc.config().is_none() {
                 continue;
             }
-            if acc.virt[0].level != Some(p) || acc.virt[0].entries.is_empty() {
+            let normal = self.index.placement(VirtId::new(a, false));
+            if normal.level() != Some(p) || !normal.has_entries() {
                 continue;
             }
             let bal = *acc.balance();
@@ -615,50 +611,10 @@ impl Scheduler {
     /// pass" moves past it.
     fn finish_pass(&mut self) {
         let t = self.now;
-        let old_last = self.last_pass;
         let accounts: Vec<AccountIdx> = self.accounts.iter().map(|(a, _)| a).collect();
-        let mut restate: Vec<VirtId> = Vec::new();
-        for &a in &accounts {
-            for throttled in [false, true] {
-                let v = VirtId::new(a, throttled);
-                let virt = self.virt(v);
-                let (listed, stamp, settled) = (virt.level.is_some(), virt.stamp, virt.settled);
-                if listed {
-                    let stale = stamp != old_last;
-                    if stale {
-                        self.virt_cell_entries(v, false);
-                        restate.push(v);
-                    }
-                    let dirty = std::mem::take(&mut self.virt_mut(v).dirty);
-                    for b in dirty {
-                        let live = self
-                            .buckets
-                            .get(b)
-                            .is_some_and(|bucket| bucket.virt == v && bucket.dirty);
-                        if live {
-                            self.settle_bucket(b, !stale);
-                        }
-                    }
-                } else if t != old_last && stamp == old_last && settled > 0 {
-                    self.virt_cell_entries(v, false);
-                    restate.push(v);
-                }
-            }
-        }
+        let (index, mut cx) = self.index_parts();
+        index.settle_pass(&mut cx, &accounts, t);
         self.last_pass = t;
-        for &a in &accounts {
-            if let Some(acc) = self.accounts.get(a) {
-                let listed = [acc.virt[0].level.is_some(), acc.virt[1].level.is_some()];
-                for (half, listed) in listed.into_iter().enumerate() {
-                    if listed {
-                        self.accounts[a].virt[half].stamp = t;
-                    }
-                }
-            }
-        }
-        for v in restate {
-            self.virt_cell_entries(v, true);
-        }
     }
 }
 

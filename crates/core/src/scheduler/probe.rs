@@ -328,30 +328,30 @@ impl Scheduler {
         // By bucket: every member of a bucket has the same account, labels
         // and group, so the level is decided once per bucket and only
         // buckets at the task's own level are walked member by member.
-        for (b, bucket) in self.buckets.iter() {
+        for (b, bucket) in self.index.buckets() {
             if !competing_sets
-                .get(bucket.base.index())
+                .get(bucket.base().index())
                 .copied()
                 .unwrap_or(false)
             {
                 continue;
             }
-            let n = bucket.members.len() as u64 - u64::from(b == my_bucket);
+            let n = bucket.members().len() as u64 - u64::from(b == my_bucket);
             if n == 0 {
                 continue;
             }
             st.competing += n;
-            let throttled = bucket.group.group().is_some_and(|g| {
+            let throttled = bucket.group().group().is_some_and(|g| {
                 let g = &self.groups[g];
                 let max = self.max_fanout(g.account());
                 max > 0 && g.running() >= max as u32
             });
-            match levels[bucket.account.index()][usize::from(throttled)] {
+            match levels[bucket.account().index()][usize::from(throttled)] {
                 None => st.sitting_out += n,
                 Some(l) if l < my_level => st.ahead_better_level += n,
                 Some(l) if l == my_level => {
-                    let stamp = self.virt(bucket.virt).stamp.as_nanos();
-                    let (ahead, exact) = count_before(&bucket.members, stamp, my_key, &mut budget);
+                    let stamp = self.index.bucket_stamp(b).as_nanos();
+                    let (ahead, exact) = count_before(bucket.members(), stamp, my_key, &mut budget);
                     st.ahead_same_level += ahead;
                     st.estimated |= !exact;
                 }

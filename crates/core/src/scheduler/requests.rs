@@ -1,7 +1,11 @@
 //! Requests: creation and removal, and their place (queued, running or
-//! detached for a moment).
+//! detached for a moment). Queuing goes through the queue index
+//! (`queue/`), which is handed the requests and the label table it reads
+//! and writes; this file keeps the other parts in step with it (the label
+//! table's queued counts, the fanout groups' buckets, the queued count).
 
 use super::ids::GroupKind;
+use super::queue::Outside;
 use super::*;
 use crate::time::Time;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ impl Scheduler {
         confirmed: Time,
         examined: Time,
     ) -> ReqIdx {
-        let a = self.accounts.get_or_create(account);
+        let a = self.account_named(account);
         let base = self.labels.intern_set(base_labels);
         let prov = self.labels.intern_set(provisionable_labels);
         self.create_request_interned(id, a, base, prov, enqueue, confirmed, examined)
@@ -87,26 +91,15 @@ impl Scheduler {
         self.labels.release_set(req.base);
         self.labels.release_set(req.prov);
         self.accounts.remove_request(req.account);
-        self.accounts.maybe_free(req.account);
+        self.maybe_free_account(req.account);
     }
 
     /// The request's examined time, resolving the settled marker.
     pub(crate) fn examined(&self, r: ReqIdx) -> Time {
         let req = &self.requests[r];
         match req.place {
-            Place::Queued(b) if req.settled() => self.virt(self.buckets[b].virt).stamp,
+            Place::Queued(b) if req.settled() => self.index.bucket_stamp(b),
             _ => req.examined.detached(),
-        }
-    }
-
-    pub(super) fn qkey(&self, r: ReqIdx) -> QKey {
-        let req = &self.requests[r];
-        QKey {
-            ex: req.examined.explicit().map_or(ExKey::SETTLED, ExKey::at),
-            enq: req.enqueue.as_nanos(),
-            id: req.id.clone(),
-            req: r,
-            v: VirtId::default(),
         }
     }
 
@@ -114,5 +107,95 @@ impl Scheduler {
     /// settled means the last pass).
     pub(crate) fn key_examined(&self, k: &QKey) -> i64 {
         k.ex.explicit().unwrap_or(self.last_pass.as_nanos())
+    }
+
+    // ---------------------------------------------------------- the queue
+
+    /// The queue index with the parts it reads and writes.
+    pub(super) fn index_parts(&mut self) -> (&mut QueueIndex, Outside<'_>) {
+        let cx = Outside {
+            requests: &mut self.requests,
+            labels: &mut self.labels,
+            last_pass: self.last_pass,
+        };
+        (&mut self.index, cx)
+    }
+
+    /// The bucket that detached request `r` joins, made (and listed in its
+    /// fanout group) if there is none; counts `r`'s sets as queued.
+    fn bucket_to_join(&mut self, r: ReqIdx) -> BucketId {
+        let (a, base, prov, g) = {
+            let req = &self.requests[r];
+            (req.account, req.base, req.prov, req.group)
+        };
+        self.set_queued(base, true, true);
+        self.set_queued(prov, false, true);
+        let mut cx = Outside {
+            requests: &mut self.requests,
+            labels: &mut self.labels,
+            last_pass: self.last_pass,
+        };
+        let groups = &self.groups;
+        let throttled = || g.group().is_some_and(|g| groups[g].throttled());
+        let (b, new) = self.index.bucket_for(&mut cx, a, base, prov, g, throttled);
+        if new && let Some(g) = g.group() {
+            self.groups.add_bucket(g, b);
+        }
+        b
+    }
+
+    /// Queues a detached request, keeping its examined time.
+    pub(crate) fn enqueue(&mut self, r: ReqIdx) {
+        let b = self.bucket_to_join(r);
+        let (index, mut cx) = self.index_parts();
+        index.enqueue(&mut cx, r, b);
+        self.queued += 1;
+    }
+
+    /// Queues many detached requests at once (loading a snapshot): each
+    /// bucket's members are built in one go and its head placed once.
+    pub(crate) fn enqueue_many(&mut self, reqs: &[ReqIdx]) {
+        let mut by_bucket: Vec<(BucketId, ReqIdx)> = Vec::with_capacity(reqs.len());
+        for &r in reqs {
+            let examined = self.requests[r].examined.detached();
+            let b = self.bucket_to_join(r);
+            let (index, mut cx) = self.index_parts();
+            index.admit_examined(&mut cx, b, examined);
+            by_bucket.push((b, r));
+        }
+        let (index, mut cx) = self.index_parts();
+        index.enqueue_many(&mut cx, by_bucket);
+        self.queued += reqs.len();
+    }
+
+    /// Takes a queued request out of the queue, leaving it detached with an
+    /// explicit examined time.
+    pub(crate) fn dequeue(&mut self, r: ReqIdx) {
+        if !matches!(self.requests[r].place, Place::Queued(_)) {
+            return;
+        }
+        let (index, mut cx) = self.index_parts();
+        let gone = index.dequeue(&mut cx, r);
+        if let Some((g, b)) = gone {
+            self.groups.remove_bucket(g, b);
+        }
+        let (base, prov) = (self.requests[r].base, self.requests[r].prov);
+        self.set_queued(base, true, false);
+        self.set_queued(prov, false, false);
+        self.queued -= 1;
+    }
+
+    /// Moves a bucket to another placement of its account (fanout
+    /// throttling on or off), keeping every member's examined time.
+    pub(super) fn move_bucket(&mut self, b: BucketId, v: VirtId) {
+        let (index, mut cx) = self.index_parts();
+        index.move_bucket(&mut cx, b, v);
+    }
+
+    /// Places account placement `v` at `level` (`None`: it sits out
+    /// passes).
+    pub(super) fn set_virt_level(&mut self, v: VirtId, level: Option<u8>) {
+        let (index, cx) = self.index_parts();
+        index.set_virt_level(&cx, v, level);
     }
 }

@@ -1,134 +1,31 @@
-//! The queue index: buckets, containers, cells and the settled marker (see
-//! the parent module's docs).
-//!
-//! Everything here (and in its sibling files) maintains derived structures; none of it decides what the
-//! scheduler does. The invariants, checked by `check_invariants` in tests:
-//!
-//! * a queued request is a member of exactly one bucket, the one for its
-//!   (account, base set, provisionable set), placed in its account's normal
-//!   or throttled placement according to its fanout group;
-//! * a placement has one entry per base set: a lone bucket, or a container
-//!   of two or more buckets whose `heads` are their heads; a base set's cell
-//!   is derived from its only entry, or stored and holding the head of every
-//!   entry, whatever its placement's level;
-//! * a request key is settled ([`ExKey::SETTLED`]) iff its examined time
-//!   equals its placement's stamp, and explicit keys are strictly earlier.
+//! Changes to the queue index: requests in and out, buckets between
+//! placements, placements between levels, and settling after a pass.
 
-use super::idmap::hash_ids;
-use super::ids::Entry;
-use super::*;
-use crate::time::Time;
 use smallvec::SmallVec;
 
-impl Scheduler {
-    // ----------------------------------------------------------- queue index
+use super::{Bucket, Cell, Container, Outside, QueueIndex, bucket_hash, level_slot, qkey};
+use crate::scheduler::ids::{
+    AccountIdx, BucketId, CellKind, CellRef, Entry, EntryId, GroupId, GroupRef, ReqIdx, SetId,
+    VirtId,
+};
+use crate::scheduler::ordset::OrdSet;
+use crate::scheduler::{ExKey, Examined, LEVELS, Place, QKey};
+use crate::time::Time;
 
-    pub(super) fn virt_mut(&mut self, v: VirtId) -> &mut Virt {
-        &mut self.accounts[v.account()].virt[v.half()]
-    }
-
-    pub(crate) fn virt(&self, v: VirtId) -> &Virt {
-        &self.accounts[v.account()].virt[v.half()]
-    }
-
-    /// Placement `v`'s key `k` as a cell stores it: in pool-wide terms (see
-    /// [`super::Cell`]), where a settled key of a placement whose stamp is
-    /// older than the last pass carries the stamp, and marked with the
-    /// placement.
-    pub(crate) fn translate(&self, v: VirtId, k: &QKey) -> QKey {
-        let mut k = k.clone();
-        k.v = v;
-        if k.ex.is_settled() {
-            let stamp = self.virt(v).stamp;
-            if stamp != self.last_pass {
-                k.ex = ExKey::at(stamp);
-            }
-        }
-        k
-    }
-
-    /// Queues a detached request, keeping its examined time.
-    pub(crate) fn enqueue(&mut self, r: ReqIdx) {
-        let (a, base, prov, g, examined) = {
-            let req = &self.requests[r];
-            (
-                req.account,
-                req.base,
-                req.prov,
-                req.group,
-                req.examined.detached(),
-            )
-        };
-        self.set_queued(base, true, true);
-        self.set_queued(prov, false, true);
-        let b = self.bucket_for(a, base, prov, g);
-        let v = self.buckets[b].virt;
-        if examined > self.virt(v).stamp {
-            self.raise_stamp(v, examined);
-        }
-        let settled = examined == self.virt(v).stamp;
-        if settled {
-            self.requests[r].examined = Examined::SETTLED;
-        }
-        self.requests[r].place = Place::Queued(b);
-        let key = self.qkey(r);
-        let old_head = self.buckets[b].members.first().cloned();
-        self.buckets[b].members.insert(key);
-        if settled {
-            self.virt_mut(v).settled += 1;
-        } else {
-            self.buckets[b].explicit += 1;
-            self.mark_bucket_dirty(b);
-        }
-        self.bucket_members_changed(b, old_head);
-        self.queued += 1;
-    }
-
-    /// Takes a queued request out of the queue, leaving it detached with an
-    /// explicit examined time.
-    pub(crate) fn dequeue(&mut self, r: ReqIdx) {
-        let Place::Queued(b) = self.requests[r].place else {
-            return;
-        };
-        let key = self.qkey(r);
-        let examined = self.examined(r);
-        let old_head = self.buckets[b].members.first().cloned();
-        self.buckets[b].members.remove(&key);
-        let v = self.buckets[b].virt;
-        if self.requests[r].settled() {
-            self.virt_mut(v).settled -= 1;
-        } else {
-            self.buckets[b].explicit -= 1;
-        }
-        self.bucket_members_changed(b, old_head);
-        if self.buckets[b].members.is_empty() {
-            self.free_bucket(b);
-        }
-        let (base, prov) = (self.requests[r].base, self.requests[r].prov);
-        self.set_queued(base, true, false);
-        self.set_queued(prov, false, false);
-        let req = &mut self.requests[r];
-        req.examined = Examined::at(examined);
-        req.place = Place::Detached;
-        self.queued -= 1;
-    }
-
-    pub(super) fn mark_bucket_dirty(&mut self, b: BucketId) {
-        let bucket = &mut self.buckets[b];
-        if !bucket.dirty {
-            bucket.dirty = true;
-            let v = bucket.virt;
-            self.virt_mut(v).dirty.push(b);
-        }
-    }
-
-    pub(super) fn bucket_for(
+impl QueueIndex {
+    /// The bucket for (`a`, `base`, `prov`), made if there is none: a new
+    /// bucket holds requests of fanout group `g` and goes into the
+    /// account's throttled placement if `throttled()` says so. Returns
+    /// whether it is new, for the caller to list it in its group.
+    pub(crate) fn bucket_for(
         &mut self,
+        cx: &mut Outside<'_>,
         a: AccountIdx,
         base: SetId,
         prov: SetId,
         g: GroupRef,
-    ) -> BucketId {
+        throttled: impl FnOnce() -> bool,
+    ) -> (BucketId, bool) {
         let hash = bucket_hash(a, base, prov);
         let buckets = &self.buckets;
         let key_of = |b: &Bucket| (b.account, b.base, b.prov);
@@ -136,10 +33,9 @@ impl Scheduler {
             .bucket_ids
             .get(hash, |b| key_of(&buckets[b]) == (a, base, prov))
         {
-            return b;
+            return (b, false);
         }
-        let throttled = g.group().is_some_and(|g| self.groups[g].throttled());
-        let v = VirtId::new(a, throttled);
+        let v = VirtId::new(a, throttled());
         let b = self.buckets.insert(Bucket {
             virt: v,
             container: None,
@@ -151,95 +47,162 @@ impl Scheduler {
             explicit: 0,
             dirty: false,
         });
-        self.attach_bucket(b, v);
-        if let Some(g) = g.group() {
-            self.groups.add_bucket(g, b);
-        }
+        self.attach_bucket(cx, b, v);
         let buckets = &self.buckets;
         self.bucket_ids.insert(hash, b, |x| {
             let bucket = &buckets[x];
             bucket_hash(bucket.account, bucket.base, bucket.prov)
         });
-        b
+        (b, true)
     }
 
-    /// The placement of entry `e` (see [`super::Container`]).
-    pub(crate) fn entry_virt(&self, e: EntryId) -> VirtId {
-        match e.get() {
-            Entry::Container(c) => self.containers[c].virt,
-            Entry::Bucket(b) => self.buckets[b].virt,
+    /// Makes `examined` the stamp of bucket `b`'s placement if it is later
+    /// than the stamp, so that a request examined then can join `b`.
+    pub(crate) fn admit_examined(&mut self, cx: &mut Outside<'_>, b: BucketId, examined: Time) {
+        let v = self.buckets[b].virt;
+        if examined > self.placement(v).stamp {
+            self.raise_stamp(cx, v, examined);
         }
     }
 
-    /// The base set of entry `e`.
-    fn entry_base(&self, e: EntryId) -> SetId {
-        match e.get() {
-            Entry::Container(c) => self.containers[c].base,
-            Entry::Bucket(b) => self.buckets[b].base,
+    /// Queues detached request `r` in bucket `b` (its bucket, from
+    /// [`QueueIndex::bucket_for`]), keeping its examined time.
+    pub(crate) fn enqueue(&mut self, cx: &mut Outside<'_>, r: ReqIdx, b: BucketId) {
+        let examined = cx.requests[r].examined.detached();
+        self.admit_examined(cx, b, examined);
+        let v = self.buckets[b].virt;
+        let settled = examined == self.placement(v).stamp;
+        let req = &mut cx.requests[r];
+        if settled {
+            req.examined = Examined::SETTLED;
         }
+        req.place = Place::Queued(b);
+        let key = qkey(req, r);
+        let old_head = self.buckets[b].members.first().cloned();
+        self.buckets[b].members.insert(key);
+        if settled {
+            self.placement_mut(v).settled += 1;
+        } else {
+            self.buckets[b].explicit += 1;
+            self.mark_bucket_dirty(b);
+        }
+        self.bucket_members_changed(cx, b, old_head);
     }
 
-    /// The head of entry `e`: the best head of its buckets.
-    pub(crate) fn entry_head(&self, e: EntryId) -> Option<&QKey> {
-        match e.get() {
-            Entry::Container(c) => self.containers[c].heads.first(),
-            Entry::Bucket(b) => self.buckets[b].members.first(),
-        }
-    }
-
-    /// The buckets of entry `e`, as (provisionable set, bucket) sorted by
-    /// set.
-    pub(crate) fn entry_buckets(&self, e: EntryId) -> impl Iterator<Item = (SetId, BucketId)> + '_ {
-        let mut lone = None;
-        let mut many: &[(SetId, BucketId)] = &[];
-        match e.get() {
-            Entry::Container(c) => many = &self.containers[c].buckets,
-            Entry::Bucket(b) => lone = Some((self.buckets[b].prov, b)),
-        }
-        lone.into_iter().chain(many.iter().copied())
-    }
-
-    /// Entry `e`'s bucket for provisionable set `prov`, if any.
-    pub(crate) fn entry_bucket_for(&self, e: EntryId, prov: SetId) -> Option<BucketId> {
-        match e.get() {
-            Entry::Container(c) => {
-                let buckets = &self.containers[c].buckets;
-                let i = buckets.binary_search_by_key(&prov, |&(p, _)| p).ok()?;
-                Some(buckets[i].1)
+    /// Queues many detached requests at once (loading a snapshot), each
+    /// given with its bucket and with its examined time admitted (see
+    /// [`QueueIndex::admit_examined`]): each bucket's members are built in
+    /// one go and its head placed once.
+    pub(crate) fn enqueue_many(
+        &mut self,
+        cx: &mut Outside<'_>,
+        mut by_bucket: Vec<(BucketId, ReqIdx)>,
+    ) {
+        by_bucket.sort_unstable();
+        let mut i = 0;
+        while i < by_bucket.len() {
+            let b = by_bucket[i].0;
+            let j = i + by_bucket[i..].partition_point(|&(x, _)| x == b);
+            let v = self.buckets[b].virt;
+            let stamp = self.placement(v).stamp;
+            let old_head = self.buckets[b].members.first().cloned();
+            let mut members = std::mem::take(&mut self.buckets[b].members).to_vec();
+            let (mut settled, mut explicit) = (0u64, 0u32);
+            for &(_, r) in &by_bucket[i..j] {
+                let req = &mut cx.requests[r];
+                let is_settled = req.examined.explicit() == Some(stamp);
+                req.place = Place::Queued(b);
+                if is_settled {
+                    req.examined = Examined::SETTLED;
+                    settled += 1;
+                } else {
+                    explicit += 1;
+                }
+                members.push(qkey(req, r));
             }
-            Entry::Bucket(b) => (self.buckets[b].prov == prov).then_some(b),
+            members.sort_unstable();
+            let bucket = &mut self.buckets[b];
+            bucket.members = OrdSet::from_sorted(members);
+            bucket.explicit += explicit;
+            self.placement_mut(v).settled += settled;
+            if explicit > 0 {
+                self.mark_bucket_dirty(b);
+            }
+            self.bucket_members_changed(cx, b, old_head);
+            i = j;
         }
     }
 
-    /// The entry bucket `b` belongs to.
-    pub(crate) fn entry_of(&self, b: BucketId) -> EntryId {
-        match self.buckets[b].container {
-            None => EntryId::bucket(b),
-            Some(c) => EntryId::container(c),
+    /// Takes queued request `r` out of its bucket, leaving it detached with
+    /// an explicit examined time. Returns the bucket, with its fanout
+    /// group, if that emptied it and it is gone (the caller unlists it from
+    /// its group).
+    pub(crate) fn dequeue(
+        &mut self,
+        cx: &mut Outside<'_>,
+        r: ReqIdx,
+    ) -> Option<(GroupId, BucketId)> {
+        let req = &cx.requests[r];
+        let Place::Queued(b) = req.place else {
+            return None;
+        };
+        let key = qkey(req, r);
+        let v = self.buckets[b].virt;
+        let settled = req.settled();
+        let examined = if settled {
+            self.placement(v).stamp
+        } else {
+            req.examined.detached()
+        };
+        let old_head = self.buckets[b].members.first().cloned();
+        self.buckets[b].members.remove(&key);
+        if settled {
+            self.placement_mut(v).settled -= 1;
+        } else {
+            self.buckets[b].explicit -= 1;
+        }
+        self.bucket_members_changed(cx, b, old_head);
+        let gone = if self.buckets[b].members.is_empty() {
+            self.free_bucket(cx, b).map(|g| (g, b))
+        } else {
+            None
+        };
+        let req = &mut cx.requests[r];
+        req.examined = Examined::at(examined);
+        req.place = Place::Detached;
+        gone
+    }
+
+    fn mark_bucket_dirty(&mut self, b: BucketId) {
+        let bucket = &mut self.buckets[b];
+        if !bucket.dirty {
+            bucket.dirty = true;
+            let v = bucket.virt;
+            self.placement_mut(v).dirty.push(b);
         }
     }
 
     /// Counts a new entry in base set `base`'s cell.
-    pub(super) fn cell_add_entry(&mut self, base: SetId, e: EntryId) {
-        match self.labels[base].cell.kind() {
-            CellKind::None => self.labels[base].cell = CellRef::single(e),
+    fn cell_add_entry(&mut self, cx: &mut Outside<'_>, base: SetId, e: EntryId) {
+        match cx.labels[base].cell.kind() {
+            CellKind::None => cx.labels[base].cell = CellRef::single(e),
             CellKind::Single(e0) => {
-                let mut cell = self.derived_cell(e0);
+                let mut cell = self.derived_cell(cx, e0);
                 cell.entries += 1;
                 let i = self.cells.insert(cell);
-                self.labels[base].cell = CellRef::many(i);
+                cx.labels[base].cell = CellRef::many(i);
             }
             CellKind::Many(i) => self.cells[i].entries += 1,
         }
     }
 
     /// Forgets entry `e` of base set `base`'s cell (its head is out).
-    pub(super) fn cell_remove_entry(&mut self, base: SetId, e: EntryId) {
-        match self.labels[base].cell.kind() {
+    fn cell_remove_entry(&mut self, cx: &mut Outside<'_>, base: SetId, e: EntryId) {
+        match cx.labels[base].cell.kind() {
             CellKind::None => debug_assert!(false, "entry without a cell"),
             CellKind::Single(e0) => {
                 debug_assert_eq!(e0, e);
-                self.labels[base].cell = CellRef::NONE;
+                cx.labels[base].cell = CellRef::NONE;
             }
             CellKind::Many(i) => {
                 let cell = &mut self.cells[i];
@@ -247,7 +210,7 @@ impl Scheduler {
                 if cell.entries == 0 {
                     debug_assert!(cell.heads.is_empty() && cell.by_prov.is_empty());
                     self.cells.remove(i);
-                    self.labels[base].cell = CellRef::NONE;
+                    cx.labels[base].cell = CellRef::NONE;
                 }
             }
         }
@@ -256,28 +219,28 @@ impl Scheduler {
     /// Entry `old` of base set `base` becomes `new` (a lone bucket gains a
     /// container or a container goes back to its last bucket). The head,
     /// and so the cell's stored keys, stay the same.
-    pub(super) fn cell_rename_entry(&mut self, base: SetId, old: EntryId, new: EntryId) {
-        if self.labels[base].cell.kind() == CellKind::Single(old) {
-            self.labels[base].cell = CellRef::single(new);
+    fn cell_rename_entry(cx: &mut Outside<'_>, base: SetId, old: EntryId, new: EntryId) {
+        if cx.labels[base].cell.kind() == CellKind::Single(old) {
+            cx.labels[base].cell = CellRef::single(new);
         }
     }
 
     /// The cell of a base set whose only entry is `e`, as it would be
     /// stored.
-    pub(super) fn derived_cell(&self, e: EntryId) -> Cell {
+    fn derived_cell(&self, cx: &Outside<'_>, e: EntryId) -> Cell {
         let v = self.entry_virt(e);
         let mut cell = Cell {
             entries: 1,
             ..Cell::default()
         };
         if let Some(head) = self.entry_head(e) {
-            cell.heads.insert(self.translate(v, head));
-            cell.per_level[level_slot(self.virt(v).level)] = 1;
+            cell.heads.insert(self.translate(cx.last_pass, v, head));
+            cell.per_level[level_slot(self.placement(v).level)] = 1;
         }
         for (prov, b) in self.entry_buckets(e) {
             if let Some(head) = self.buckets[b].members.first() {
-                let mut sub = super::ordset::OrdSet::default();
-                sub.insert(self.translate(v, head));
+                let mut sub = OrdSet::default();
+                sub.insert(self.translate(cx.last_pass, v, head));
                 cell.by_prov.push((prov, sub));
             }
         }
@@ -287,23 +250,23 @@ impl Scheduler {
     /// Puts bucket `b` into placement `v`: it becomes the entry for its
     /// base set there, or joins (or creates) that entry's container; its
     /// head goes into the cells.
-    pub(super) fn attach_bucket(&mut self, b: BucketId, v: VirtId) {
+    fn attach_bucket(&mut self, cx: &mut Outside<'_>, b: BucketId, v: VirtId) {
         let (base, prov) = (self.buckets[b].base, self.buckets[b].prov);
         let bucket = &mut self.buckets[b];
         bucket.virt = v;
         bucket.container = None;
-        let e = match self.virt(v).entries.get(&base).map(|e| e.get()) {
+        let e = match self.placement(v).entries.get(&base).map(|e| e.get()) {
             None => {
                 let e = EntryId::bucket(b);
-                self.virt_mut(v).entries.insert(base, e);
-                self.cell_add_entry(base, e);
+                self.placement_mut(v).entries.insert(base, e);
+                self.cell_add_entry(cx, base, e);
                 e
             }
             Some(Entry::Bucket(b0)) => {
                 // A second bucket: the pair needs a container and an order
                 // of heads.
                 let prov0 = self.buckets[b0].prov;
-                let mut heads = super::ordset::OrdSet::default();
+                let mut heads = OrdSet::default();
                 if let Some(head) = self.buckets[b0].members.first() {
                     heads.insert(head.clone());
                 }
@@ -320,8 +283,8 @@ impl Scheduler {
                 let e = EntryId::container(c);
                 self.buckets[b0].container = Some(c);
                 self.buckets[b].container = Some(c);
-                self.virt_mut(v).entries.insert(base, e);
-                self.cell_rename_entry(base, EntryId::bucket(b0), e);
+                self.placement_mut(v).entries.insert(base, e);
+                Self::cell_rename_entry(cx, base, EntryId::bucket(b0), e);
                 e
             }
             Some(Entry::Container(c)) => {
@@ -333,24 +296,24 @@ impl Scheduler {
             }
         };
         if let Some(head) = self.buckets[b].members.first().cloned() {
-            self.bucket_head_entry(b, None, Some(&head));
-            self.entry_head_changed(e, None, Some(head));
+            self.bucket_head_entry(cx, b, None, Some(&head));
+            self.entry_head_changed(cx, e, None, Some(head));
         }
     }
 
     /// Takes bucket `b` out of its placement (and its head out of the
     /// cells), undoing what `attach_bucket` did.
-    pub(super) fn detach_bucket(&mut self, b: BucketId) {
+    fn detach_bucket(&mut self, cx: &mut Outside<'_>, b: BucketId) {
         let e = self.entry_of(b);
         if let Some(head) = self.buckets[b].members.first().cloned() {
-            self.bucket_head_entry(b, Some(&head), None);
-            self.entry_head_changed(e, Some(head), None);
+            self.bucket_head_entry(cx, b, Some(&head), None);
+            self.entry_head_changed(cx, e, Some(head), None);
         }
         let bucket = &mut self.buckets[b];
         let (v, base, prov) = (bucket.virt, bucket.base, bucket.prov);
         let Some(c) = bucket.container.take() else {
-            self.virt_mut(v).entries.remove(&base);
-            self.cell_remove_entry(base, EntryId::bucket(b));
+            self.placement_mut(v).entries.remove(&base);
+            self.cell_remove_entry(cx, base, EntryId::bucket(b));
             return;
         };
         let cont = &mut self.containers[c];
@@ -365,34 +328,31 @@ impl Scheduler {
             self.containers.remove(c);
             self.buckets[b1].container = None;
             let e1 = EntryId::bucket(b1);
-            self.virt_mut(v).entries.insert(base, e1);
-            self.cell_rename_entry(base, EntryId::container(c), e1);
+            self.placement_mut(v).entries.insert(base, e1);
+            Self::cell_rename_entry(cx, base, EntryId::container(c), e1);
         }
     }
 
-    pub(super) fn free_bucket(&mut self, b: BucketId) {
-        self.detach_bucket(b);
-        let Some(bucket) = self.buckets.remove(b) else {
-            return;
-        };
-        if let Some(g) = bucket.group.group() {
-            self.groups.remove_bucket(g, b);
-        }
+    /// Frees empty bucket `b`; returns its fanout group, if any.
+    fn free_bucket(&mut self, cx: &mut Outside<'_>, b: BucketId) -> Option<GroupId> {
+        self.detach_bucket(cx, b);
+        let bucket = self.buckets.remove(b)?;
         self.bucket_ids
             .remove(bucket_hash(bucket.account, bucket.base, bucket.prov), b);
+        bucket.group.group()
     }
 
     /// Moves a bucket to another placement of its account (fanout throttling
     /// on or off), keeping every member's examined time.
-    pub(super) fn move_bucket(&mut self, b: BucketId, v_new: VirtId) {
+    pub(crate) fn move_bucket(&mut self, cx: &mut Outside<'_>, b: BucketId, v_new: VirtId) {
         let v_old = self.buckets[b].virt;
         if v_old == v_new {
             return;
         }
-        let (old_stamp, new_stamp) = (self.virt(v_old).stamp, self.virt(v_new).stamp);
-        self.detach_bucket(b);
+        let (old_stamp, new_stamp) = (self.placement(v_old).stamp, self.placement(v_new).stamp);
+        self.detach_bucket(cx, b);
         let settled = self.buckets[b].members.len() as u64 - u64::from(self.buckets[b].explicit);
-        self.virt_mut(v_old).settled -= settled;
+        self.placement_mut(v_old).settled -= settled;
         if old_stamp != new_stamp {
             // Members are stored relative to their placement's stamp;
             // restate them relative to the new one.
@@ -409,15 +369,15 @@ impl Scheduler {
                 latest
             };
             if latest > new_stamp {
-                self.raise_stamp(v_new, latest);
+                self.raise_stamp(cx, v_new, latest);
             }
-            let stamp = self.virt(v_new).stamp;
+            let stamp = self.placement(v_new).stamp;
             let members = self.buckets[b].members.to_vec();
-            let mut restated = super::ordset::OrdSet::default();
+            let mut restated = OrdSet::default();
             let mut explicit = 0;
             for mut k in members {
                 let t = k.ex.explicit().map_or(old_stamp, Time::from_nanos);
-                let req = &mut self.requests[k.req];
+                let req = &mut cx.requests[k.req];
                 if t == stamp {
                     k.ex = ExKey::SETTLED;
                     req.examined = Examined::SETTLED;
@@ -433,8 +393,8 @@ impl Scheduler {
             bucket.explicit = explicit;
         }
         let settled = self.buckets[b].members.len() as u64 - u64::from(self.buckets[b].explicit);
-        self.virt_mut(v_new).settled += settled;
-        self.attach_bucket(b, v_new);
+        self.placement_mut(v_new).settled += settled;
+        self.attach_bucket(cx, b, v_new);
         // The old placement's dirty list may name this bucket; the new one
         // must, if the bucket has explicit members.
         self.buckets[b].dirty = false;
@@ -446,27 +406,35 @@ impl Scheduler {
     /// Makes `t` the stamp of placement `v` (`t` later than its stamp).
     /// Settled members must keep their examined time, so they are first
     /// restated explicitly; a placement without any costs nothing.
-    pub(super) fn raise_stamp(&mut self, v: VirtId, t: Time) {
-        if self.virt(v).settled > 0 {
-            let at = self.virt(v).stamp;
-            self.unsettle_virt(v, at);
+    fn raise_stamp(&mut self, cx: &mut Outside<'_>, v: VirtId, t: Time) {
+        if self.placement(v).settled > 0 {
+            let at = self.placement(v).stamp;
+            self.unsettle_virt(cx, v, at);
         }
-        self.virt_mut(v).stamp = t;
+        self.placement_mut(v).stamp = t;
+    }
+
+    /// Sets the stamp of placement `v`, which has no settled member, while
+    /// loading a snapshot.
+    pub(crate) fn load_stamp(&mut self, v: VirtId, t: Time) {
+        debug_assert_eq!(self.placement(v).settled, 0);
+        self.placement_mut(v).stamp = t;
     }
 
     /// Propagates a change of bucket `b`'s head (previously `old_head`).
-    pub(super) fn bucket_members_changed(&mut self, b: BucketId, old_head: Option<QKey>) {
+    fn bucket_members_changed(&mut self, cx: &Outside<'_>, b: BucketId, old_head: Option<QKey>) {
         let new_head = self.buckets[b].members.first().cloned();
         if old_head == new_head {
             return;
         }
-        self.bucket_head_entry(b, old_head.as_ref(), new_head.as_ref());
-        self.entry_head_changed(self.entry_of(b), old_head, new_head);
+        self.bucket_head_entry(cx, b, old_head.as_ref(), new_head.as_ref());
+        self.entry_head_changed(cx, self.entry_of(b), old_head, new_head);
     }
 
     /// Replaces bucket `b`'s head in its cell's provisionable sub-cell.
-    pub(super) fn bucket_head_entry(
+    fn bucket_head_entry(
         &mut self,
+        cx: &Outside<'_>,
         b: BucketId,
         old: Option<&QKey>,
         new: Option<&QKey>,
@@ -475,12 +443,12 @@ impl Scheduler {
             let bucket = &self.buckets[b];
             (bucket.virt, bucket.base, bucket.prov)
         };
-        let CellKind::Many(ci) = self.labels[base].cell.kind() else {
+        let CellKind::Many(ci) = cx.labels[base].cell.kind() else {
             // A derived cell stores nothing.
             return;
         };
-        let old = old.map(|k| self.translate(v, k));
-        let new = new.map(|k| self.translate(v, k));
+        let old = old.map(|k| self.translate(cx.last_pass, v, k));
+        let new = new.map(|k| self.translate(cx.last_pass, v, k));
         let cell = &mut self.cells[ci];
         let i = match cell.by_prov.binary_search_by_key(&prov, |(p, _)| *p) {
             Ok(i) => i,
@@ -506,10 +474,16 @@ impl Scheduler {
 
     /// One of entry `e`'s buckets changed its head from `old` to `new`:
     /// keeps the container's order, if any, and the entry's key in the cell.
-    pub(super) fn entry_head_changed(&mut self, e: EntryId, old: Option<QKey>, new: Option<QKey>) {
+    fn entry_head_changed(
+        &mut self,
+        cx: &Outside<'_>,
+        e: EntryId,
+        old: Option<QKey>,
+        new: Option<QKey>,
+    ) {
         let Entry::Container(c) = e.get() else {
             // A lone bucket's head is the entry's.
-            self.cell_replace(e, old, new);
+            self.cell_replace(cx, e, old, new);
             return;
         };
         let heads = &mut self.containers[c].heads;
@@ -522,24 +496,24 @@ impl Scheduler {
         }
         let after = heads.first().cloned();
         if before != after {
-            self.cell_replace(e, before, after);
+            self.cell_replace(cx, e, before, after);
         }
     }
 
     /// Replaces entry `e`'s head (placement-relative keys) in its base set's
     /// cell.
-    pub(super) fn cell_replace(&mut self, e: EntryId, old: Option<QKey>, new: Option<QKey>) {
+    fn cell_replace(&mut self, cx: &Outside<'_>, e: EntryId, old: Option<QKey>, new: Option<QKey>) {
         let v = self.entry_virt(e);
         let base = self.entry_base(e);
-        let level = level_slot(self.virt(v).level);
+        let level = level_slot(self.placement(v).level);
         let delta: i32 = match (&old, &new) {
             (None, Some(_)) => 1,
             (Some(_), None) => -1,
             _ => 0,
         };
-        if let CellKind::Many(ci) = self.labels[base].cell.kind() {
-            let old = old.map(|k| self.translate(v, &k));
-            let new = new.map(|k| self.translate(v, &k));
+        if let CellKind::Many(ci) = cx.labels[base].cell.kind() {
+            let old = old.map(|k| self.translate(cx.last_pass, v, &k));
+            let new = new.map(|k| self.translate(cx.last_pass, v, &k));
             let cell = &mut self.cells[ci];
             if let Some(o) = &old {
                 cell.heads.remove(o);
@@ -549,14 +523,14 @@ impl Scheduler {
             }
         }
         if delta != 0 {
-            self.count_cell_level(base, level, delta);
+            self.count_cell_level(cx, base, level, delta);
         }
     }
 
     /// Adjusts how many entries of `base`'s cell sit at level slot `level`
     /// (see [`level_slot`]), keeping the per-level count of non-empty cells.
-    pub(super) fn count_cell_level(&mut self, base: SetId, level: usize, delta: i32) {
-        let (was, now) = match self.labels[base].cell.kind() {
+    fn count_cell_level(&mut self, cx: &Outside<'_>, base: SetId, level: usize, delta: i32) {
+        let (was, now) = match cx.labels[base].cell.kind() {
             CellKind::None => return,
             // One entry: its head is the cell's only head.
             CellKind::Single(_) => (u32::from(delta < 0), u32::from(delta > 0)),
@@ -576,27 +550,21 @@ impl Scheduler {
         }
     }
 
-    /// Placement `v`'s entries as (base set, entry), for walking them
-    /// while changing the index.
-    pub(super) fn virt_entries(&self, v: VirtId) -> Vec<(SetId, EntryId)> {
-        self.virt(v).entries.iter().map(|(&s, &e)| (s, e)).collect()
-    }
-
-    /// Places an account's entries at another level: only counters
+    /// Places a placement's entries at another level: only counters
     /// change, the cells' order does not depend on levels.
-    pub(crate) fn set_virt_level(&mut self, v: VirtId, level: Option<u8>) {
-        let old = self.virt(v).level;
+    pub(crate) fn set_virt_level(&mut self, cx: &Outside<'_>, v: VirtId, level: Option<u8>) {
+        let old = self.placement(v).level;
         if old == level {
             return;
         }
-        self.virt_mut(v).level = level;
+        self.placement_mut(v).level = level;
         let entries = self.virt_entries(v);
         for (base, e) in entries {
             if self.entry_head(e).is_none() {
                 continue;
             }
-            self.count_cell_level(base, level_slot(old), -1);
-            self.count_cell_level(base, level_slot(level), 1);
+            self.count_cell_level(cx, base, level_slot(old), -1);
+            self.count_cell_level(cx, base, level_slot(level), 1);
         }
     }
 
@@ -604,10 +572,10 @@ impl Scheduler {
     /// puts it back (`true`), under the current translation. Used around a
     /// change of the placement's stamp or of the last pass's time, which
     /// changes how its settled heads read pool-wide.
-    pub(crate) fn virt_cell_entries(&mut self, v: VirtId, insert: bool) {
+    fn virt_cell_entries(&mut self, cx: &Outside<'_>, v: VirtId, insert: bool) {
         let entries = self.virt_entries(v);
         for (base, e) in entries {
-            let CellKind::Many(ci) = self.labels[base].cell.kind() else {
+            let CellKind::Many(ci) = cx.labels[base].cell.kind() else {
                 // Derived cells read keys under the current translation.
                 continue;
             };
@@ -615,13 +583,16 @@ impl Scheduler {
             for b in buckets {
                 if let Some(h) = self.buckets[b].members.first().cloned() {
                     if insert {
-                        self.bucket_head_entry(b, None, Some(&h));
+                        self.bucket_head_entry(cx, b, None, Some(&h));
                     } else {
-                        self.bucket_head_entry(b, Some(&h), None);
+                        self.bucket_head_entry(cx, b, Some(&h), None);
                     }
                 }
             }
-            if let Some(k) = self.entry_head(e).map(|h| self.translate(v, h)) {
+            if let Some(k) = self
+                .entry_head(e)
+                .map(|h| self.translate(cx.last_pass, v, h))
+            {
                 // Entries leave and return at the same level: the counts
                 // stay as they are.
                 let cell = &mut self.cells[ci];
@@ -637,7 +608,7 @@ impl Scheduler {
     /// The explicit members of bucket `b` become settled (examined at the
     /// placement's stamp). With `propagate`, heads are updated in the cells
     /// too; without, the caller has taken the placement's entries out.
-    pub(crate) fn settle_bucket(&mut self, b: BucketId, propagate: bool) {
+    fn settle_bucket(&mut self, cx: &mut Outside<'_>, b: BucketId, propagate: bool) {
         let n = u64::from(self.buckets[b].explicit);
         if n == 0 {
             self.buckets[b].dirty = false;
@@ -651,11 +622,11 @@ impl Scheduler {
             for k in members.iter_mut() {
                 if !k.ex.is_settled() {
                     k.ex = ExKey::SETTLED;
-                    self.requests[k.req].examined = Examined::SETTLED;
+                    cx.requests[k.req].examined = Examined::SETTLED;
                 }
             }
             members.sort_unstable();
-            self.buckets[b].members = super::ordset::OrdSet::from_sorted(members);
+            self.buckets[b].members = OrdSet::from_sorted(members);
         } else {
             let mut explicit = Vec::new();
             self.buckets[b].members.for_each_while(|k| {
@@ -668,7 +639,7 @@ impl Scheduler {
             });
             for mut k in explicit {
                 self.buckets[b].members.remove(&k);
-                self.requests[k.req].examined = Examined::SETTLED;
+                cx.requests[k.req].examined = Examined::SETTLED;
                 k.ex = ExKey::SETTLED;
                 self.buckets[b].members.insert(k);
             }
@@ -677,9 +648,9 @@ impl Scheduler {
         bucket.explicit = 0;
         bucket.dirty = false;
         let v = bucket.virt;
-        self.virt_mut(v).settled += n;
+        self.placement_mut(v).settled += n;
         if propagate {
-            self.bucket_members_changed(b, old_head);
+            self.bucket_members_changed(cx, b, old_head);
         } else {
             let new_head = self.buckets[b].members.first().cloned();
             if old_head != new_head
@@ -696,69 +667,9 @@ impl Scheduler {
         }
     }
 
-    /// Queues many detached requests at once (loading a snapshot): each
-    /// bucket's members are built in one go and its head placed once.
-    pub(crate) fn enqueue_many(&mut self, reqs: &[ReqIdx]) {
-        let mut by_bucket: Vec<(BucketId, ReqIdx)> = Vec::with_capacity(reqs.len());
-        for &r in reqs {
-            let (a, base, prov, g, examined) = {
-                let req = &self.requests[r];
-                (
-                    req.account,
-                    req.base,
-                    req.prov,
-                    req.group,
-                    req.examined.detached(),
-                )
-            };
-            self.set_queued(base, true, true);
-            self.set_queued(prov, false, true);
-            let b = self.bucket_for(a, base, prov, g);
-            let v = self.buckets[b].virt;
-            if examined > self.virt(v).stamp {
-                self.raise_stamp(v, examined);
-            }
-            by_bucket.push((b, r));
-        }
-        by_bucket.sort_unstable();
-        let mut i = 0;
-        while i < by_bucket.len() {
-            let b = by_bucket[i].0;
-            let j = i + by_bucket[i..].partition_point(|&(x, _)| x == b);
-            let v = self.buckets[b].virt;
-            let stamp = self.virt(v).stamp;
-            let old_head = self.buckets[b].members.first().cloned();
-            let mut members = std::mem::take(&mut self.buckets[b].members).to_vec();
-            let (mut settled, mut explicit) = (0u64, 0u32);
-            for &(_, r) in &by_bucket[i..j] {
-                let req = &mut self.requests[r];
-                let is_settled = req.examined.explicit() == Some(stamp);
-                req.place = Place::Queued(b);
-                if is_settled {
-                    req.examined = Examined::SETTLED;
-                    settled += 1;
-                } else {
-                    explicit += 1;
-                }
-                members.push(self.qkey(r));
-            }
-            members.sort_unstable();
-            let bucket = &mut self.buckets[b];
-            bucket.members = super::ordset::OrdSet::from_sorted(members);
-            bucket.explicit += explicit;
-            self.virt_mut(v).settled += settled;
-            if explicit > 0 {
-                self.mark_bucket_dirty(b);
-            }
-            self.bucket_members_changed(b, old_head);
-            self.queued += j - i;
-            i = j;
-        }
-    }
-
     /// The settled members of placement `v` are restated as explicitly
     /// examined at `at` (its stamp), so that the stamp can change.
-    pub(crate) fn unsettle_virt(&mut self, v: VirtId, at: Time) {
+    fn unsettle_virt(&mut self, cx: &mut Outside<'_>, v: VirtId, at: Time) {
         for (_, e) in self.virt_entries(v) {
             let buckets: SmallVec<[BucketId; 4]> = self.entry_buckets(e).map(|(_, b)| b).collect();
             for b in buckets {
@@ -776,21 +687,65 @@ impl Scheduler {
                 let n = settled.len() as u32;
                 for mut k in settled {
                     self.buckets[b].members.remove(&k);
-                    let req = &mut self.requests[k.req];
-                    req.examined = Examined::at(at);
+                    cx.requests[k.req].examined = Examined::at(at);
                     k.ex = ExKey::at(at);
                     self.buckets[b].members.insert(k);
                 }
                 self.buckets[b].explicit += n;
                 self.mark_bucket_dirty(b);
-                self.bucket_members_changed(b, old_head);
+                self.bucket_members_changed(cx, b, old_head);
             }
         }
-        self.virt_mut(v).settled = 0;
+        self.placement_mut(v).settled = 0;
     }
-}
 
-/// The hash of a bucket's key in the bucket index.
-fn bucket_hash(a: AccountIdx, base: SetId, prov: SetId) -> u64 {
-    hash_ids([a.slot(), base.slot(), prov.slot()])
+    /// Step 5 of a pass at time `t` (see `Scheduler::finish_pass`): the
+    /// placements of `accounts` (every account, in slot order) that took
+    /// part settle their explicit members and take `t` as their stamp;
+    /// placements whose settled heads read differently once the last pass
+    /// is `t` are restated in the cells. `cx.last_pass` is the previous
+    /// pass's time on entry and `t` on return.
+    pub(crate) fn settle_pass(&mut self, cx: &mut Outside<'_>, accounts: &[AccountIdx], t: Time) {
+        let old_last = cx.last_pass;
+        let mut restate: Vec<VirtId> = Vec::new();
+        for &a in accounts {
+            for throttled in [false, true] {
+                let v = VirtId::new(a, throttled);
+                let virt = self.placement(v);
+                let (listed, stamp, settled) = (virt.level.is_some(), virt.stamp, virt.settled);
+                if listed {
+                    let stale = stamp != old_last;
+                    if stale {
+                        self.virt_cell_entries(cx, v, false);
+                        restate.push(v);
+                    }
+                    let dirty = std::mem::take(&mut self.placement_mut(v).dirty);
+                    for b in dirty {
+                        let live = self
+                            .buckets
+                            .get(b)
+                            .is_some_and(|bucket| bucket.virt == v && bucket.dirty);
+                        if live {
+                            self.settle_bucket(cx, b, !stale);
+                        }
+                    }
+                } else if t != old_last && stamp == old_last && settled > 0 {
+                    self.virt_cell_entries(cx, v, false);
+                    restate.push(v);
+                }
+            }
+        }
+        cx.last_pass = t;
+        for &a in accounts {
+            for throttled in [false, true] {
+                let virt = self.placement_mut(VirtId::new(a, throttled));
+                if virt.level.is_some() {
+                    virt.stamp = t;
+                }
+            }
+        }
+        for v in restate {
+            self.virt_cell_entries(cx, v, true);
+        }
+    }
 }
