@@ -107,7 +107,7 @@ fn pool_setup(
     };
     let mut accounts = BTreeMap::new();
     for (id, c) in &chosen.accounts {
-        let config = qscheduler_server::service::account_config(Some(c), id)
+        let config = qscheduler_server::translate::account_config(Some(c), id)
             .map_err(|s| anyhow::anyhow!("{name}: pool {}: account {}", chosen.id, s.message()))?;
         accounts.insert(id.clone(), config);
     }

@@ -26,8 +26,8 @@ use libfuzzer_sys::fuzz_target;
 use qscheduler_core::{AssignCall, Batch, Command, IdleBot, Pool, Time, snapshot};
 use qscheduler_fuzz::inprocess::scratch_dir;
 use qscheduler_fuzz::requests::{BASE_SECS, Req};
-use qscheduler_server::{pool::recover, service, translate};
 use qscheduler_server::limits::Limits;
+use qscheduler_server::{pool::recover, translate};
 use qscheduler_store::{Store, StoreOptions};
 
 const POOL: &str = "p";
@@ -44,10 +44,10 @@ fn command(req: &Req) -> Option<Command> {
             notifies: vec![],
             assigns: vec![translate::assign_call(r, &Limits::default(), Time::MAX).ok()?],
         }),
-        Req::CreateAccount(r) => service::create_account_command(r, &Limits::default()).ok()?,
-        Req::ModAccount(r) => service::mod_account_command(r, &Limits::default()).ok()?,
-        Req::ModPool(r) => service::mod_pool_command(r, &Limits::default()).ok()?,
-        Req::DeleteAccount(r) => service::delete_account_command(r, &Limits::default()).ok()?,
+        Req::CreateAccount(r) => translate::create_account_command(r, &Limits::default()).ok()?,
+        Req::ModAccount(r) => translate::mod_account_command(r, &Limits::default()).ok()?,
+        Req::ModPool(r) => translate::mod_pool_command(r, &Limits::default()).ok()?,
+        Req::DeleteAccount(r) => translate::delete_account_command(r, &Limits::default()).ok()?,
         Req::Wipe(_) => Command::Wipe {
             time: Time::from_secs(BASE_SECS + 100),
         },

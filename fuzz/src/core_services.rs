@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use qscheduler_core::{AssignCall, Batch, Command, NotifyCall, Pool, Time, snapshot};
-use qscheduler_server::{service, translate};
+use qscheduler_server::translate;
 use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::qscheduler::q_scheduler_admin_server::QSchedulerAdmin;
 use qscheduler_wire::qscheduler::q_scheduler_view_server::QSchedulerView;
@@ -167,7 +167,7 @@ impl Core {
                 Routed::Answer(Answer::Done)
             }
             Req::CreateAccount(r) => {
-                let cmd = service::create_account_command(&r, limits())?;
+                let cmd = translate::create_account_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
@@ -176,17 +176,17 @@ impl Core {
                 Routed::Queue(r.pool_id, Work::Admin(Command::Wipe { time: self.wall }))
             }
             Req::ModAccount(r) => {
-                let cmd = service::mod_account_command(&r, limits())?;
+                let cmd = translate::mod_account_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
             Req::ModPool(r) => {
-                let cmd = service::mod_pool_command(&r, limits())?;
+                let cmd = translate::mod_pool_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
             Req::DeleteAccount(r) => {
-                let cmd = service::delete_account_command(&r, limits())?;
+                let cmd = translate::delete_account_command(&r, limits())?;
                 exists(self, &r.pool_id)?;
                 Routed::Queue(r.pool_id, Work::Admin(cmd))
             }
@@ -200,7 +200,7 @@ impl Core {
                 let accounts = self.pools[&r.pool_id]
                     .scheduler()
                     .accounts()
-                    .map(|(id, c, _)| (id.to_owned(), service::account_config_pb(c)))
+                    .map(|(id, c, _)| (id.to_owned(), translate::account_config_pb(c)))
                     .collect();
                 Routed::Answer(Answer::Accounts(adm::ListAccountsResponse { accounts }))
             }

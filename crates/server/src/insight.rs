@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::limits::{Limits, check_id};
 use crate::pool::PoolRef;
 use crate::report::{MINUTE_NANOS, PoolFigures, Report, Reports};
-use crate::service::{Origin, Scheduler};
+use crate::service::{Origin, PoolServices};
 use crate::translate::timestamp;
 
 /// Default report window.
@@ -30,10 +30,10 @@ pub const MAX_REPORT_WINDOW_SECS: i64 = 7 * 24 * 3600;
 /// The window of pool turnover an ETA uses.
 pub const TURNOVER_WINDOW_MINUTES: i64 = 10;
 
-/// The insight service over the same pools as [`Scheduler`].
+/// The insight service over the same pools as [`PoolServices`].
 #[derive(Clone)]
 pub struct Insight {
-    svc: Scheduler,
+    svc: PoolServices,
     reports: Arc<Reports>,
     limits: Arc<Limits>,
 }
@@ -44,7 +44,7 @@ fn client(c: Channel) -> QSchedulerInsightClient<Channel> {
 
 impl Insight {
     /// The service over `svc`'s pools, with the figures `reports` keeps.
-    pub fn new(svc: Scheduler, reports: Arc<Reports>, limits: Limits) -> Self {
+    pub fn new(svc: PoolServices, reports: Arc<Reports>, limits: Limits) -> Self {
         Insight {
             svc,
             reports,

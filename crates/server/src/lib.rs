@@ -2,11 +2,13 @@
 //!
 //! Owns everything between the network and the scheduling core:
 //!
-//! * [`pool`]: one single-writer actor per pool that batches calls and makes
-//!   them durable before answering;
+//! * [`pool`]: a pool's handle, options, observers and recovery; its
+//!   single writer (`pool/writer.rs`) batches calls and makes them durable
+//!   before answering;
 //! * [`registry`]: which pools this server runs, their creation, recovery
 //!   and deletion;
-//! * [`translate`]: Swarming's messages to core commands and back;
+//! * [`translate`]: Swarming's messages and the administrative requests to
+//!   core commands, and back;
 //! * [`limits`]: what one request may hold, and how much may wait;
 //! * [`service`]: the gRPC/pRPC services; [`insight`]: explanations and
 //!   reports; [`report`]: the rolling figures behind them; [`ui`]: the

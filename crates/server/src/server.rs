@@ -42,7 +42,7 @@ use crate::registry::Registry;
 use crate::report::Reports;
 use crate::rpc_layer::RpcLayer;
 use crate::secret::{RedactedUrl, Secret, redact_url};
-use crate::service::Scheduler;
+use crate::service::PoolServices;
 use crate::tls::{TlsAcceptorCell, TlsError, TlsOptions};
 
 /// Everything the server needs to start. Its `Debug` hides the peer
@@ -338,7 +338,7 @@ fn router_with(
     reports: Arc<Reports>,
     more: impl FnOnce(Services) -> Services,
 ) -> Result<axum::Router, ServerError> {
-    let mut scheduler = Scheduler::new(registry.clone(), options.limits.clone())
+    let mut pool_services = PoolServices::new(registry.clone(), options.limits.clone())
         .with_auth(options.auth.is_some(), options.peer_secret.clone());
     if let Some(tls) = &options.tls {
         // The CA of client certificates is usually the replicas' CA too.
@@ -349,9 +349,9 @@ fn router_with(
             })?),
             None => None,
         };
-        scheduler = scheduler.with_forwarding_tls(ca);
+        pool_services = pool_services.with_forwarding_tls(ca);
     }
-    let svc = Arc::new(scheduler);
+    let svc = Arc::new(pool_services);
     let insight = Arc::new(Insight::new(
         (*svc).clone(),
         reports,

@@ -29,7 +29,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qscheduler_core::{AccountChanges, AccountConfig, Command, CommandError, Time};
+use qscheduler_core::{Command, CommandError, Time};
 use qscheduler_store::Owner;
 use qscheduler_wire::protos;
 use qscheduler_wire::qscheduler as adm;
@@ -48,7 +48,7 @@ use tonic::{Request, Response, Status};
 use crate::audit;
 use crate::auth::layer::{FORWARDED_PRINCIPAL, PEER_SECRET_HEADER};
 use crate::auth::{Access, check_pool};
-use crate::limits::{self, Limits};
+use crate::limits::Limits;
 use crate::pool::{PoolError, PoolRef};
 use crate::registry::{Location, PoolStatus, Registry, RegistryError};
 use crate::rpc_layer::record_pool;
@@ -262,7 +262,7 @@ impl Forwarder {
 
 /// The three services over one registry of pools.
 #[derive(Clone)]
-pub struct Scheduler {
+pub struct PoolServices {
     registry: Arc<Registry>,
     forwarder: Arc<Forwarder>,
     limits: Arc<Limits>,
@@ -288,8 +288,8 @@ fn view_client(c: Channel) -> QSchedulerViewClient<Channel> {
         .max_encoding_message_size(MAX_FORWARDED_MESSAGE)
 }
 
-impl Scheduler {
-    /// Services over `registry`, refusing requests over `limits`.
+impl PoolServices {
+    /// The services over `registry`, refusing requests over `limits`.
     pub fn new(registry: Arc<Registry>, limits: Limits) -> Self {
         let forwarder = Arc::new(Forwarder {
             me: registry.replica_id().to_owned(),
@@ -297,7 +297,7 @@ impl Scheduler {
             peer_secret: None,
             tls: None,
         });
-        Scheduler {
+        PoolServices {
             registry,
             forwarder,
             limits: Arc::new(limits),
@@ -384,7 +384,7 @@ impl Scheduler {
 }
 
 #[tonic::async_trait]
-impl ExternalScheduler for Scheduler {
+impl ExternalScheduler for PoolServices {
     async fn assign_tasks(
         &self,
         request: Request<pb::AssignTasksRequest>,
@@ -480,124 +480,7 @@ impl ExternalScheduler for Scheduler {
     }
 }
 
-/// An account configuration from the API, checked, naming `field` on error.
-pub fn account_config(
-    c: Option<&protos::AccountConfig>,
-    field: &str,
-) -> Result<AccountConfig, Status> {
-    let Some(c) = c else {
-        return Ok(AccountConfig::default());
-    };
-    let invalid = |e: &dyn std::fmt::Display| Status::invalid_argument(format!("{field}.{e}"));
-    let config = AccountConfig {
-        charge_rate: AccountConfig::rates_from_slice(&c.charge_rate).map_err(|e| invalid(&e))?,
-        max_charge_seconds: c.max_charge_seconds,
-        max_fanout: c.max_fanout,
-        disable_free_tasks: c.disable_free_tasks,
-        description: c.description.clone(),
-        per_label_task_limits: c
-            .per_label_task_limits
-            .iter()
-            .map(|(k, &v)| (k.clone(), v))
-            .collect(),
-    };
-    config.validate().map_err(|e| invalid(&e))?;
-    Ok(config)
-}
-
-/// The API form of an account configuration (always five rates).
-pub fn account_config_pb(c: &AccountConfig) -> protos::AccountConfig {
-    protos::AccountConfig {
-        charge_rate: c.charge_rate.to_vec(),
-        max_charge_seconds: c.max_charge_seconds,
-        max_fanout: c.max_fanout,
-        disable_free_tasks: c.disable_free_tasks,
-        description: c.description.clone(),
-        per_label_task_limits: c
-            .per_label_task_limits
-            .iter()
-            .map(|(k, &v)| (k.clone(), v))
-            .collect(),
-    }
-}
-
-/// A CreateAccount request as the command to log, or `INVALID_ARGUMENT`
-/// naming the field.
-pub fn create_account_command(
-    req: &adm::CreateAccountRequest,
-    limits: &Limits,
-) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id", limits)?;
-    limits::check_id(&req.account_id, "account_id", limits)?;
-    let config = account_config(req.config.as_ref(), "config")?;
-    Ok(Command::CreateAccount {
-        account_id: req.account_id.clone(),
-        config,
-    })
-}
-
-/// A ModAccount request as the command to log, or `INVALID_ARGUMENT`
-/// naming the field. Whether the account exists is the pool writer's
-/// question (`NOT_FOUND`).
-pub fn mod_account_command(
-    req: &adm::ModAccountRequest,
-    limits: &Limits,
-) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id", limits)?;
-    limits::check_id(&req.account_id, "account_id", limits)?;
-    let changes = AccountChanges {
-        charge_rate: (!req.charge_rate.is_empty()).then(|| req.charge_rate.clone()),
-        max_charge_seconds: req.max_charge_seconds,
-        max_fanout: req.max_fanout,
-        disable_free_tasks: req.disable_free_tasks,
-        description: req.description.clone(),
-        per_label_task_limits: (!req.per_label_task_limits.is_empty()).then(|| {
-            req.per_label_task_limits
-                .iter()
-                .map(|(k, &v)| (k.clone(), v))
-                .collect()
-        }),
-        reset_balance: req.reset_balance,
-    };
-    // Range checks against a neutral config name the bad field before
-    // anything is queued.
-    changes
-        .apply_to(&AccountConfig::default())
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(Command::ModAccount {
-        account_id: req.account_id.clone(),
-        changes,
-    })
-}
-
-/// A ModSchedulerPool request as the command to log.
-pub fn mod_pool_command(
-    req: &adm::ModSchedulerPoolRequest,
-    limits: &Limits,
-) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id", limits)?;
-    if let Some(secs) = req.bot_expiration_seconds {
-        limits::check_bot_expiration(i64::from(secs), "bot_expiration_seconds", limits)?;
-    }
-    Ok(Command::ModPool {
-        disable_preemption: req.disable_preemption,
-        bot_expiration_secs: req.bot_expiration_seconds,
-    })
-}
-
-/// A DeleteAccount request as the command to log.
-pub fn delete_account_command(
-    req: &adm::DeleteAccountRequest,
-    limits: &Limits,
-) -> Result<Command, Status> {
-    translate::pool_id(&req.pool_id, "pool_id", limits)?;
-    limits::check_id(&req.account_id, "account_id", limits)?;
-    Ok(Command::DeleteAccount {
-        account_id: req.account_id.clone(),
-    })
-}
-
-impl Scheduler {
+impl PoolServices {
     /// Runs an administrative command on pool `id`, wherever it lives.
     async fn admin<Req, Resp, R, RF>(
         &self,
@@ -633,7 +516,7 @@ impl Scheduler {
 }
 
 #[tonic::async_trait]
-impl QSchedulerAdmin for Scheduler {
+impl QSchedulerAdmin for PoolServices {
     async fn create_scheduler_pool(
         &self,
         request: Request<adm::CreateSchedulerPoolRequest>,
@@ -663,7 +546,7 @@ impl QSchedulerAdmin for Scheduler {
         audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let cmd = create_account_command(&req, &self.limits)?;
+        let cmd = translate::create_account_command(&req, &self.limits)?;
         let id = req.pool_id.clone();
         self.admin(
             &id,
@@ -704,7 +587,7 @@ impl QSchedulerAdmin for Scheduler {
         audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let cmd = mod_account_command(&req, &self.limits)?;
+        let cmd = translate::mod_account_command(&req, &self.limits)?;
         let id = req.pool_id.clone();
         self.admin(
             &id,
@@ -725,7 +608,7 @@ impl QSchedulerAdmin for Scheduler {
         let origin = Origin::of(&request);
         let req = request.into_inner();
         let id = req.pool_id.clone();
-        let cmd = mod_pool_command(&req, &self.limits)?;
+        let cmd = translate::mod_pool_command(&req, &self.limits)?;
         self.admin(
             &id,
             &origin,
@@ -744,7 +627,7 @@ impl QSchedulerAdmin for Scheduler {
         audit::note(&request, &request.get_ref().pool_id);
         let origin = Origin::of(&request);
         let req = request.into_inner();
-        let cmd = delete_account_command(&req, &self.limits)?;
+        let cmd = translate::delete_account_command(&req, &self.limits)?;
         let id = req.pool_id.clone();
         self.admin(
             &id,
@@ -793,7 +676,7 @@ fn age_seconds(now: Time, t: Time) -> i32 {
 }
 
 #[tonic::async_trait]
-impl QSchedulerView for Scheduler {
+impl QSchedulerView for PoolServices {
     async fn list_accounts(
         &self,
         request: Request<adm::ListAccountsRequest>,
@@ -812,7 +695,7 @@ impl QSchedulerView for Scheduler {
                         state
                             .scheduler()
                             .accounts()
-                            .map(|(id, c, _)| (id.to_owned(), account_config_pb(c)))
+                            .map(|(id, c, _)| (id.to_owned(), translate::account_config_pb(c)))
                             .collect()
                     })
                     .await;
@@ -993,7 +876,7 @@ fn inspect(state: &qscheduler_core::Pool, now: Time, page: &Page) -> adm::Inspec
             );
         }
         resp.account_configs
-            .insert(id.to_owned(), account_config_pb(c));
+            .insert(id.to_owned(), translate::account_config_pb(c));
     }
     let size = if page.size == 0 {
         usize::MAX

@@ -1,6 +1,10 @@
-//! Swarming's messages to scheduler inputs (reference §5), and back.
+//! Requests to scheduler inputs, and back: Swarming's messages (reference
+//! §5) and the administrative API's (accounts and pool settings). Every
+//! value a caller sends is checked here, against the [`Limits`] and the
+//! core's own rules, before anything is queued for a pool.
 //!
-//! Two kinds of problems are told apart here, as Swarming expects:
+//! Two kinds of problems are told apart in Swarming's messages, as Swarming
+//! expects:
 //!
 //! * A malformed request (a missing time, an empty task or bot id, a
 //!   timestamp out of range) is refused as a whole with `INVALID_ARGUMENT`
@@ -13,13 +17,17 @@
 use std::collections::BTreeSet;
 
 use qscheduler_core::{
-    AssignCall, BotAssignment, CancelReason, Cancellation, IdleBot, Notification, NotifyCall,
-    NotifyKind, Time,
+    AccountChanges, AccountConfig, AssignCall, BotAssignment, CancelReason, Cancellation, Command,
+    IdleBot, Notification, NotifyCall, NotifyKind, Time,
 };
+use qscheduler_wire::protos;
+use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::swarming::v1 as pb;
 use tonic::Status;
 
-use crate::limits::{Limits, check_clock, check_count, check_id, check_labels};
+use crate::limits::{
+    Limits, check_bot_expiration, check_clock, check_count, check_id, check_labels,
+};
 
 /// The tag key that names a task's quota account.
 pub const ACCOUNT_TAG_KEY: &str = "qs_account";
@@ -265,6 +273,125 @@ pub fn cancellations_response(list: Vec<Cancellation>) -> pb::GetCancellationsRe
             })
             .collect(),
     }
+}
+
+// ---- administration ----
+
+/// An account configuration from the API, checked, naming `field` on error.
+pub fn account_config(
+    c: Option<&protos::AccountConfig>,
+    field: &str,
+) -> Result<AccountConfig, Status> {
+    let Some(c) = c else {
+        return Ok(AccountConfig::default());
+    };
+    let invalid = |e: &dyn std::fmt::Display| Status::invalid_argument(format!("{field}.{e}"));
+    let config = AccountConfig {
+        charge_rate: AccountConfig::rates_from_slice(&c.charge_rate).map_err(|e| invalid(&e))?,
+        max_charge_seconds: c.max_charge_seconds,
+        max_fanout: c.max_fanout,
+        disable_free_tasks: c.disable_free_tasks,
+        description: c.description.clone(),
+        per_label_task_limits: c
+            .per_label_task_limits
+            .iter()
+            .map(|(k, &v)| (k.clone(), v))
+            .collect(),
+    };
+    config.validate().map_err(|e| invalid(&e))?;
+    Ok(config)
+}
+
+/// The API form of an account configuration (always five rates).
+pub fn account_config_pb(c: &AccountConfig) -> protos::AccountConfig {
+    protos::AccountConfig {
+        charge_rate: c.charge_rate.to_vec(),
+        max_charge_seconds: c.max_charge_seconds,
+        max_fanout: c.max_fanout,
+        disable_free_tasks: c.disable_free_tasks,
+        description: c.description.clone(),
+        per_label_task_limits: c
+            .per_label_task_limits
+            .iter()
+            .map(|(k, &v)| (k.clone(), v))
+            .collect(),
+    }
+}
+
+/// A CreateAccount request as the command to log, or `INVALID_ARGUMENT`
+/// naming the field.
+pub fn create_account_command(
+    req: &adm::CreateAccountRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    pool_id(&req.pool_id, "pool_id", limits)?;
+    check_id(&req.account_id, "account_id", limits)?;
+    let config = account_config(req.config.as_ref(), "config")?;
+    Ok(Command::CreateAccount {
+        account_id: req.account_id.clone(),
+        config,
+    })
+}
+
+/// A ModAccount request as the command to log, or `INVALID_ARGUMENT`
+/// naming the field. Whether the account exists is the pool writer's
+/// question (`NOT_FOUND`).
+pub fn mod_account_command(
+    req: &adm::ModAccountRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    pool_id(&req.pool_id, "pool_id", limits)?;
+    check_id(&req.account_id, "account_id", limits)?;
+    let changes = AccountChanges {
+        charge_rate: (!req.charge_rate.is_empty()).then(|| req.charge_rate.clone()),
+        max_charge_seconds: req.max_charge_seconds,
+        max_fanout: req.max_fanout,
+        disable_free_tasks: req.disable_free_tasks,
+        description: req.description.clone(),
+        per_label_task_limits: (!req.per_label_task_limits.is_empty()).then(|| {
+            req.per_label_task_limits
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect()
+        }),
+        reset_balance: req.reset_balance,
+    };
+    // Range checks against a neutral config name the bad field before
+    // anything is queued.
+    changes
+        .apply_to(&AccountConfig::default())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(Command::ModAccount {
+        account_id: req.account_id.clone(),
+        changes,
+    })
+}
+
+/// A ModSchedulerPool request as the command to log.
+pub fn mod_pool_command(
+    req: &adm::ModSchedulerPoolRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    pool_id(&req.pool_id, "pool_id", limits)?;
+    if let Some(secs) = req.bot_expiration_seconds {
+        check_bot_expiration(i64::from(secs), "bot_expiration_seconds", limits)?;
+    }
+    Ok(Command::ModPool {
+        disable_preemption: req.disable_preemption,
+        bot_expiration_secs: req.bot_expiration_seconds,
+    })
+}
+
+/// A DeleteAccount request as the command to log.
+pub fn delete_account_command(
+    req: &adm::DeleteAccountRequest,
+    limits: &Limits,
+) -> Result<Command, Status> {
+    pool_id(&req.pool_id, "pool_id", limits)?;
+    check_id(&req.account_id, "account_id", limits)?;
+    Ok(Command::DeleteAccount {
+        account_id: req.account_id.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use qscheduler_core::{Batch, Command, Pool, Time, snapshot};
 use qscheduler_server::metrics::{Metrics, MetricsOptions};
 use qscheduler_server::pool::{NoObserver, PoolOptions};
 use qscheduler_server::registry::Registry;
-use qscheduler_server::{ServerOptions, server, service, translate};
+use qscheduler_server::{ServerOptions, server, translate};
 use qscheduler_store::{Store, StoreOptions};
 use qscheduler_wire::qscheduler as adm;
 use qscheduler_wire::swarming::v1 as pb;
@@ -324,10 +324,10 @@ impl Req {
                     assigns: vec![c],
                 })
             }),
-            Req::CreateAccount(r) => service::create_account_command(r, &Limits::default()),
-            Req::ModAccount(r) => service::mod_account_command(r, &Limits::default()),
-            Req::ModPool(r) => service::mod_pool_command(r, &Limits::default()),
-            Req::DeleteAccount(r) => service::delete_account_command(r, &Limits::default()),
+            Req::CreateAccount(r) => translate::create_account_command(r, &Limits::default()),
+            Req::ModAccount(r) => translate::mod_account_command(r, &Limits::default()),
+            Req::ModPool(r) => translate::mod_pool_command(r, &Limits::default()),
+            Req::DeleteAccount(r) => translate::delete_account_command(r, &Limits::default()),
             Req::Wipe(_) => Ok(Command::Wipe {
                 time: Time::from_secs(BASE),
             }),
