@@ -117,9 +117,58 @@ pub const DEFAULT_BOT_EXPIRATION_NANOS: i64 = 300 * NANOS_PER_SEC;
 /// their assignment times out.
 pub const MAX_QUEUEING_AGE_NANOS: i64 = 46 * 3600 * NANOS_PER_SEC;
 
+/// The proleptic Gregorian date `(year, month 1..=12, day 1..=31)` of a
+/// day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`). The
+/// workspace's one calendar rule: every place that prints or parses a UTC
+/// date uses it and [`days_from_civil`].
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date, the inverse of
+/// [`civil_from_days`].
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The UTC date and the seconds into that day of `secs` since the Unix
+/// epoch: `(year, month, day, seconds of the day)`.
+pub fn civil_from_unix(secs: i64) -> (i64, i64, i64, i64) {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    (y, m, d, secs.rem_euclid(86_400))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates_round_trip() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_unix(1_700_000_000), (2023, 11, 14, 80_000)); // 22:13:20
+        assert_eq!(civil_from_unix(-1), (1969, 12, 31, 86_399));
+        for days in (-800_000..800_000).step_by(97) {
+            let (y, m, d) = civil_from_days(days);
+            assert!((1..=12).contains(&m) && (1..=31).contains(&d), "{days}");
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
 
     #[test]
     fn from_unix_validates() {

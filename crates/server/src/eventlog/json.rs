@@ -362,21 +362,7 @@ impl Json {
     }
 }
 
-/// Civil UTC date and seconds of the day of a Unix time (Howard Hinnant's
-/// days-to-civil algorithm).
-pub(super) fn civil(secs: i64) -> (i64, i64, i64, i64) {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem)
-}
+pub(super) use qscheduler_core::time::civil_from_unix as civil;
 
 #[cfg(test)]
 mod tests {
