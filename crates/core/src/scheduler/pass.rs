@@ -191,7 +191,8 @@ impl Scheduler {
             CellKind::None => None,
             CellKind::Many(ci) => {
                 let cell = self.index.cell(ci);
-                (cell.heads_at(p) > 0).then_some(CellView::Stored(cell))
+                // Heads at other levels are skipped by the scan itself.
+                (!cell.heads().is_empty()).then_some(CellView::Stored(cell))
             }
             CellKind::Single(e) => (self.index.level(self.index.entry_virt(e)) == Some(p)
                 && self.index.entry_head(e).is_some())

@@ -195,7 +195,7 @@ impl Scheduler {
     /// Places account placement `v` at `level` (`None`: it sits out
     /// passes).
     pub(super) fn set_virt_level(&mut self, v: VirtId, level: Option<u8>) {
-        let (index, cx) = self.index_parts();
-        index.set_virt_level(&cx, v, level);
+        let (index, _) = self.index_parts();
+        index.set_virt_level(v, level);
     }
 }

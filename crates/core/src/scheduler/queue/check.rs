@@ -29,6 +29,7 @@ impl QueueIndex {
         let mut expect_provs = ExpectProvs::new();
         let mut entries_of: BTreeMap<SetId, u32> = BTreeMap::new();
         let (mut buckets_seen, mut containers_seen) = (0, 0);
+        let mut headed_at = [0u64; LEVELS + 1];
         for (i, placements) in self.placements.iter().enumerate() {
             let a = AccountIdx::from_slot(i as u32);
             for (half, virt) in placements.iter().enumerate() {
@@ -40,6 +41,9 @@ impl QueueIndex {
                     );
                 }
                 let mut settled = 0u64;
+                // Every entry has a head: its buckets are non-empty.
+                assert_eq!(virt.headed, virt.entries.len() as u64, "heads of {v:?}");
+                headed_at[level_slot(virt.level)] += virt.headed;
                 for (&base, &e) in &virt.entries {
                     *entries_of.entry(base).or_default() += 1;
                     assert_eq!(self.entry_virt(e), v);
@@ -108,8 +112,8 @@ impl QueueIndex {
             self.containers.len(),
             "containers outside their placement"
         );
+        assert_eq!(headed_at, self.headed_at, "entry heads per level");
         // Cells: derived from a lone entry, or stored.
-        let mut nonempty = [0usize; LEVELS];
         let mut stored_cells = 0;
         for (s, set) in labels.iter_sets() {
             let n_entries = entries_of.get(&s).copied().unwrap_or(0);
@@ -122,9 +126,6 @@ impl QueueIndex {
                     let want = expect_cells.remove(&s).unwrap_or_default();
                     assert_eq!(want.len(), 1);
                     assert_eq!(want[0].1, e);
-                    if want[0].2 < LEVELS {
-                        nonempty[want[0].2] += 1;
-                    }
                     for (prov, _) in self.entry_buckets(e) {
                         assert!(expect_provs.remove(&(s, prov)).is_some());
                     }
@@ -133,14 +134,13 @@ impl QueueIndex {
                     stored_cells += 1;
                     let cell = &self.cells[ci];
                     assert_eq!(cell.entries, n_entries, "entries of cell {s}");
-                    check_stored_cell(s, cell, &mut expect_cells, &mut expect_provs, &mut nonempty);
+                    check_stored_cell(s, cell, &mut expect_cells, &mut expect_provs);
                 }
             }
         }
         assert_eq!(stored_cells, self.cells.len(), "stored cells without a set");
         assert!(expect_cells.is_empty());
         assert!(expect_provs.is_empty(), "missing provisionable sub-cells");
-        assert_eq!(nonempty, self.nonempty_cells);
     }
 }
 
@@ -150,19 +150,15 @@ fn check_stored_cell(
     cell: &Cell,
     expect_cells: &mut ExpectCells,
     expect_provs: &mut ExpectProvs,
-    nonempty: &mut [usize; LEVELS],
 ) {
     let mut want = expect_cells.remove(&s).unwrap_or_default();
     want.sort_by(|a, b| a.0.cmp(&b.0));
     let have = cell.heads.to_vec();
     assert_eq!(have.len(), want.len(), "cell of set {s}");
-    let mut per_level = [0u32; LEVELS + 1];
-    for (h, (k, _, level)) in have.iter().zip(&want) {
+    for (h, (k, _, _)) in have.iter().zip(&want) {
         assert_eq!(h, k, "cell of set {s}");
         assert_eq!(h.v, k.v, "cell entry names its placement");
-        per_level[*level] += 1;
     }
-    assert_eq!(per_level, cell.per_level, "cell level counts of set {s}");
     for (prov, sub) in &cell.by_prov {
         let mut want = expect_provs.remove(&(s, *prov)).unwrap_or_default();
         want.sort();
@@ -170,11 +166,6 @@ fn check_stored_cell(
         assert_eq!(have, want, "provisionable sub-cell ({s}, {prov})");
         for (h, k) in have.iter().zip(&want) {
             assert_eq!(h.v, k.v, "sub-cell entry names its placement");
-        }
-    }
-    for level in 0..LEVELS {
-        if per_level[level] > 0 {
-            nonempty[level] += 1;
         }
     }
 }

@@ -3,7 +3,7 @@
 //! settled marker; see the parent module's docs).
 //!
 //! [`QueueIndex`] owns the buckets, the containers, the stored cells, each
-//! account's two placements ([`Virt`]) and the count of non-empty cells per
+//! account's two placements ([`Virt`]) and the count of entry heads per
 //! level, and only its methods change them. It decides nothing about
 //! scheduling: it keeps derived orders. What it reads or writes of other
 //! parts is handed to it in an [`Outside`]: the requests (their keys,
@@ -23,8 +23,9 @@
 //!   set, provisionable set) key;
 //! * a base set's cell is derived from its only entry, or stored and
 //!   holding the head of every entry, whatever its placement's level, with
-//!   per-level counts and provisionable sub-cells to match; the count of
-//!   non-empty cells per level follows;
+//!   provisionable sub-cells to match; every entry has a head, a placement
+//!   counts its entries' heads, and the count of heads per level is the sum
+//!   over the placements at that level (so a level change is constant-time);
 //! * a bucket counts its explicit (unsettled) members and, while it has
 //!   any, is on its placement's dirty list; a placement counts its settled
 //!   members, and a placement with entries has a stamp no later than the
@@ -73,17 +74,17 @@ pub(crate) struct Outside<'a> {
 /// set, whatever its placement's level: a pass at level `p` skips entries
 /// of other levels.
 /// Keeping one ordered set per base set (rather than one per level) means an
-/// account that changes level moves nothing but counters.
+/// account that changes level moves nothing but its placement's counters.
 ///
 /// Keys here are in pool-wide terms: a settled key ([`ExKey::SETTLED`]) means
 /// "examined at the last pass"; a settled request of a placement whose stamp
 /// is older carries that stamp explicitly (see [`QueueIndex::translate`]).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Cell {
-    /// Entry heads; each key's `v` names its entry's placement.
+    /// Entry heads; each key's `v` names its entry's placement, whose
+    /// level is the head's level. Levels are not counted per cell: an
+    /// account that changes level would then touch every cell it is in.
     heads: OrdSet<QKey>,
-    /// Number of entry heads per placement level (see [`level_slot`]).
-    per_level: [u32; LEVELS + 1],
     /// Bucket heads by provisionable set (sorted by set id), so that a
     /// worker looking for provisioned work looks only at the provisionable
     /// sets it has. Each key's `v` names the bucket's placement.
@@ -99,12 +100,6 @@ impl Cell {
         &self.heads
     }
 
-    /// Number of entry heads at level `p`.
-    #[inline]
-    pub(crate) fn heads_at(&self, p: u8) -> u32 {
-        self.per_level[usize::from(p)]
-    }
-
     /// The heads of the buckets with provisionable set `prov`, if any.
     #[inline]
     pub(crate) fn prov_heads(&self, prov: SetId) -> Option<&OrdSet<QKey>> {
@@ -113,9 +108,9 @@ impl Cell {
     }
 }
 
-/// Where a placement's level is counted in a cell's `per_level`: its level,
-/// or one past the levels for placements that sit out the pass (free level
-/// with free tasks disabled).
+/// Where a placement's heads are counted in [`QueueIndex`]'s per-level
+/// count: its level, or one past the levels for placements that sit out the
+/// pass (free level with free tasks disabled).
 pub(crate) fn level_slot(level: Option<u8>) -> usize {
     level.map_or(LEVELS, usize::from)
 }
@@ -137,6 +132,8 @@ pub(crate) struct Virt {
     dirty: Vec<BucketId>,
     /// Number of settled members in this placement's buckets.
     settled: u64,
+    /// Number of its entries that have a head (a queued request).
+    headed: u64,
 }
 
 impl Virt {
@@ -234,8 +231,10 @@ pub(crate) struct QueueIndex {
     /// Each account's placements, `[normal, throttled]`, by account slot;
     /// the slot of an account that is gone holds empty placements.
     placements: Vec<[Virt; 2]>,
-    /// Number of non-empty cells per level.
-    nonempty_cells: [usize; LEVELS],
+    /// Number of entry heads per level slot (see [`level_slot`]): the sum
+    /// of `headed` over the placements at that level, so that a placement
+    /// changes level in constant time.
+    headed_at: [u64; LEVELS + 1],
 }
 
 /// A request's key as it sits in its bucket.
@@ -296,7 +295,7 @@ impl QueueIndex {
     /// Whether some cell has an entry head at level `p`.
     #[inline]
     pub(crate) fn has_cells_at(&self, p: u8) -> bool {
-        self.nonempty_cells[usize::from(p)] > 0
+        self.headed_at[usize::from(p)] > 0
     }
 
     /// Stored cell `c`.

@@ -9,7 +9,7 @@ use crate::scheduler::ids::{
     VirtId,
 };
 use crate::scheduler::ordset::OrdSet;
-use crate::scheduler::{ExKey, Examined, LEVELS, Place, QKey};
+use crate::scheduler::{ExKey, Examined, Place, QKey};
 use crate::time::Time;
 
 impl QueueIndex {
@@ -235,7 +235,6 @@ impl QueueIndex {
         };
         if let Some(head) = self.entry_head(e) {
             cell.heads.insert(self.translate(cx.last_pass, v, head));
-            cell.per_level[level_slot(self.placement(v).level)] = 1;
         }
         for (prov, b) in self.entry_buckets(e) {
             if let Some(head) = self.buckets[b].members.first() {
@@ -505,8 +504,7 @@ impl QueueIndex {
     fn cell_replace(&mut self, cx: &Outside<'_>, e: EntryId, old: Option<QKey>, new: Option<QKey>) {
         let v = self.entry_virt(e);
         let base = self.entry_base(e);
-        let level = level_slot(self.placement(v).level);
-        let delta: i32 = match (&old, &new) {
+        let delta: i64 = match (&old, &new) {
             (None, Some(_)) => 1,
             (Some(_), None) => -1,
             _ => 0,
@@ -523,49 +521,32 @@ impl QueueIndex {
             }
         }
         if delta != 0 {
-            self.count_cell_level(cx, base, level, delta);
+            self.count_heads(v, delta);
         }
     }
 
-    /// Adjusts how many entries of `base`'s cell sit at level slot `level`
-    /// (see [`level_slot`]), keeping the per-level count of non-empty cells.
-    fn count_cell_level(&mut self, cx: &Outside<'_>, base: SetId, level: usize, delta: i32) {
-        let (was, now) = match cx.labels[base].cell.kind() {
-            CellKind::None => return,
-            // One entry: its head is the cell's only head.
-            CellKind::Single(_) => (u32::from(delta < 0), u32::from(delta > 0)),
-            CellKind::Many(ci) => {
-                let n = &mut self.cells[ci].per_level[level];
-                let was = *n;
-                *n = n.wrapping_add_signed(delta);
-                (was, *n)
-            }
-        };
-        if level < LEVELS {
-            if was == 0 && now > 0 {
-                self.nonempty_cells[level] += 1;
-            } else if was > 0 && now == 0 {
-                self.nonempty_cells[level] -= 1;
-            }
-        }
+    /// Placement `v` gained (`delta` 1) or lost (-1) an entry head.
+    fn count_heads(&mut self, v: VirtId, delta: i64) {
+        let slot = level_slot(self.placement(v).level);
+        let p = self.placement_mut(v);
+        p.headed = p.headed.wrapping_add_signed(delta);
+        self.headed_at[slot] = self.headed_at[slot].wrapping_add_signed(delta);
     }
 
-    /// Places a placement's entries at another level: only counters
-    /// change, the cells' order does not depend on levels.
-    pub(crate) fn set_virt_level(&mut self, cx: &Outside<'_>, v: VirtId, level: Option<u8>) {
-        let old = self.placement(v).level;
+    /// Places a placement's entries at another level. Cells keep no
+    /// per-level counts, so only the placement and the pool-wide count
+    /// change: constant time, however many label sets the account has
+    /// queued.
+    pub(crate) fn set_virt_level(&mut self, v: VirtId, level: Option<u8>) {
+        let p = self.placement_mut(v);
+        let old = p.level;
         if old == level {
             return;
         }
-        self.placement_mut(v).level = level;
-        let entries = self.virt_entries(v);
-        for (base, e) in entries {
-            if self.entry_head(e).is_none() {
-                continue;
-            }
-            self.count_cell_level(cx, base, level_slot(old), -1);
-            self.count_cell_level(cx, base, level_slot(level), 1);
-        }
+        p.level = level;
+        let n = p.headed;
+        self.headed_at[level_slot(old)] -= n;
+        self.headed_at[level_slot(level)] += n;
     }
 
     /// Takes every cell entry of placement `v` out (`insert == false`) or
