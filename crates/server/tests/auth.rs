@@ -502,16 +502,8 @@ async fn other_addresses_than_loopback_need_auth_or_insecure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_go_to_the_event_tables_database() {
     use sqlx::{Connection, Executor, Row};
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!(
-        "qs_test_audit_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
+    let url = common::database_url();
+    let schema = common::unique_name("qs_test_audit");
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[store]\ndata_dir = {:?}\n[event_log.postgres]\nenabled = true\nurl = {url:?}\n\

@@ -40,11 +40,6 @@ fn token(t: &str, name: &str, role: Role, pools: Pools) -> TokenEntry {
     }
 }
 
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
 async fn replica(id: &str, schema: &str, pool_for_viewer: &str) -> TestServer {
     replica_with(id, schema, pool_for_viewer, None).await
 }
@@ -56,7 +51,7 @@ async fn replica_with(
     tls: Option<qscheduler_server::tls::TlsOptions>,
 ) -> TestServer {
     let mut o = ServerOptions {
-        store: database_url(),
+        store: common::database_url(),
         auth: Some(Policy {
             tokens: vec![
                 token(ADMIN, "operators", Role::Admin, Pools::All),
@@ -103,14 +98,7 @@ async fn channel(server: &TestServer) -> Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarding_markers_are_ignored_and_identity_travels() {
-    let schema = format!(
-        "qs_test_auth_replicas_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
+    let schema = common::unique_name("qs_test_auth_replicas");
     // The pool is chosen once both replicas are up: its home must be a.
     let probe = "auth-fwd-0";
     let a = replica("a", &schema, probe).await;
@@ -246,7 +234,7 @@ async fn spoofed_forwarding_markers_are_ignored_and_identity_travels() {
 
     a.stop().await;
     b.stop().await;
-    if let Ok(pg) = sqlx::PgPool::connect(&database_url()).await {
+    if let Ok(pg) = sqlx::PgPool::connect(&common::database_url()).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
         )))
@@ -283,14 +271,7 @@ async fn forwarding_over_tls() {
         key: file("tls.key", &key.serialize_pem()),
         client_ca: Some(file("ca.crt", &ca_pem)),
     };
-    let schema = format!(
-        "qs_test_auth_tls_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
+    let schema = common::unique_name("qs_test_auth_tls");
     let a = replica_with("a", &schema, "-", Some(tls.clone())).await;
     let b = replica_with("b", &schema, "-", Some(tls)).await;
     let live = vec![
@@ -345,7 +326,7 @@ async fn forwarding_over_tls() {
         .expect("forwarded to a over TLS");
     a.stop().await;
     b.stop().await;
-    if let Ok(pg) = sqlx::PgPool::connect(&database_url()).await {
+    if let Ok(pg) = sqlx::PgPool::connect(&common::database_url()).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
         )))

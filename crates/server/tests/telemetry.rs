@@ -596,16 +596,8 @@ async fn event_log_files_hold_every_event_with_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_log_postgres_table_holds_the_same_rows() {
     use sqlx::{Connection, Executor, Row};
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!(
-        "qs_test_events_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
+    let url = database_url();
+    let schema = unique_name("qs_test_events");
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events");
     let mut opts = options(dir.path());

@@ -20,6 +20,22 @@ use qscheduler_server::{Server, ServerOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The PostgreSQL the tests use: `DATABASE_URL`, by default the local
+/// server (trust auth, database `test`).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// `prefix` made unique to this test run (process id and a clock reading),
+/// for a schema or database a test creates.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
 /// A running server and the means to stop it.
 pub struct TestServer {
     pub addr: SocketAddr,
